@@ -1,0 +1,3 @@
+from .base import Backend, Completion, GenerationRequest
+
+__all__ = ["Backend", "Completion", "GenerationRequest"]

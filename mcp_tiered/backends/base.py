@@ -1,0 +1,50 @@
+"""What every engine behind a tier provides: a local llama.cpp model today, a remote engine or the cloud later."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    prompt: str
+    system: str
+    max_tokens: int
+    temperature: float
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Backend(ABC):
+    """An engine that answers generation requests for one tier.
+
+    Implementations raise `RequestError` for a request they cannot serve as given and
+    `BackendError` for their own failures; both carry one sentence for the caller.
+    """
+
+    is_local: ClassVar[bool] = True
+    """False for engines that send the prompt off this machine (the cloud)."""
+
+    model_name: str
+    """What the result's `model` field reports."""
+
+    @abstractmethod
+    async def generate(self, request: GenerationRequest) -> Completion: ...
+
+    @property
+    def loaded(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        """Free what the engine holds (model memory, connections)."""

