@@ -36,7 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # A broken tier does not stop the others: its tool answers with this sentence.
         if problem := model_file_problem(name, tier):
             log.warning("tier_unavailable", tier=name, reason=problem)
-    log.info("serving", transport="stdio", config=str(config.source), tiers=list(config.tiers))
+    log.info("serving", transport="stdio", config=str(resolve_config_path(args.config).resolve()),
+             tiers=list(config.tiers))
     build_server(TierRegistry.from_config(config)).run("stdio")
     return 0
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import ConfigError
-from .validation import explain, key_path
+from .validation import describe_value, explain, key_path
 
 CONFIG_ENV = "MCP_TIERED_CONFIG"
 MODELS_DIR_ENV = "MCP_TIERED_MODELS"
@@ -59,7 +59,13 @@ class TierConfig(BaseModel):
     description: Annotated[str, Field(min_length=1, json_schema_extra={"expect": "a non-empty string"})]
     n_ctx: Annotated[int, Field(ge=256)] = 4096
     n_gpu_layers: Annotated[int, Field(ge=-1)] = -1
+    main_gpu: Annotated[int, Field(ge=0)] = 0
+    tensor_split: Annotated[
+        list[Annotated[float, Field(ge=0)]],
+        Field(min_length=1, json_schema_extra={"expect": "a list of non-negative numbers, one per GPU"}),
+    ] | None = None
     n_threads: Annotated[int, Field(ge=1)] | None = None
+    """None: every CPU this process may run on."""
     n_batch: Annotated[int, Field(ge=1)] = 512
     max_tokens: Annotated[int, Field(ge=1)] = 512
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.2
@@ -68,10 +74,10 @@ class TierConfig(BaseModel):
     @field_validator("model", mode="before")
     @classmethod
     def _expand_model_path(cls, value: Any, info: ValidationInfo) -> Any:
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"must be a path to a .gguf file, got {value!r}")
+        if not isinstance(value, str | Path) or not str(value):
+            raise ValueError(f"must be a path to a .gguf file, got {describe_value(value)}")
         base_dir = (info.context or {}).get("base_dir", Path.cwd())
-        return expand_path(value, base_dir)
+        return expand_path(str(value), base_dir)
 
 
 class Config(BaseModel):
@@ -83,7 +89,13 @@ class Config(BaseModel):
         dict[str, TierConfig],
         Field(min_length=1, json_schema_extra={"expect": "a table with at least one [tiers.<name>] entry"}),
     ]
-    source: Annotated[Path | None, Field(exclude=True)] = None
+
+
+def known_chat_formats() -> list[str]:
+    """The chat formats llama-cpp-python registers (it has no public listing)."""
+    from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
+
+    return sorted(LlamaChatCompletionHandlerRegistry()._chat_handlers)
 
 
 def _semantic_problems(config: Config) -> list[str]:
@@ -92,6 +104,9 @@ def _semantic_problems(config: Config) -> list[str]:
         if tier.max_tokens >= tier.n_ctx:
             path = key_path(["tiers", name, "max_tokens"])
             problems.append(f"{path}: must be less than n_ctx ({tier.n_ctx}), got {tier.max_tokens}")
+        if tier.chat_format is not None and tier.chat_format not in (formats := known_chat_formats()):
+            path = key_path(["tiers", name, "chat_format"])
+            problems.append(f'{path}: unknown chat format "{tier.chat_format}"; valid formats are {", ".join(formats)}')
     return problems
 
 
@@ -112,11 +127,11 @@ def _tier_name_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
-def parse_config(raw: dict[str, Any], *, base_dir: Path, source: Path | None = None) -> Config:
+def parse_config(raw: dict[str, Any], *, base_dir: Path) -> Config:
     """Validate a parsed TOML document. Raises ConfigError listing every problem."""
     problems = _tier_name_problems(raw)
     try:
-        config = Config.model_validate({**raw, "source": source}, context={"base_dir": base_dir})
+        config = Config.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(problems + explain(exc, Config)) from None
     problems += _semantic_problems(config)
@@ -137,7 +152,7 @@ def load_config(path: Path) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return parse_config(raw, base_dir=path.resolve().parent, source=path.resolve())
+    return parse_config(raw, base_dir=path.resolve().parent)
 
 
 def resolve_config_path(cli_path: str | None) -> Path:

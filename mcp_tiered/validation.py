@@ -37,9 +37,9 @@ def key_path(loc: Sequence[str | int]) -> str:
 
 def describe_value(value: Any) -> str:
     if isinstance(value, dict):
-        return "a table"
+        return "a table" if value else "an empty table"
     if isinstance(value, list):
-        return "a list"
+        return "a list" if value else "an empty list"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str | int | float):
@@ -79,15 +79,18 @@ def _bounds(metadata: list[Any]) -> str:
             high = f"≤ {item.le}"
         elif isinstance(item, annotated_types.Lt):
             high = f"< {item.lt}"
+    if low and high and low.startswith("≥") and high.startswith("≤"):
+        return f"between {low[2:]} and {high[2:]}"
     return " and ".join(b for b in (low, high) if b)
 
 
-def expectation(field: FieldInfo) -> str:
-    extra = field.json_schema_extra
+def expectation(annotation: Any, field: FieldInfo | None = None) -> str:
+    """What a value at this place must be, in words."""
+    extra = field.json_schema_extra if field is not None else None
     if isinstance(extra, dict) and isinstance(extra.get("expect"), str):
         return extra["expect"]
-    annotation, inner_metadata = _unwrap(field.annotation)
-    bounds = _bounds([*field.metadata, *inner_metadata])
+    annotation, inner_metadata = _unwrap(annotation)
+    bounds = _bounds([*(field.metadata if field is not None else []), *inner_metadata])
     suffix = f" {bounds}" if bounds else ""
     if annotation is bool:
         return "true or false"
@@ -106,8 +109,8 @@ def expectation(field: FieldInfo) -> str:
     return "a table"
 
 
-def _field_at(model: type[BaseModel], loc: Sequence[str | int]) -> tuple[FieldInfo | None, type[BaseModel] | None]:
-    """The field a loc points at, and the model that holds it."""
+def _locate(model: type[BaseModel], loc: Sequence[str | int]) -> tuple[Any, FieldInfo | None, type[BaseModel] | None]:
+    """The type expected at `loc`, the field declaring it (None for a table entry), the model holding it."""
     current: Any = model
     field: FieldInfo | None = None
     holder: type[BaseModel] | None = None
@@ -115,19 +118,14 @@ def _field_at(model: type[BaseModel], loc: Sequence[str | int]) -> tuple[FieldIn
         current, _ = _unwrap(current)
         if isinstance(current, type) and issubclass(current, BaseModel):
             if not isinstance(part, str) or part not in current.model_fields:
-                return None, current
-            holder = current
-            field = current.model_fields[part]
+                return None, None, current
+            holder, field = current, current.model_fields[part]
             current = field.annotation
-        elif get_origin(current) is dict:
-            current = get_args(current)[1]
-            field = None
-        elif get_origin(current) is list:
-            current = get_args(current)[0]
-            field = None
+        elif get_origin(current) in (dict, list):
+            current, field = get_args(current)[-1], None
         else:
-            return field, holder
-    return field, holder
+            break
+    return current, field, holder
 
 
 def explain(exc: ValidationError, model: type[BaseModel], prefix: Sequence[str] = ()) -> list[str]:
@@ -136,17 +134,17 @@ def explain(exc: ValidationError, model: type[BaseModel], prefix: Sequence[str] 
     for err in exc.errors():
         loc = [*prefix, *err["loc"]]
         path = key_path(loc) or "(top level)"
-        field, holder = _field_at(model, err["loc"])
+        annotation, field, holder = _locate(model, err["loc"])
         kind = err["type"]
         if kind == "extra_forbidden":
             valid = ", ".join(holder.model_fields) if holder is not None else ""
             sentences.append(f"{path}: unknown key; valid keys here are {valid}")
         elif kind == "missing":
-            expect = f" ({expectation(field)})" if field is not None else ""
+            expect = f" ({expectation(annotation, field)})" if annotation is not None else ""
             sentences.append(f"{path}: is required{expect}")
         elif kind in ("value_error", "assertion_error"):
             sentences.append(f"{path}: {err['ctx']['error']}")
         else:
-            expect = expectation(field) if field is not None else err["msg"].lower()
+            expect = expectation(annotation, field) if annotation is not None else err["msg"].lower()
             sentences.append(f"{path}: must be {expect}, got {describe_value(err['input'])}")
     return sentences

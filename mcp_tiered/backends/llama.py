@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ log = structlog.get_logger(__name__)
 
 # The sampling defaults of llama-cpp-python's create_chat_completion, so a tier answers
 # as the model would through that API.
-SAMPLING = {"top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}
+SAMPLING = {"top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,13 @@ class FormattedPrompt:
     tokens: list[int]
     stop: list[str]
     stopping_criteria: Any
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class _Formatted(Exception):
@@ -102,7 +110,9 @@ class LlamaBackend(Backend):
                 n_ctx=self.config.n_ctx,
                 n_batch=self.config.n_batch,
                 n_gpu_layers=self.config.n_gpu_layers,
-                n_threads=self.config.n_threads,
+                main_gpu=self.config.main_gpu,
+                tensor_split=self.config.tensor_split,
+                n_threads=self.config.n_threads or available_cpus(),
                 chat_format=self.config.chat_format,
                 verbose=False,
             )

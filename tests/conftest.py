@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mcp_tiered.backends import Backend, Completion, GenerationRequest
+from mcp_tiered.config import default_models_dir
+from mcp_tiered.default_models import QWEN_CODER_1_5B, SMOLLM2, ModelSpec
+
+REPO = Path(__file__).resolve().parent.parent
+MCP_TIERED = str(Path(sys.executable).with_name("mcp-tiered"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _model(spec: ModelSpec) -> Path:
+    path = default_models_dir() / spec.filename
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run scripts/setup.sh (it fetches the default models)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    return _model(SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def qwen() -> Path:
+    return _model(QWEN_CODER_1_5B)
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], Path]:
+    def write(text: str, name: str = "models.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def small_config(write_config: Callable[[str], Path], smollm2: Path) -> Path:
+    """A one-tier config on the real SmolLM2 model."""
+    return write_config(
+        f"""
+[tiers.small]
+model = "{smollm2}"
+description = "SmolLM2 135M for tests"
+n_ctx = 1024
+max_tokens = 256
+"""
+    )
+
+
+class ScriptedBackend(Backend):
+    """A fake engine for unit tests of dispatch code: answers from a script, records requests."""
+
+    def __init__(self, replies: list[Completion | Exception], model_name: str = "scripted"):
+        self.replies = list(replies)
+        self.requests: list[GenerationRequest] = []
+        self.model_name = model_name
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        self.requests.append(request)
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MCP_TIERED_CONFIG"}
+    env.update(extra)
+    return env
+
+
+def serve_args(config: Path) -> list[str]:
+    return ["serve", "--config", str(config)]

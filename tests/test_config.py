@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_tiered import cli
+from mcp_tiered.config import load_config, model_file_problem, resolve_config_path
+from mcp_tiered.errors import ConfigError
+
+VALID_TIER = """
+[tiers.small]
+model = "{model}"
+description = "a small model"
+"""
+
+# (config text, the one sentence expected). {model} is a real GGUF file, {dir} the config's folder.
+MALFORMED = {
+    "invalid_toml": ("[tiers.small\nmodel = 1", '{dir}/models.toml: invalid TOML: Expected \']\' at the end of a table declaration (at line 1, column 13)'),
+    "no_tiers_table": ("", "tiers: is required (a table with at least one [tiers.<name>] entry)"),
+    "empty_tiers": ("[tiers]", "tiers: must be a table with at least one [tiers.<name>] entry, got an empty table"),
+    "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers"),
+    "unknown_tier_key": (
+        VALID_TIER + "n_ctxx = 4096",
+        "tiers.small.n_ctxx: unknown key; valid keys here are model, description, n_ctx, n_gpu_layers, "
+        "main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, chat_format",
+    ),
+    "tier_not_a_table": ('[tiers]\nsmall = "model.gguf"', 'tiers.small: must be a table, got "model.gguf"'),
+    "wrong_type_n_ctx": (VALID_TIER + 'n_ctx = "big"', 'tiers.small.n_ctx: must be an integer ≥ 256, got "big"'),
+    "n_ctx_too_small": (VALID_TIER + "n_ctx = 128", "tiers.small.n_ctx: must be an integer ≥ 256, got 128"),
+    "missing_model": ('[tiers.small]\ndescription = "x"', "tiers.small.model: is required (a path to a .gguf file)"),
+    "missing_description": ('[tiers.small]\nmodel = "{model}"', "tiers.small.description: is required (a non-empty string)"),
+    "negative_max_tokens": (VALID_TIER + "max_tokens = -5", "tiers.small.max_tokens: must be an integer ≥ 1, got -5"),
+    "max_tokens_not_below_n_ctx": (
+        VALID_TIER + "n_ctx = 1024\nmax_tokens = 1024",
+        "tiers.small.max_tokens: must be less than n_ctx (1024), got 1024",
+    ),
+    "temperature_out_of_range": (VALID_TIER + "temperature = 3.5", "tiers.small.temperature: must be a number between 0 and 2, got 3.5"),
+    "tensor_split_negative": (VALID_TIER + "tensor_split = [1, -1]", "tiers.small.tensor_split[1]: must be a number ≥ 0, got -1"),
+    "unknown_chat_format": (
+        VALID_TIER + 'chat_format = "llama-9"',
+        'tiers.small.chat_format: unknown chat format "llama-9"; valid formats are alpaca, baichuan, baichuan-2, '
+        "chatglm3, chatml, chatml-function-calling, functionary, functionary-v1, functionary-v2, gemma, intel, "
+        "llama-2, llama-3, mistral-instruct, mistrallite, oasst_llama, open-orca, openbuddy, openchat, phind, "
+        "pygmalion, qwen, redpajama-incite, saiga, snoozy, vicuna, zephyr",
+    ),
+    "n_gpu_layers_below_minus_one": (VALID_TIER + "n_gpu_layers = -2", "tiers.small.n_gpu_layers: must be an integer ≥ -1, got -2"),
+    "bad_tier_name": (
+        '[tiers."my tier"]\nmodel = "{model}"\ndescription = "x"',
+        'tiers."my tier": tier names become tool names (generate_<name>) and may use only letters, digits, '
+        "'_', '-' and '.' (1–64 characters)",
+    ),
+    "reserved_tier_name": ('[tiers.cloud]\nmodel = "{model}"\ndescription = "x"', 'tiers.cloud: the tier name "cloud" is reserved; choose another name'),
+    "unset_env_var_in_path": (
+        '[tiers.small]\nmodel = "$NO_SUCH_VAR_FOR_TESTS/m.gguf"\ndescription = "x"',
+        "tiers.small.model: environment variable $NO_SUCH_VAR_FOR_TESTS is not set",
+    ),
+    "model_file_missing": (
+        '[tiers.small]\nmodel = "missing.gguf"\ndescription = "x"',
+        "tiers.small.model: model file not found: {dir}/missing.gguf (run scripts/setup.sh to fetch the default models)",
+    ),
+    "model_not_gguf": (
+        '[tiers.small]\nmodel = "models.toml"\ndescription = "x"',
+        "tiers.small.model: {dir}/models.toml is not a GGUF file (it does not start with the GGUF magic bytes)",
+    ),
+    "model_is_directory": ('[tiers.small]\nmodel = "."\ndescription = "x"', "tiers.small.model: {dir} is a directory, not a GGUF model file"),
+}
+
+
+def problems_of(path: Path) -> list[str]:
+    """What `mcp-tiered check` reports: config errors, else each tier's model file problem."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return exc.problems
+    return [p for name, tier in config.tiers.items() if (p := model_file_problem(name, tier))]
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_config_gives_one_sentence_naming_the_key(case: str, write_config, smollm2: Path) -> None:
+    text, expected = MALFORMED[case]
+    path = write_config(text.replace("{model}", str(smollm2)))
+    assert problems_of(path) == [expected.replace("{dir}", str(path.parent))]
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_check_exits_nonzero_on_malformed_config(case: str, write_config, smollm2: Path, capsys) -> None:
+    text, expected = MALFORMED[case]
+    path = write_config(text.replace("{model}", str(smollm2)))
+    assert cli.main(["check", "--config", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert expected.replace("{dir}", str(path.parent)) in out + err
+
+
+def test_check_passes_on_valid_config(small_config: Path, capsys) -> None:
+    assert cli.main(["check", "--config", str(small_config)]) == 0
+    assert "ok     generate_small:" in capsys.readouterr().out
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml: config file not found$"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_every_problem_is_reported(write_config) -> None:
+    path = write_config('[tiers.small]\nmodel = "m.gguf"\ndescription = "x"\nn_ctx = "big"\nmax_tokens = 0')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        'tiers.small.n_ctx: must be an integer ≥ 256, got "big"',
+        "tiers.small.max_tokens: must be an integer ≥ 1, got 0",
+    ]
+
+
+def test_model_path_expands_home_and_variables(write_config, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MODELS", "/srv/models")
+    path = write_config('[tiers.a]\nmodel = "~/a.gguf"\ndescription = "x"\n[tiers.b]\nmodel = "$MODELS/b.gguf"\ndescription = "x"')
+    config = load_config(path)
+    assert config.tiers["a"].model == tmp_path / "home" / "a.gguf"
+    assert config.tiers["b"].model == Path("/srv/models/b.gguf")
+
+
+def test_relative_model_path_is_relative_to_the_config_file(write_config) -> None:
+    path = write_config('[tiers.a]\nmodel = "weights/a.gguf"\ndescription = "x"')
+    assert load_config(path).tiers["a"].model == path.parent / "weights" / "a.gguf"
+
+
+def test_config_path_prefers_cli_then_env_then_cwd(monkeypatch) -> None:
+    monkeypatch.setenv("MCP_TIERED_CONFIG", "/etc/env.toml")
+    assert resolve_config_path("/etc/cli.toml") == Path("/etc/cli.toml")
+    assert resolve_config_path(None) == Path("/etc/env.toml")
+    monkeypatch.delenv("MCP_TIERED_CONFIG")
+    assert resolve_config_path(None) == Path("models.toml")
+
+
+@pytest.mark.parametrize("name", ["models.toml", "models.example.toml"])
+def test_shipped_config_files_load(name: str) -> None:
+    config = load_config(Path(__file__).resolve().parent.parent / name)
+    assert config.tiers
