@@ -39,7 +39,7 @@ def describe_value(value: Any) -> str:
     if isinstance(value, dict):
         return "a table" if value else "an empty table"
     if isinstance(value, list):
-        return "a list" if value else "an empty list"
+        return f"a list of {len(value)}" if value else "an empty list"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str | int | float):
@@ -62,7 +62,7 @@ def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
         elif get_origin(annotation) is Annotated:
             base, *extras = get_args(annotation)
             for extra in extras:
-                metadata.extend(extra.metadata if isinstance(extra, FieldInfo) else [extra])
+                metadata.extend([extra, *extra.metadata] if isinstance(extra, FieldInfo) else [extra])
             annotation = base
         else:
             return annotation, metadata
@@ -86,10 +86,11 @@ def _bounds(metadata: list[Any]) -> str:
 
 def expectation(annotation: Any, field: FieldInfo | None = None) -> str:
     """What a value at this place must be, in words."""
-    extra = field.json_schema_extra if field is not None else None
-    if isinstance(extra, dict) and isinstance(extra.get("expect"), str):
-        return extra["expect"]
     annotation, inner_metadata = _unwrap(annotation)
+    for declared in (field, *inner_metadata):
+        extra = declared.json_schema_extra if isinstance(declared, FieldInfo) else None
+        if isinstance(extra, dict) and isinstance(extra.get("expect"), str):
+            return extra["expect"]
     bounds = _bounds([*(field.metadata if field is not None else []), *inner_metadata])
     suffix = f" {bounds}" if bounds else ""
     if annotation is bool:

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
 import structlog
 
 from ..config import TierConfig, model_file_problem
 from ..errors import BackendError, PromptTooLongError, RequestError
 from .base import Backend, Completion, GenerationRequest
+from .worker import WorkerThread
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -81,6 +81,7 @@ class LlamaBackend(Backend):
         self.model_name = config.model.stem
         self._llama: Llama | None = None
         self._lock = anyio.Lock()
+        self._worker = WorkerThread(f"llama-{tier}")
 
     @property
     def loaded(self) -> bool:
@@ -89,14 +90,15 @@ class LlamaBackend(Backend):
     async def generate(self, request: GenerationRequest) -> Completion:
         async with self._lock:
             if self._llama is None:
-                self._llama = await anyio.to_thread.run_sync(self._load)
-            return await anyio.to_thread.run_sync(self._generate, self._llama, request)
+                self._llama = await self._worker.run(self._load)
+            return await self._worker.run(self._generate, self._llama, request)
 
     async def aclose(self) -> None:
         async with self._lock:
             if self._llama is not None:
-                self._llama.close()
+                await self._worker.run(self._llama.close)
                 self._llama = None
+            self._worker.stop()
 
     def _load(self) -> Llama:
         if problem := model_file_problem(self.tier, self.config):

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Set up mcp-tiered in ./.venv, idempotently: a second run changes nothing and takes seconds.
+#
+#   scripts/setup.sh [--cuda] [--test] [--no-models]
+#
+#   --cuda       build llama.cpp with CUDA offload (-DGGML_CUDA=on); same as MCP_TIERED_GPU=cuda.
+#                Needs the CUDA toolkit (nvcc) on the machine.
+#   --test       also install the test dependencies.
+#   --no-models  do not fetch the embedded default models.
+#
+# Environment: PYTHON (interpreter for the venv, default python3, needs >= 3.11), CMAKE_ARGS (replaces
+# the llama.cpp build flags entirely), MCP_TIERED_MODELS (where the default models go).
+#
+# llama-cpp-python has no binary wheel: it is compiled here (~5 min on 2 cores). The wheel is kept in
+# ~/.cache/mcp-tiered/wheels/<hash of version and flags>, so later setups (and CI runs on the same
+# machine) reuse it; a change of flags builds a new one instead of reusing a wheel with the wrong ones.
+#
+# Everything this script prints goes to stderr: `scripts/serve.sh` runs it in front of a stdio server.
+set -euo pipefail
+exec 1>&2
+
+cd "$(dirname "$0")/.."
+LLAMA_VERSION=0.3.36
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+GPU=${MCP_TIERED_GPU:-cpu}
+WITH_TEST=0
+WITH_MODELS=1
+for arg in "$@"; do
+  case "$arg" in
+    --cuda) GPU=cuda ;;
+    --test) WITH_TEST=1 ;;
+    --no-models) WITH_MODELS=0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg (see --help)"; exit 2 ;;
+  esac
+done
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# The default native build emits every instruction the build CPU advertises, AMX included, which some
+# VMs advertise but trap ("Illegal instruction"): build for a portable AVX2/AVX-512 baseline instead.
+CPU_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"
+case "$GPU" in
+  cpu) DEFAULT_FLAGS="$CPU_FLAGS" ;;
+  cuda) DEFAULT_FLAGS="-DGGML_CUDA=on" ;;
+  *) echo "setup.sh: MCP_TIERED_GPU must be cpu or cuda, got '$GPU'"; exit 2 ;;
+esac
+FLAGS=${CMAKE_ARGS:-$DEFAULT_FLAGS}
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup.sh: $PYTHON is missing or older than Python 3.11; set PYTHON=/path/to/python3.11+"
+  exit 1
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+
+# llama-cpp-python, built with $FLAGS unless this venv already has exactly that build.
+MARKER="$VENV/.llama-cpp-build"
+WANT="$LLAMA_VERSION $FLAGS"
+if [ "$(cat "$MARKER" 2>/dev/null)" != "$WANT" ] || ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+  KEY=$(printf '%s|%s' "$LLAMA_VERSION" "$FLAGS" | sha256sum | cut -c1-16)
+  WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/mcp-tiered/wheels/$KEY"
+  if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
+    say "building llama-cpp-python $LLAMA_VERSION with CMAKE_ARGS='$FLAGS' (takes minutes)"
+    mkdir -p "$WHEELS"
+    BUILD=$(mktemp -d)
+    # --no-cache-dir: pip's own wheel cache is keyed by the source archive, not the flags.
+    CMAKE_ARGS="$FLAGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" \
+      "${PIP[@]}" wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python \
+      --wheel-dir "$BUILD" "llama-cpp-python==$LLAMA_VERSION"
+    mv "$BUILD"/llama_cpp_python-*.whl "$WHEELS"/
+    rm -rf "$BUILD"
+  else
+    say "reusing the llama-cpp-python wheel built with CMAKE_ARGS='$FLAGS'"
+  fi
+  "${PIP[@]}" install --quiet --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl
+  echo "$WANT" > "$MARKER"
+fi
+
+say "installing mcp-tiered and its dependencies"
+if [ "$WITH_TEST" = 1 ]; then TARGET=".[test]"; else TARGET="."; fi
+"${PIP[@]}" install --quiet --editable "$TARGET"
+
+if [ "$WITH_MODELS" = 1 ]; then
+  say "fetching the default models (verified by size and sha256)"
+  "$VENV/bin/mcp-tiered" --log-level WARNING fetch-models
+fi
+say "ready: $VENV/bin/mcp-tiered"
