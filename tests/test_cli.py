@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import MCP_TIERED, REPO
+from mcp_tiered import __version__
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    out = subprocess.run([sys.executable, "-m", "mcp_tiered", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"mcp-tiered {__version__}"
+
+
+def test_check_console_script_validates_the_shipped_config(smollm2: Path, qwen: Path) -> None:
+    out = subprocess.run([MCP_TIERED, "check", "--config", str(REPO / "models.toml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert [line.split(":")[0] for line in out.stdout.splitlines()] == ["ok     generate_small", "ok     generate_large"]
+
+
+def test_check_console_script_exits_nonzero_with_the_sentence_on_stderr(write_config) -> None:
+    config = write_config('[tiers.small]\nmodel = "m.gguf"\ndescription = "x"\nn_ctx = "big"')
+    out = subprocess.run([MCP_TIERED, "check", "--config", str(config)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.strip() == 'error: tiers.small.n_ctx: must be an integer ≥ 256, got "big"'
+
+
+def test_serve_refuses_to_start_on_a_bad_config(write_config) -> None:
+    config = write_config("[tiers]")
+    out = subprocess.run([MCP_TIERED, "serve", "--config", str(config)], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=30)
+    assert out.returncode == 1
+    assert "tiers: must be a table with at least one [tiers.<name>] entry, got an empty table" in out.stderr
+    assert out.stdout == ""
