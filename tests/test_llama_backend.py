@@ -90,3 +90,19 @@ async def test_file_that_is_not_a_model_fails_with_the_key_path(tmp_path: Path) 
     fake.write_bytes(b"GGUF" + b"\0" * 64)  # the right magic, but no model inside
     with anyio.fail_after(30), pytest.raises(BackendError, match=r"^tier small: llama.cpp could not load .*fake\.gguf"):
         await backend(fake).generate(request("hi"))
+
+
+async def test_token_logprobs_match_llama_cpp_own_logprobs(smollm2: Path) -> None:
+    from llama_cpp import Llama
+
+    prompt = "Name the largest planet of the solar system."
+    with anyio.fail_after(60):
+        completion = await backend(smollm2).generate(request(prompt, max_tokens=12))
+    reference_model = Llama(str(smollm2), n_ctx=512, logits_all=True, verbose=False)
+    reference = reference_model.create_chat_completion(
+        messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=12, logprobs=True, top_logprobs=1
+    )
+    expected = [entry["logprob"] for entry in reference["choices"][0]["logprobs"]["content"]]
+    assert completion.completion_tokens == len(expected)
+    assert completion.token_logprobs == pytest.approx(expected, abs=1e-3)
+    reference_model.close()

@@ -16,6 +16,8 @@ class GenerationRequest:
     max_tokens: int
     temperature: float
     stop: tuple[str, ...] = ()
+    logprobs: bool = True
+    """Record each generated token's log-probability (the confidence signal)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,8 @@ class Completion:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    token_logprobs: tuple[float, ...] = ()
+    """Natural-log probability of each generated token under the model, when recorded."""
 
 
 class Backend(ABC):

@@ -29,7 +29,6 @@ SAMPLING = {"top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
 class FormattedPrompt:
     tokens: list[int]
     stop: list[str]
-    stopping_criteria: Any
 
 
 def available_cpus() -> int:
@@ -68,7 +67,7 @@ def format_chat(llama: Llama, messages: list[dict[str, str]]) -> FormattedPrompt
         kwargs = handed_over.kwargs
         prompt = kwargs["prompt"]
         tokens = prompt if isinstance(prompt, list) else llama.tokenize(prompt.encode(), special=True)
-        return FormattedPrompt(list(tokens), list(kwargs.get("stop") or []), kwargs.get("stopping_criteria"))
+        return FormattedPrompt(list(tokens), list(kwargs.get("stop") or []))
     raise BackendError("the chat handler returned without formatting a prompt")
 
 
@@ -142,21 +141,53 @@ class LlamaBackend(Backend):
                 prompt_tokens=len(prompt.tokens), max_tokens=request.max_tokens, n_ctx=n_ctx,
             )
         try:
-            out = llama.create_completion(
-                prompt=prompt.tokens,
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                stop=[*request.stop, *prompt.stop],
-                stopping_criteria=prompt.stopping_criteria,
-                **SAMPLING,
-            )
+            return self._sample(llama, prompt, request)
         except Exception as exc:
             raise BackendError(f"tier {self.tier}: llama.cpp failed during generation ({exc})") from exc
-        choice = out["choices"][0]  # type: ignore[index]
-        usage = out["usage"]  # type: ignore[index]
+
+    def _sample(self, llama: Llama, prompt: FormattedPrompt, request: GenerationRequest) -> Completion:
+        """The token loop. Each yielded token's distribution is still in llama.cpp's logits buffer
+        (the next eval has not run), so its log-probability costs one log-sum-exp, not logits_all."""
+        import llama_cpp
+        import numpy as np
+
+        vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        n_vocab = llama.n_vocab()
+        stops = [s.encode() for s in (*request.stop, *prompt.stop) if s]
+        window = max((len(s) for s in stops), default=0) + 32
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        tail = bytearray()
+        finish: str = "length"
+        generator = llama.generate(
+            prompt.tokens, temp=request.temperature, reset=True, **SAMPLING
+        )
+        for token in generator:
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            tokens.append(token)
+            if request.logprobs:
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, -1), shape=(n_vocab,))
+                peak = logits.max()
+                logprobs.append(float(logits[token] - peak - np.log(np.exp(logits - peak).sum())))
+            if stops:
+                tail += llama.detokenize([token])
+                del tail[:-window]
+                if any(stop in tail for stop in stops):
+                    finish = "stop"
+                    break
+            if len(tokens) >= request.max_tokens:
+                break
+        generator.close()
+        text = llama.detokenize(tokens, prev_tokens=prompt.tokens).decode("utf-8", errors="ignore")
+        if finish == "stop" and stops:
+            cut = min((i for s in stops if (i := text.find(s.decode(errors="ignore"))) >= 0), default=len(text))
+            text = text[:cut]
         return Completion(
-            text=choice["text"].strip(),
-            finish_reason="length" if choice["finish_reason"] == "length" else "stop",
-            prompt_tokens=usage["prompt_tokens"],
-            completion_tokens=usage["completion_tokens"],
+            text=text.strip(),
+            finish_reason="stop" if finish == "stop" else "length",
+            prompt_tokens=len(prompt.tokens),
+            completion_tokens=len(tokens),
+            token_logprobs=tuple(logprobs),
         )
