@@ -5,11 +5,12 @@ Every problem is reported as one sentence naming its TOML key path (see validati
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -50,6 +51,23 @@ def expand_path(raw: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
+ConfidenceStatistic = Literal["mean", "quantile", "min", "first"]
+Probability = Annotated[float, Field(ge=0, le=1)]
+Quantile = Annotated[float, Field(gt=0, lt=1, json_schema_extra={"expect": "a number between 0 and 1 (exclusive)"})]
+CLOUD = "cloud"
+
+
+class EscalationConfig(BaseModel):
+    """`[escalation]`: the policy defaults; each tier may override any of them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    min_confidence: Probability = 0.0
+    confidence: ConfidenceStatistic = "mean"
+    confidence_quantile: Quantile = 0.1
+    escalate_on_truncated: bool = False
+
+
 class TierConfig(BaseModel):
     """One `[tiers.<name>]` table: a local GGUF model served as the tool `generate_<name>`."""
 
@@ -70,6 +88,12 @@ class TierConfig(BaseModel):
     max_tokens: Annotated[int, Field(ge=1)] = 512
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.2
     chat_format: Annotated[str, Field(min_length=1, json_schema_extra={"expect": "a chat format name"})] | None = None
+    escalate_to: Annotated[str, Field(min_length=1, json_schema_extra={"expect": 'a tier name or "cloud"'})] | None = None
+    local_only: bool = False
+    min_confidence: Probability | None = None
+    confidence: ConfidenceStatistic | None = None
+    confidence_quantile: Quantile | None = None
+    escalate_on_truncated: bool | None = None
 
     @field_validator("model", mode="before")
     @classmethod
@@ -78,6 +102,30 @@ class TierConfig(BaseModel):
             raise ValueError(f"must be a path to a .gguf file, got {describe_value(value)}")
         base_dir = (info.context or {}).get("base_dir", Path.cwd())
         return expand_path(str(value), base_dir)
+
+
+class CloudConfig(BaseModel):
+    """`[cloud]`: Claude through the official anthropic SDK; the last step of every chain."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    provider: Literal["anthropic"] = "anthropic"
+    model: Annotated[str, Field(min_length=1, json_schema_extra={"expect": 'a model name such as "claude-sonnet-4-5"'})]
+    description: Annotated[str, Field(min_length=1)] = (
+        "Claude in the cloud: the most capable tier, for the hardest tasks. Sends the prompt off this machine "
+        "and costs money per token."
+    )
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                      json_schema_extra={"expect": "an environment variable name"})] = "ANTHROPIC_API_KEY"
+    base_url: Annotated[str, Field(pattern=r"^https?://", json_schema_extra={"expect": "an http(s) URL"})] | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    max_tokens: Annotated[int, Field(ge=1)] = 1024
+    input_price_per_mtok: Annotated[float, Field(ge=0)] = 3.0
+    output_price_per_mtok: Annotated[float, Field(ge=0)] = 15.0
+    currency: Annotated[str, Field(min_length=1)] = "USD"
+    daily_budget: Annotated[float, Field(ge=0)] | None = None
+    monthly_budget: Annotated[float, Field(ge=0)] | None = None
 
 
 class Config(BaseModel):
@@ -89,6 +137,15 @@ class Config(BaseModel):
         dict[str, TierConfig],
         Field(min_length=1, json_schema_extra={"expect": "a table with at least one [tiers.<name>] entry"}),
     ]
+    escalation: EscalationConfig = EscalationConfig()
+    cloud: CloudConfig | None = None
+
+    def chain(self, tier: str) -> list[str]:
+        """`tier` and the tiers it escalates to, in order (validated acyclic at load)."""
+        names = [tier]
+        while tier != CLOUD and (tier := self.tiers[tier].escalate_to) is not None:
+            names.append(tier)
+        return names
 
 
 def known_chat_formats() -> list[str]:
@@ -110,11 +167,43 @@ def _semantic_problems(config: Config) -> list[str]:
     return problems
 
 
-def _tier_name_problems(raw: dict[str, Any]) -> list[str]:
+def _chain_problems(config: Config) -> list[str]:
+    problems = []
+    loops: set[frozenset[str]] = set()
+    for name, tier in config.tiers.items():
+        target = tier.escalate_to
+        if target is None:
+            continue
+        path = key_path(["tiers", name, "escalate_to"])
+        valid = ", ".join(json.dumps(n) for n in [*config.tiers, CLOUD] if n != name)
+        if target == CLOUD and config.cloud is None:
+            problems.append(f'{path}: "cloud" needs a [cloud] section; add one or escalate to one of {valid}')
+        elif target != CLOUD and target not in config.tiers:
+            problems.append(f'{path}: unknown tier "{target}"; valid targets are {valid}')
+        else:
+            seen = [name]
+            while target not in (None, CLOUD) and target in config.tiers:
+                if target in seen:
+                    if frozenset(seen) in loops:
+                        break
+                    loops.add(frozenset(seen))
+                    problems.append(f"{path}: escalation loops ({' → '.join([*seen, target])}); "
+                                    "a chain must end at a tier without escalate_to or at cloud")
+                    break
+                seen.append(target)
+                target = config.tiers[target].escalate_to
+    return problems
+
+
+def _raw_problems(raw: dict[str, Any]) -> list[str]:
+    problems = []
+    cloud = raw.get("cloud")
+    if isinstance(cloud, dict) and "api_key" in cloud:
+        problems.append("cloud.api_key: API keys do not belong in models.toml; put the key in the environment "
+                        "variable named by cloud.api_key_env (default ANTHROPIC_API_KEY) and remove this line")
     tiers = raw.get("tiers")
     if not isinstance(tiers, dict):
-        return []
-    problems = []
+        return problems
     for name in tiers:
         path = key_path(["tiers", name])
         if name in RESERVED_TIER_NAMES:
@@ -129,12 +218,14 @@ def _tier_name_problems(raw: dict[str, Any]) -> list[str]:
 
 def parse_config(raw: dict[str, Any], *, base_dir: Path) -> Config:
     """Validate a parsed TOML document. Raises ConfigError listing every problem."""
-    problems = _tier_name_problems(raw)
+    problems = _raw_problems(raw)
+    if problems and isinstance(raw.get("cloud"), dict):
+        raw = {**raw, "cloud": {k: v for k, v in raw["cloud"].items() if k != "api_key"}}
     try:
         config = Config.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(problems + explain(exc, Config)) from None
-    problems += _semantic_problems(config)
+    problems += _semantic_problems(config) + _chain_problems(config)
     if problems:
         raise ConfigError(problems)
     return config

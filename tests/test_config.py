@@ -19,11 +19,12 @@ MALFORMED = {
     "invalid_toml": ("[tiers.small\nmodel = 1", '{dir}/models.toml: invalid TOML: Expected \']\' at the end of a table declaration (at line 1, column 13)'),
     "no_tiers_table": ("", "tiers: is required (a table with at least one [tiers.<name>] entry)"),
     "empty_tiers": ("[tiers]", "tiers: must be a table with at least one [tiers.<name>] entry, got an empty table"),
-    "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers"),
+    "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers, escalation, cloud"),
     "unknown_tier_key": (
         VALID_TIER + "n_ctxx = 4096",
         "tiers.small.n_ctxx: unknown key; valid keys here are model, description, n_ctx, n_gpu_layers, "
-        "main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, chat_format",
+        "main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, chat_format, escalate_to, "
+        "local_only, min_confidence, confidence, confidence_quantile, escalate_on_truncated",
     ),
     "tier_not_a_table": ('[tiers]\nsmall = "model.gguf"', 'tiers.small: must be a table, got "model.gguf"'),
     "wrong_type_n_ctx": (VALID_TIER + 'n_ctx = "big"', 'tiers.small.n_ctx: must be an integer ≥ 256, got "big"'),
@@ -55,6 +56,27 @@ MALFORMED = {
         '[tiers.small]\nmodel = "$NO_SUCH_VAR_FOR_TESTS/m.gguf"\ndescription = "x"',
         "tiers.small.model: environment variable $NO_SUCH_VAR_FOR_TESTS is not set",
     ),
+    "api_key_in_file": (
+        VALID_TIER + '[cloud]\nmodel = "claude-sonnet-4-5"\napi_key = "sk-ant-secret"',
+        "cloud.api_key: API keys do not belong in models.toml; put the key in the environment variable named by "
+        "cloud.api_key_env (default ANTHROPIC_API_KEY) and remove this line",
+    ),
+    "escalate_to_unknown_tier": (VALID_TIER + 'escalate_to = "huge"', 'tiers.small.escalate_to: unknown tier "huge"; valid targets are "cloud"'),
+    "escalate_to_cloud_without_cloud_section": (
+        VALID_TIER + 'escalate_to = "cloud"',
+        'tiers.small.escalate_to: "cloud" needs a [cloud] section; add one or escalate to one of "cloud"',
+    ),
+    "escalation_loop": (
+        VALID_TIER + 'escalate_to = "large"\n[tiers.large]\nmodel = "{model}"\ndescription = "x"\nescalate_to = "small"',
+        "tiers.small.escalate_to: escalation loops (small → large → small); a chain must end at a tier without "
+        "escalate_to or at cloud",
+    ),
+    "unknown_confidence_statistic": (
+        '[escalation]\nconfidence = "median"\n' + VALID_TIER,
+        'escalation.confidence: must be one of "mean", "quantile", "min", "first", got "median"',
+    ),
+    "min_confidence_above_one": (VALID_TIER + "min_confidence = 1.5", "tiers.small.min_confidence: must be a number between 0 and 1, got 1.5"),
+    "cloud_without_model": ('[cloud]\ndaily_budget = 5.0\n' + VALID_TIER, "cloud.model: is required (a model name such as \"claude-sonnet-4-5\")"),
     "model_file_missing": (
         '[tiers.small]\nmodel = "missing.gguf"\ndescription = "x"',
         "tiers.small.model: model file not found: {dir}/missing.gguf (run scripts/setup.sh to fetch the default models)",

@@ -1,0 +1,43 @@
+"""Confidence of a local answer, from the log-probabilities of its generated tokens.
+
+Every statistic maps to [0, 1] (a probability), higher = more likely right:
+- `mean`: geometric mean of the token probabilities (exp of the mean log-probability);
+- `quantile`: the `confidence_quantile` quantile of the token probabilities (a low quantile looks
+  at the least certain tokens; Gupta et al., ICLR 2024, found quantiles beat the mean);
+- `min`: the least probable token;
+- `first`: the first token (where a short answer is decided).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+Statistic = Literal["mean", "quantile", "min", "first"]
+STATISTICS: tuple[Statistic, ...] = ("mean", "quantile", "min", "first")
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of `values` (q in [0, 1]), as numpy's default."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def confidence(logprobs: Sequence[float], statistic: Statistic = "mean", q: float = 0.1) -> float | None:
+    """None when nothing was generated."""
+    if not logprobs:
+        return None
+    match statistic:
+        case "mean":
+            return math.exp(sum(logprobs) / len(logprobs))
+        case "quantile":
+            return math.exp(quantile(logprobs, q))
+        case "min":
+            return math.exp(min(logprobs))
+        case "first":
+            return math.exp(logprobs[0])
+    raise ValueError(f"unknown confidence statistic {statistic!r}")

@@ -1,0 +1,95 @@
+"""A local HTTP server on 127.0.0.1 that speaks the Anthropic Messages API, for tests.
+
+Each request takes the next mode from `script` (then `default`): "ok", "401", "429" (with retry-after),
+"529", "slow" (answers after `slow_s`), "malformed" (200 with a body that is not JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+ERRORS = {
+    "401": (401, "authentication_error", "invalid x-api-key"),
+    "429": (429, "rate_limit_error", "Number of requests has exceeded your rate limit"),
+    "529": (529, "overloaded_error", "Overloaded"),
+}
+
+
+class FakeAnthropic:
+    def __init__(self, reply: str = "Cloud answer: Paris.", default: str = "ok", slow_s: float = 3.0):
+        self.reply = reply
+        self.default = default
+        self.slow_s = slow_s
+        self.script: deque[str] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> FakeAnthropic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _next_mode(self, body: dict[str, Any], headers: dict[str, str]) -> str:
+        with self._lock:
+            self.requests.append({"body": body, "headers": headers})
+            return self.script.popleft() if self.script else self.default
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                mode = fake._next_mode(body, {k.lower(): v for k, v in self.headers.items()})
+                if mode in ERRORS:
+                    status, kind, message = ERRORS[mode]
+                    payload = {"type": "error", "error": {"type": kind, "message": message}}
+                    extra = {"retry-after": "1"} if mode == "429" else {}
+                    self._send(status, json.dumps(payload).encode(), extra)
+                    return
+                if mode == "malformed":
+                    self._send(200, b'{"id": "msg_1", "content": [ not json')
+                    return
+                if mode == "slow":
+                    time.sleep(fake.slow_s)
+                text = fake.reply
+                message = {
+                    "id": "msg_01", "type": "message", "role": "assistant", "model": body.get("model", "claude"),
+                    "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+                    "usage": {"input_tokens": 20, "output_tokens": 8},
+                }
+                try:
+                    self._send(200, json.dumps(message).encode())
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+                    pass
+
+        return Handler

@@ -1,0 +1,81 @@
+"""The cloud backend: the real anthropic SDK against a local Messages API server."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from fake_anthropic import FakeAnthropic
+from mcp_tiered.backends import GenerationRequest
+from mcp_tiered.backends.cloud import CloudBackend
+from mcp_tiered.config import CloudConfig
+from mcp_tiered.errors import BackendError
+
+pytestmark = pytest.mark.anyio
+
+REQUEST = GenerationRequest("What is the capital of France?", "Be brief.", 64, 0.0, ("\n\n",))
+
+
+def cloud(fake: FakeAnthropic, **overrides) -> CloudBackend:
+    config = CloudConfig(model="claude-test", base_url=fake.url, **({"max_retries": 2, "timeout_s": 10} | overrides))
+    return CloudBackend(config, api_key="sk-test-key")
+
+
+async def test_success_returns_text_and_usage_and_sends_the_request() -> None:
+    with FakeAnthropic() as fake:
+        with anyio.fail_after(10):
+            completion = await cloud(fake).generate(REQUEST)
+    assert (completion.text, completion.finish_reason) == ("Cloud answer: Paris.", "stop")
+    assert (completion.prompt_tokens, completion.completion_tokens) == (20, 8)
+    (request,) = fake.requests
+    assert request["headers"]["authorization"] == "Bearer sk-test-key"
+    assert request["body"]["model"] == "claude-test" and request["body"]["system"] == "Be brief."
+    assert request["body"]["messages"] == [{"role": "user", "content": "What is the capital of France?"}]
+    assert request["body"]["stop_sequences"] == ["\n\n"] and request["body"]["max_tokens"] == 64
+
+
+async def test_401_is_one_clear_error_without_retry() -> None:
+    with FakeAnthropic(default="401") as fake:
+        with anyio.fail_after(10), pytest.raises(BackendError) as failed:
+            await cloud(fake).generate(REQUEST)
+    assert str(failed.value) == "cloud: the Anthropic API rejected the API key (HTTP 401); check $ANTHROPIC_API_KEY"
+    assert len(fake.requests) == 1
+
+
+async def test_429_with_retry_after_is_retried_then_succeeds() -> None:
+    with FakeAnthropic() as fake:
+        fake.script.extend(["429", "429"])
+        with anyio.fail_after(20):
+            completion = await cloud(fake).generate(REQUEST)
+    assert completion.text == "Cloud answer: Paris."
+    assert len(fake.requests) == 3
+
+
+async def test_529_overloaded_is_retried_then_succeeds() -> None:
+    with FakeAnthropic() as fake:
+        fake.script.append("529")
+        with anyio.fail_after(20):
+            completion = await cloud(fake).generate(REQUEST)
+    assert completion.text == "Cloud answer: Paris."
+    assert len(fake.requests) == 2
+
+
+async def test_persistent_529_gives_up_after_the_configured_retries() -> None:
+    with FakeAnthropic(default="529") as fake:
+        with anyio.fail_after(30), pytest.raises(BackendError, match=r"^cloud: the Anthropic API answered HTTP 529 after 1 retries \(Overloaded\)$"):
+            await cloud(fake, max_retries=1).generate(REQUEST)
+    assert len(fake.requests) == 2
+
+
+async def test_slow_answer_is_a_clear_timeout_error() -> None:
+    with FakeAnthropic(default="slow", slow_s=3) as fake:
+        with anyio.fail_after(20), pytest.raises(BackendError) as failed:
+            await cloud(fake, timeout_s=0.5, max_retries=0).generate(REQUEST)
+    assert str(failed.value) == "cloud: no answer from the Anthropic API within 0.5 s (cloud.timeout_s), 0 retries included"
+
+
+async def test_malformed_json_is_a_clear_error() -> None:
+    with FakeAnthropic(default="malformed") as fake:
+        with anyio.fail_after(10), pytest.raises(BackendError) as failed:
+            await cloud(fake, max_retries=0).generate(REQUEST)
+    assert str(failed.value) == "cloud: the Anthropic API sent a response that is not a valid Messages API answer"
