@@ -7,19 +7,26 @@ Escalation, queues, the ledger and caches plug in here as later layers.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .backends import GenerationRequest
-from .errors import BackendError, RequestError, TieredError
+from .backends import Completion, GenerationRequest
+from .budget import BudgetExceeded, Reservation
+from .config import CLOUD
+from .confidence import confidence
+from .errors import BackendError, PromptTooLongError, RequestError, TieredError
 from .tiers import Tier, TierRegistry
 from .validation import explain
 
 log = structlog.get_logger(__name__)
 
 MAX_STOP_SEQUENCES = 4
+
+
+Reason = Literal["context", "low_confidence", "empty", "truncated", "error", "requested"]
 
 
 class GenerateOptions(BaseModel):
@@ -34,6 +41,8 @@ class GenerateOptions(BaseModel):
         Field(max_length=MAX_STOP_SEQUENCES,
               json_schema_extra={"expect": f"a list of at most {MAX_STOP_SEQUENCES} strings"}),
     ] | None = None
+    escalate: Literal["auto", "never", "always"] | None = None
+    local_only: bool | None = None
 
 
 class Usage(BaseModel):
@@ -41,45 +50,77 @@ class Usage(BaseModel):
     completion_tokens: int = Field(description="Tokens generated.")
 
 
+class Escalation(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str = Field(alias="from", description="The tier that handed the call on.")
+    to: str = Field(description="The tier it was handed to.")
+    reason: Reason = Field(description="context: did not fit; low_confidence / empty / truncated: the answer "
+                           "was not good enough; error: the tier failed; requested: escalate=always.")
+    confidence: float | None = Field(description="The handing tier's confidence in its answer, if it answered.")
+
+
 class GenerateResult(BaseModel):
     """Structured content of every generate_<tier> result."""
 
     text: str = Field(description="The answer; also the text content of the result.")
-    tier: str = Field(description="The tier that produced the answer.")
-    model: str = Field(description="The model file that produced the answer.")
+    tier: str = Field(description="The tier that was called.")
+    served_by: str = Field(description="The tier whose answer this is (a later tier after escalation, or cloud).")
+    model: str = Field(description="The model that produced the answer.")
     finish_reason: Literal["stop", "length"] = Field(
         description="stop: the model finished; length: cut off at max_tokens."
     )
     usage: Usage
-    latency_ms: float = Field(description="Server-side time for the call, model load and waiting included.")
+    latency_ms: float = Field(description="Server-side time for the call, model load, waiting and escalation included.")
+    confidence: float | None = Field(description="Confidence (0-1) of the local tier that answered; null for cloud.")
+    escalations: list[Escalation] = Field(description="Each hand-over, in order, with its reason.")
+    escalation_note: str | None = Field(
+        description="Why an escalation that the policy wanted did not happen (privacy, budget, no API key, "
+        "a failing tier), or null."
+    )
 
 
 def input_schema(tier: Tier) -> dict[str, Any]:
     """The JSON schema of generate_<tier>'s arguments, with this tier's limits."""
-    cfg = tier.config
     return {
         "type": "object",
         "properties": {
             "prompt": {"type": "string", "description": "The user message to answer."},
             "system": {"type": "string", "default": "", "description": "Optional system prompt."},
             "max_tokens": {
-                "type": "integer", "minimum": 1, "maximum": cfg.max_tokens,
-                "description": f"Upper bound on generated tokens (default and maximum {cfg.max_tokens}).",
+                "type": "integer", "minimum": 1, "maximum": tier.max_tokens,
+                "description": f"Upper bound on generated tokens (default and maximum {tier.max_tokens}).",
             },
             "temperature": {
                 "type": "number", "minimum": 0, "maximum": 2,
-                "description": f"Sampling temperature; 0 is deterministic (default {cfg.temperature}).",
+                "description": f"Sampling temperature; 0 is deterministic (default {tier.temperature}).",
             },
             "stop": {
                 "type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP_SEQUENCES,
                 "description": "Strings that end the answer when generated (not included in it).",
+            },
+            "escalate": {
+                "type": "string", "enum": ["auto", "never", "always"], "default": "auto",
+                "description": "auto: hand the call to the next tier when the answer is not good enough, does not "
+                "fit or fails; never: answer here or fail; always: let the next tier answer.",
+            },
+            "local_only": {
+                "type": "boolean", "default": False,
+                "description": "true: the prompt never leaves this machine (no cloud escalation).",
             },
         },
         "required": ["prompt"],
     }
 
 
-def build_request(tier: Tier, prompt: str, system: str, options: dict[str, Any]) -> GenerationRequest:
+@dataclass
+class _Call:
+    request: GenerationRequest
+    escalate: str
+    local_only: bool
+
+
+def build_call(tier: Tier, prompt: str, system: str, options: dict[str, Any]) -> _Call:
     """Validate the arguments for `tier`; raises RequestError with one sentence."""
     try:
         opts = GenerateOptions.model_validate(options)
@@ -87,14 +128,31 @@ def build_request(tier: Tier, prompt: str, system: str, options: dict[str, Any])
         raise RequestError(explain(exc, GenerateOptions)[0]) from None
     if not prompt.strip():
         raise RequestError("prompt: is required and must be a non-empty string")
-    limit = tier.config.max_tokens
+    limit = tier.max_tokens
     max_tokens = opts.max_tokens if opts.max_tokens is not None else limit
     if max_tokens > limit:
         raise RequestError(
             f"max_tokens: must be an integer between 1 and {limit} (the limit of tier {tier.name}), got {max_tokens}"
         )
-    temperature = opts.temperature if opts.temperature is not None else tier.config.temperature
-    return GenerationRequest(prompt, system, max_tokens, temperature, tuple(opts.stop or ()))
+    local_only = bool(opts.local_only) or tier.policy.local_only
+    if local_only and tier.is_cloud:
+        raise RequestError(f"local_only: {tier.tool_name} sends the prompt to the cloud; call a local tier instead")
+    temperature = opts.temperature if opts.temperature is not None else tier.temperature
+    request = GenerationRequest(prompt, system, max_tokens, temperature, tuple(opts.stop or ()))
+    return _Call(request, opts.escalate or "auto", local_only)
+
+
+def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | None]:
+    """Is a local answer good enough? The reason to escalate (or None) and the confidence."""
+    policy = tier.policy
+    value = None if tier.is_cloud else confidence(completion.token_logprobs, policy.statistic, policy.quantile)
+    if not completion.text.strip():
+        return "empty", value
+    if completion.finish_reason == "length" and policy.escalate_on_truncated:
+        return "truncated", value
+    if value is not None and value < policy.min_confidence:
+        return "low_confidence", value
+    return None, value
 
 
 class Dispatcher:
@@ -102,31 +160,112 @@ class Dispatcher:
         self.tiers = tiers
 
     async def generate(self, tier_name: str, prompt: str, system: str = "", **options: Any) -> GenerateResult:
-        tier = self.tiers.get(tier_name)
         started = time.perf_counter()
-        event = log.bind(tool=tier.tool_name, tier=tier.name)
+        event = log.bind(tool=self.tiers.get(tier_name).tool_name, tier=tier_name)
         try:
-            request = build_request(tier, prompt, system, options)
-            completion = await tier.backend.generate(request)
+            result = await self._escalating(tier_name, prompt, system, options, started)
         except TieredError as exc:
             event.warning("tool_call", outcome="error", error=type(exc).__name__, reason=str(exc),
                           latency_ms=_ms_since(started))
             raise
         except Exception as exc:
             event.exception("tool_call", outcome="error", error=type(exc).__name__, latency_ms=_ms_since(started))
-            raise BackendError(f"tier {tier.name}: unexpected {type(exc).__name__} in the backend; see the server log") from exc
-        latency_ms = _ms_since(started)
-        event.info("tool_call", outcome="ok", prompt_tokens=completion.prompt_tokens,
-                   completion_tokens=completion.completion_tokens, latency_ms=latency_ms,
-                   finish_reason=completion.finish_reason)
+            raise BackendError(f"tier {tier_name}: unexpected {type(exc).__name__} in the backend; "
+                               "see the server log") from exc
+        event.info("tool_call", outcome="ok", served_by=result.served_by,
+                   prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens,
+                   latency_ms=result.latency_ms, finish_reason=result.finish_reason, confidence=result.confidence,
+                   escalations=[f"{e.from_}->{e.to}:{e.reason}" for e in result.escalations],
+                   escalation_note=result.escalation_note)
+        return result
+
+    async def _escalating(self, tier_name: str, prompt: str, system: str, options: dict[str, Any],
+                          started: float) -> GenerateResult:
+        first = self.tiers.get(tier_name)
+        call = build_call(first, prompt, system, options)
+        chain = self.tiers.chain(tier_name)
+        hops: list[Escalation] = []
+        answer: tuple[Tier, Completion, float | None] | None = None
+        failure: TieredError | None = None
+        note: str | None = None
+        reason: Reason | None = "requested" if call.escalate == "always" else None
+        value: float | None = None
+        position = 0 if reason is None else 1
+        if reason is not None:
+            if len(chain) == 1:
+                raise RequestError(f"escalate: tier {tier_name} has no escalate_to, so 'always' has nowhere to go")
+        while True:
+            tier_here = chain[position]
+            blocked = self._blocked(tier_here, call) if position > 0 else None
+            reservation = None
+            if blocked is None and tier_here in self.tiers and self.tiers.get(tier_here).is_cloud and self.tiers.budget:
+                try:
+                    reservation = self.tiers.budget.reserve(call.request.prompt, call.request.system,
+                                                            min(call.request.max_tokens, self.tiers.get(tier_here).max_tokens))
+                except BudgetExceeded as exc:
+                    if position == 0:
+                        raise BackendError(f"cloud budget: {exc}") from None
+                    blocked = f"cloud budget: {exc}"
+            if blocked is not None:
+                note = f"escalation from {chain[position - 1]} to {tier_here} ({reason}) was not made: {blocked}"
+                break
+            if position > 0:
+                hops.append(Escalation(from_=chain[position - 1], to=tier_here, reason=reason, confidence=value))
+            tier = self.tiers.get(tier_here)
+            try:
+                completion = await self._run(tier, call, reservation)
+            except PromptTooLongError as exc:
+                failure, reason, value = exc, "context", None
+            except BackendError as exc:
+                failure, reason, value = exc, "error", None
+            else:
+                failure = None
+                reason, value = judge(tier, completion)
+                answer = (tier, completion, value)
+            if reason is None or call.escalate == "never" or position + 1 >= len(chain):
+                break
+            position += 1
+        if failure is not None and answer is not None:
+            note = f"{chain[position]} failed ({failure}); this is the answer of {answer[0].name}"
+        if answer is None:
+            if failure is None:  # escalate=always toward a blocked target
+                raise RequestError(note or f"tier {tier_name} could not answer")
+            if note is None:
+                raise failure
+            kind = RequestError if isinstance(failure, RequestError) else BackendError
+            raise kind(f"{failure}; {note}") from failure
+        tier, completion, value = answer
         return GenerateResult(
-            text=completion.text,
-            tier=tier.name,
-            model=tier.backend.model_name,
+            text=completion.text, tier=first.name, served_by=tier.name, model=tier.backend.model_name,
             finish_reason=completion.finish_reason,
             usage=Usage(prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens),
-            latency_ms=latency_ms,
+            latency_ms=_ms_since(started), confidence=None if value is None else round(value, 4),
+            escalations=hops, escalation_note=note,
         )
+
+    def _blocked(self, target: str, call: _Call) -> str | None:
+        """Why the call may not go to `target`, or None."""
+        if target == CLOUD:
+            if call.local_only:
+                return "the call is local_only"
+            if self.tiers.cloud_disabled:
+                return self.tiers.cloud_disabled
+        if target not in self.tiers:
+            return f"tier {target} is not available"
+        return None
+
+    async def _run(self, tier: Tier, call: _Call, reservation: Reservation | None) -> Completion:
+        request = replace(call.request, max_tokens=min(call.request.max_tokens, tier.max_tokens))
+        budget = self.tiers.budget
+        if reservation is None or budget is None:
+            return await tier.backend.generate(request)
+        try:
+            completion = await tier.backend.generate(request)
+        except BaseException:
+            budget.release(reservation)
+            raise
+        budget.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
+        return completion
 
 
 def _ms_since(started: float) -> float:

@@ -29,23 +29,26 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher) -> Tool:
         max_tokens: Any = None,
         temperature: Any = None,
         stop: Any = None,
+        escalate: Any = None,
+        local_only: Any = None,
     ) -> Annotated[CallToolResult, GenerateResult]:
         try:
             result = await dispatcher.generate(
-                tier.name, prompt, system, max_tokens=max_tokens, temperature=temperature, stop=stop
+                tier.name, prompt, system, max_tokens=max_tokens, temperature=temperature, stop=stop,
+                escalate=escalate, local_only=local_only,
             )
         except TieredError as exc:
             raise ToolError(str(exc)) from exc
         return CallToolResult(
             content=[TextContent(type="text", text=result.text)],
-            structured_content=result.model_dump(mode="json"),
+            structured_content=result.model_dump(mode="json", by_alias=True),
         )
 
     tool = Tool.from_function(
         generate,
         name=tier.tool_name,
         title=f"Generate with the {tier.name} tier",
-        description=tier.config.description,
+        description=tier.description,
         annotations=ToolAnnotations(
             title=f"{tier.name} tier ({tier.backend.model_name})",
             read_only_hint=True,

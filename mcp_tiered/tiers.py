@@ -1,13 +1,15 @@
-"""The tiers declared in models.toml, each with the backend that serves it."""
+"""The tiers declared in models.toml (and the cloud tier), each with its backend and escalation policy."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .backends import Backend
 from .backends.llama import LlamaBackend
-from .config import Config, TierConfig
+from .budget import CloudBudget
+from .config import CLOUD, Config, ConfidenceStatistic, TierConfig
 
 TOOL_PREFIX = "generate_"
 
@@ -15,25 +17,79 @@ BackendFactory = Callable[[str, TierConfig], Backend]
 
 
 @dataclass(frozen=True)
+class Policy:
+    """A tier's escalation policy: the [escalation] defaults with the tier's own overrides."""
+
+    escalate_to: str | None = None
+    local_only: bool = False
+    min_confidence: float = 0.0
+    statistic: ConfidenceStatistic = "mean"
+    quantile: float = 0.1
+    escalate_on_truncated: bool = False
+
+    @classmethod
+    def for_tier(cls, config: Config, tier: TierConfig) -> Policy:
+        defaults = config.escalation
+
+        def pick(own, default):  # noqa: ANN001, ANN202
+            return default if own is None else own
+
+        return cls(
+            escalate_to=tier.escalate_to,
+            local_only=tier.local_only,
+            min_confidence=pick(tier.min_confidence, defaults.min_confidence),
+            statistic=pick(tier.confidence, defaults.confidence),
+            quantile=pick(tier.confidence_quantile, defaults.confidence_quantile),
+            escalate_on_truncated=pick(tier.escalate_on_truncated, defaults.escalate_on_truncated),
+        )
+
+
+@dataclass(frozen=True)
 class Tier:
     name: str
-    config: TierConfig
     backend: Backend
+    description: str
+    max_tokens: int
+    temperature: float
+    policy: Policy = Policy()
 
     @property
     def tool_name(self) -> str:
         return TOOL_PREFIX + self.name
 
+    @property
+    def is_cloud(self) -> bool:
+        return not self.backend.is_local
+
 
 class TierRegistry:
-    """Tiers in the order models.toml declares them."""
+    """Local tiers in the order models.toml declares them, then the cloud tier when enabled."""
 
-    def __init__(self, tiers: list[Tier]):
+    def __init__(self, tiers: list[Tier], *, cloud_disabled: str | None = None, budget: CloudBudget | None = None):
         self._tiers = {tier.name: tier for tier in tiers}
+        self.cloud_disabled = cloud_disabled
+        """Why a configured cloud tier is not available (no API key), or None."""
+        self.budget = budget
 
     @classmethod
-    def from_config(cls, config: Config, backend_factory: BackendFactory = LlamaBackend) -> TierRegistry:
-        return cls([Tier(name, tier, backend_factory(name, tier)) for name, tier in config.tiers.items()])
+    def from_config(cls, config: Config, backend_factory: BackendFactory = LlamaBackend,
+                    environ: Mapping[str, str] = os.environ) -> TierRegistry:
+        tiers = [
+            Tier(name, backend_factory(name, tc), tc.description, tc.max_tokens, tc.temperature,
+                 Policy.for_tier(config, tc))
+            for name, tc in config.tiers.items()
+        ]
+        cloud_disabled = budget = None
+        if config.cloud is not None:
+            if key := environ.get(config.cloud.api_key_env):
+                from .backends.cloud import CloudBackend
+
+                tiers.append(Tier(CLOUD, CloudBackend(config.cloud, key), config.cloud.description,
+                                  config.cloud.max_tokens, 1.0))
+                budget = CloudBudget(config.cloud)
+            else:
+                cloud_disabled = f"the cloud tier is disabled because ${config.cloud.api_key_env} is not set"
+        return cls(tiers, cloud_disabled=cloud_disabled, budget=budget)
 
     def __iter__(self) -> Iterator[Tier]:
         return iter(self._tiers.values())
@@ -41,8 +97,18 @@ class TierRegistry:
     def __len__(self) -> int:
         return len(self._tiers)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._tiers
+
     def get(self, name: str) -> Tier:
         return self._tiers[name]
+
+    def chain(self, name: str) -> list[str]:
+        """`name` and the tiers it escalates to, in order; "cloud" may be named while disabled."""
+        names = [name]
+        while name in self._tiers and (name := self._tiers[name].policy.escalate_to) is not None:
+            names.append(name)
+        return names
 
     async def aclose(self) -> None:
         for tier in self:

@@ -64,7 +64,8 @@ max_tokens = 256
 class ScriptedBackend(Backend):
     """A fake engine for unit tests of dispatch code: answers from a script, records requests."""
 
-    def __init__(self, replies: list[Completion | Exception], model_name: str = "scripted"):
+    def __init__(self, replies: list[Completion | Exception], model_name: str = "scripted", is_local: bool = True):
+        self.is_local = is_local
         self.replies = list(replies)
         self.requests: list[GenerationRequest] = []
         self.model_name = model_name

@@ -11,7 +11,6 @@ from structlog.testing import capture_logs
 
 from conftest import ScriptedBackend
 from mcp_tiered.backends import Completion
-from mcp_tiered.config import TierConfig
 from mcp_tiered.dispatch import Dispatcher
 from mcp_tiered.errors import BackendError, RequestError
 from mcp_tiered.server import build_server
@@ -23,9 +22,7 @@ DONE = Completion(text="done", finish_reason="stop", prompt_tokens=12, completio
 
 
 def registry(*replies: Completion | Exception, max_tokens: int = 100, temperature: float = 0.2) -> TierRegistry:
-    config = TierConfig(model=Path("/models/x.gguf"), description="scripted tier", n_ctx=1024,
-                        max_tokens=max_tokens, temperature=temperature)
-    return TierRegistry([Tier("small", config, ScriptedBackend(list(replies)))])
+    return TierRegistry([Tier("small", ScriptedBackend(list(replies)), "scripted tier", max_tokens, temperature)])
 
 
 async def test_caller_limits_default_to_the_tier_settings() -> None:

@@ -1,0 +1,90 @@
+"""The cloud spend cap: a call reserves its worst-case cost before it is sent, and settles the real
+cost when it answers. Reserving is synchronous (no await between check and spend), so concurrent calls
+can never overrun the cap together.
+
+Spend is kept in memory, per UTC day and month, since the server started.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .config import CloudConfig
+
+# A token is at least one byte of text, so the prompt's UTF-8 length bounds its token count;
+# the margin covers the role markers the API adds around the messages.
+PROMPT_TOKEN_MARGIN = 16
+
+
+@dataclass
+class Reservation:
+    cost: float
+    day: str
+    month: str
+    open: bool = True
+
+
+class BudgetExceeded(Exception):
+    pass
+
+
+class CloudBudget:
+    def __init__(self, config: CloudConfig, clock: callable = time.time):  # type: ignore[valid-type]
+        self.config = config
+        self._clock = clock
+        self._spent: dict[str, float] = {}
+        self._reserved: dict[str, float] = {}
+
+    def worst_case_cost(self, prompt: str, system: str, max_tokens: int) -> float:
+        input_tokens = len(prompt.encode()) + len(system.encode()) + PROMPT_TOKEN_MARGIN
+        return self.cost(input_tokens, max_tokens)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.config.input_price_per_mtok
+                + output_tokens * self.config.output_price_per_mtok) / 1_000_000
+
+    def _periods(self) -> tuple[str, str]:
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+
+    def reserve(self, prompt: str, system: str, max_tokens: int) -> Reservation:
+        """Hold the call's worst-case cost, or raise BudgetExceeded with the sentence to show."""
+        cost = self.worst_case_cost(prompt, system, max_tokens)
+        day, month = self._periods()
+        currency = self.config.currency
+        for period, key, cap in (("daily", day, self.config.daily_budget), ("monthly", month, self.config.monthly_budget)):
+            if cap is None:
+                continue
+            left = cap - self._spent.get(key, 0.0) - self._reserved.get(key, 0.0)
+            if cost > left:
+                raise BudgetExceeded(
+                    f"the cloud call could cost up to {cost:.4f} {currency} and only {max(left, 0):.4f} {currency} "
+                    f"of the {period} budget ({cap:g} {currency}) is left"
+                )
+        for key in (day, month):
+            self._reserved[key] = self._reserved.get(key, 0.0) + cost
+        return Reservation(cost, day, month)
+
+    def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> float:
+        """Replace the reservation by the real cost; returns that cost."""
+        real = self.cost(input_tokens, output_tokens)
+        self._close(reservation, real)
+        return real
+
+    def release(self, reservation: Reservation) -> None:
+        """The call failed before the cloud answered: it costs nothing."""
+        self._close(reservation, 0.0)
+
+    def _close(self, reservation: Reservation, spent: float) -> None:
+        if not reservation.open:
+            return
+        reservation.open = False
+        for key in (reservation.day, reservation.month):
+            self._reserved[key] -= reservation.cost
+            self._spent[key] = self._spent.get(key, 0.0) + spent
+
+    def spent(self) -> dict[str, float]:
+        day, month = self._periods()
+        return {"today": self._spent.get(day, 0.0), "this_month": self._spent.get(month, 0.0)}
