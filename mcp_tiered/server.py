@@ -11,10 +11,14 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 
+import structlog
+
 from . import __version__
 from .dispatch import Dispatcher, GenerateResult, input_schema
 from .errors import TieredError
 from .tiers import Tier, TierRegistry
+
+log = structlog.get_logger(__name__)
 
 INSTRUCTIONS = (
     "Local language models in tiers of increasing size. Each generate_<tier> tool answers a prompt with "
@@ -67,6 +71,8 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher) -> Tool:
 
 def build_server(tiers: TierRegistry) -> MCPServer:
     dispatcher = Dispatcher(tiers)
+    if tiers.cloud_disabled:
+        log.warning("cloud_disabled", reason=tiers.cloud_disabled)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from mcp.client.client import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from mcp_tiered.backends import Backend, Completion, GenerationRequest
 from mcp_tiered.config import default_models_dir
@@ -79,10 +82,20 @@ class ScriptedBackend(Backend):
 
 
 def server_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MCP_TIERED_CONFIG"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MCP_TIERED_CONFIG", "ANTHROPIC_API_KEY")}
     env.update(extra)
     return env
 
 
 def serve_args(config: Path) -> list[str]:
     return ["serve", "--config", str(config)]
+
+
+@asynccontextmanager
+async def stdio_server(config: Path, errlog_path: Path | None = None, **env: str) -> AsyncIterator[Client]:
+    """`mcp-tiered serve --config CONFIG` as a subprocess, with the SDK's stdio client; stderr to a file."""
+    params = StdioServerParameters(command=MCP_TIERED, args=serve_args(config), env=server_env(**env), cwd=str(REPO))
+    errlog_path = errlog_path or config.with_suffix(".stderr.log")
+    with errlog_path.open("w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog)) as client:
+            yield client

@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import jsonschema
 import pytest
-from mcp.client.client import Client
-from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from conftest import MCP_TIERED, REPO, serve_args, server_env
+from conftest import REPO, stdio_server
 from mcp_tiered.config import load_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 
 PARIS = "What is the capital of France? Answer with the city name only."
-
-
-@asynccontextmanager
-async def stdio_server(config: Path, errlog_path: Path | None = None) -> AsyncIterator[Client]:
-    params = StdioServerParameters(command=MCP_TIERED, args=serve_args(config), env=server_env(), cwd=str(REPO))
-    errlog_path = errlog_path or config.with_suffix(".stderr.log")
-    with errlog_path.open("w") as errlog:
-        async with Client(stdio_client(params, errlog=errlog)) as client:
-            yield client
 
 
 async def test_tools_list_has_one_generate_tool_per_tier_with_output_schema(tmp_path: Path, smollm2: Path) -> None:
