@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import MCP_TIERED, REPO
+from conftest import MCP_TIERED, REPO, server_env
 from mcp_tiered import __version__
 
 
@@ -14,9 +14,12 @@ def test_python_dash_m_runs_the_cli() -> None:
 
 
 def test_check_console_script_validates_the_shipped_config(smollm2: Path, qwen: Path) -> None:
-    out = subprocess.run([MCP_TIERED, "check", "--config", str(REPO / "models.toml")], capture_output=True, text=True)
+    out = subprocess.run([MCP_TIERED, "check", "--config", str(REPO / "models.toml")], capture_output=True, text=True,
+                         env=server_env())
     assert out.returncode == 0, out.stderr
-    assert [line.split(":")[0] for line in out.stdout.splitlines()] == ["ok     generate_small", "ok     generate_large"]
+    assert [line.split(":")[0] for line in out.stdout.splitlines()] == [
+        "ok     generate_small", "ok     generate_large", "ok     generate_cloud"]
+    assert out.stdout.splitlines()[-1].endswith("(disabled until $ANTHROPIC_API_KEY is set)")
 
 
 def test_check_console_script_exits_nonzero_with_the_sentence_on_stderr(write_config) -> None:
