@@ -187,6 +187,7 @@ class Dispatcher:
         hops: list[Escalation] = []
         answer: tuple[Tier, Completion, float | None] | None = None
         failure: TieredError | None = None
+        failed_at = ""
         note: str | None = None
         reason: Reason | None = "requested" if call.escalate == "always" else None
         value: float | None = None
@@ -215,9 +216,9 @@ class Dispatcher:
             try:
                 completion = await self._run(tier, call, reservation)
             except PromptTooLongError as exc:
-                failure, reason, value = exc, "context", None
+                failure, failed_at, reason, value = exc, tier_here, "context", None
             except BackendError as exc:
-                failure, reason, value = exc, "error", None
+                failure, failed_at, reason, value = exc, tier_here, "error", None
             else:
                 failure = None
                 reason, value = judge(tier, completion)
@@ -226,7 +227,8 @@ class Dispatcher:
                 break
             position += 1
         if failure is not None and answer is not None:
-            note = f"{chain[position]} failed ({failure}); this is the answer of {answer[0].name}"
+            failed = f"{failed_at} failed ({failure}); this is the answer of {answer[0].name}"
+            note = f"{failed}; {note}" if note else failed
         if answer is None:
             if failure is None:  # escalate=always toward a blocked target
                 raise RequestError(note or f"tier {tier_name} could not answer")

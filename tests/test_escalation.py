@@ -167,3 +167,14 @@ async def test_concurrent_escalations_never_overrun_the_budget() -> None:
     assert sum(r.served_by == "cloud" for r in results) == len(fake.requests)
     assert all("cloud budget" in r.escalation_note for r in results if r.served_by == "small")
     assert budget.spent()["today"] > 0
+
+
+async def test_later_failure_and_blocked_cloud_are_both_told() -> None:
+    tiers = chain([answer("41", prob=0.2)], [BackendError("tier large: out of memory")],
+                  cloud_disabled="the cloud tier is disabled because $ANTHROPIC_API_KEY is not set")
+    result = await Dispatcher(tiers).generate("small", "q")
+    assert result.served_by == "small"
+    assert result.escalation_note == (
+        "large failed (tier large: out of memory); this is the answer of small; escalation from large to cloud "
+        "(error) was not made: the cloud tier is disabled because $ANTHROPIC_API_KEY is not set"
+    )

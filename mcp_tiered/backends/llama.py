@@ -158,6 +158,7 @@ class LlamaBackend(Backend):
         tokens: list[int] = []
         logprobs: list[float] = []
         tail = bytearray()
+        scratch = np.empty(n_vocab, dtype=np.float32)
         finish: str = "length"
         generator = llama.generate(
             prompt.tokens, temp=request.temperature, reset=True, **SAMPLING
@@ -170,7 +171,8 @@ class LlamaBackend(Backend):
             if request.logprobs:
                 logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, -1), shape=(n_vocab,))
                 peak = logits.max()
-                logprobs.append(float(logits[token] - peak - np.log(np.exp(logits - peak).sum())))
+                np.exp(np.subtract(logits, peak, out=scratch), out=scratch)
+                logprobs.append(float(logits[token] - peak - np.log(scratch.sum())))
             if stops:
                 tail += llama.detokenize([token])
                 del tail[:-window]
