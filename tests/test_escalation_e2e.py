@@ -148,3 +148,19 @@ async def test_generate_cloud_tool_is_listed_when_a_key_is_set(write_config, smo
     assert list(tools) == ["generate_small", "generate_cloud"]
     assert tools["generate_cloud"].annotations.open_world_hint is True
     assert (result.structured_content["served_by"], result.content[0].text) == ("cloud", "Paris")
+
+
+async def test_cloud_errors_are_error_results_and_the_server_keeps_serving(write_config, smollm2: Path) -> None:
+    with FakeAnthropic(reply="Paris") as fake:
+        fake.script.extend(["401", "malformed"])
+        config = write_config(f'[tiers.small]\nmodel = "{smollm2}"\ndescription = "s"\n[cloud]\nmodel = "claude-test"\n'
+                              f'base_url = "{fake.url}"\nmax_retries = 0\n')
+        with anyio.fail_after(60):
+            async with stdio_server(config, ANTHROPIC_API_KEY="sk-test") as client:
+                unauthorized = await client.call_tool("generate_cloud", {"prompt": PARIS})
+                malformed = await client.call_tool("generate_cloud", {"prompt": PARIS})
+                fine = await client.call_tool("generate_cloud", {"prompt": PARIS})
+    assert unauthorized.is_error and unauthorized.content[0].text.endswith(
+        "cloud: the Anthropic API rejected the API key (HTTP 401); check $ANTHROPIC_API_KEY")
+    assert malformed.is_error and "not a valid Messages API answer" in malformed.content[0].text
+    assert not fine.is_error and fine.content[0].text == "Paris"
