@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.warning("tier_unavailable", tier=name, reason=problem)
     log.info("serving", transport="stdio", config=str(resolve_config_path(args.config).resolve()),
              tiers=list(config.tiers))
-    build_server(TierRegistry.from_config(config)).run("stdio")
+    build_server(TierRegistry.from_config(config), config.server).run("stdio")
     return 0
 
 

@@ -88,6 +88,11 @@ class TierConfig(BaseModel):
     max_tokens: Annotated[int, Field(ge=1)] = 512
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.2
     chat_format: Annotated[str, Field(min_length=1, json_schema_extra={"expect": "a chat format name"})] | None = None
+    instances: Annotated[int, Field(ge=1)] = 1
+    max_queue: Annotated[int, Field(ge=0)] = 8
+    queue_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    preload: bool = False
+    idle_unload_s: Annotated[float, Field(gt=0)] | None = None
     escalate_to: Annotated[str, Field(min_length=1, json_schema_extra={"expect": 'a tier name or "cloud"'})] | None = None
     local_only: bool = False
     min_confidence: Probability | None = None
@@ -102,6 +107,15 @@ class TierConfig(BaseModel):
             raise ValueError(f"must be a path to a .gguf file, got {describe_value(value)}")
         base_dir = (info.context or {}).get("base_dir", Path.cwd())
         return expand_path(str(value), base_dir)
+
+
+class ServerConfig(BaseModel):
+    """`[server]`: how calls are served."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    default_deadline_s: Annotated[float, Field(gt=0)] = 50.0
+    progress_interval_s: Annotated[float, Field(ge=0.1, le=2)] = 1.0
 
 
 class CloudConfig(BaseModel):
@@ -138,6 +152,7 @@ class Config(BaseModel):
         Field(min_length=1, json_schema_extra={"expect": "a table with at least one [tiers.<name>] entry"}),
     ]
     escalation: EscalationConfig = EscalationConfig()
+    server: ServerConfig = ServerConfig()
     cloud: CloudConfig | None = None
 
     def chain(self, tier: str) -> list[str]:

@@ -17,7 +17,8 @@ from .backends import Completion, GenerationRequest
 from .budget import BudgetExceeded, Reservation
 from .config import CLOUD
 from .confidence import confidence
-from .errors import BackendError, PromptTooLongError, RequestError, TieredError
+from .backends.pool import CallControl
+from .errors import BackendError, BusyError, PromptTooLongError, RequestError, TieredError
 from .tiers import Tier, TierRegistry
 from .validation import explain
 
@@ -26,7 +27,7 @@ log = structlog.get_logger(__name__)
 MAX_STOP_SEQUENCES = 4
 
 
-Reason = Literal["context", "low_confidence", "empty", "truncated", "error", "requested"]
+Reason = Literal["context", "low_confidence", "empty", "truncated", "error", "busy", "requested"]
 
 
 class GenerateOptions(BaseModel):
@@ -43,6 +44,7 @@ class GenerateOptions(BaseModel):
     ] | None = None
     escalate: Literal["auto", "never", "always"] | None = None
     local_only: bool | None = None
+    deadline_s: Annotated[float, Field(gt=0)] | None = None
 
 
 class Usage(BaseModel):
@@ -56,7 +58,8 @@ class Escalation(BaseModel):
     from_: str = Field(alias="from", description="The tier that handed the call on.")
     to: str = Field(description="The tier it was handed to.")
     reason: Reason = Field(description="context: did not fit; low_confidence / empty / truncated: the answer "
-                           "was not good enough; error: the tier failed; requested: escalate=always.")
+                           "was not good enough; error: the tier failed; busy: no instance was free in time; "
+                           "requested: escalate=always.")
     confidence: float | None = Field(description="The handing tier's confidence in its answer, if it answered.")
 
 
@@ -67,8 +70,9 @@ class GenerateResult(BaseModel):
     tier: str = Field(description="The tier that was called.")
     served_by: str = Field(description="The tier whose answer this is (a later tier after escalation, or cloud).")
     model: str = Field(description="The model that produced the answer.")
-    finish_reason: Literal["stop", "length"] = Field(
-        description="stop: the model finished; length: cut off at max_tokens."
+    finish_reason: Literal["stop", "length", "deadline"] = Field(
+        description="stop: the model finished; length: cut off at max_tokens; deadline: cut off at deadline_s "
+        "(the text is what was generated until then)."
     )
     usage: Usage
     latency_ms: float = Field(description="Server-side time for the call, model load, waiting and escalation included.")
@@ -80,7 +84,7 @@ class GenerateResult(BaseModel):
     )
 
 
-def input_schema(tier: Tier) -> dict[str, Any]:
+def input_schema(tier: Tier, default_deadline_s: float) -> dict[str, Any]:
     """The JSON schema of generate_<tier>'s arguments, with this tier's limits."""
     return {
         "type": "object",
@@ -108,6 +112,11 @@ def input_schema(tier: Tier) -> dict[str, Any]:
                 "type": "boolean", "default": False,
                 "description": "true: the prompt never leaves this machine (no cloud escalation).",
             },
+            "deadline_s": {
+                "type": "number", "exclusiveMinimum": 0,
+                "description": f"Seconds after which generation stops and the partial answer is returned "
+                f"(finish_reason \"deadline\"); default {default_deadline_s:g}.",
+            },
         },
         "required": ["prompt"],
     }
@@ -118,6 +127,7 @@ class _Call:
     request: GenerationRequest
     escalate: str
     local_only: bool
+    deadline_s: float | None
 
 
 def build_call(tier: Tier, prompt: str, system: str, options: dict[str, Any]) -> _Call:
@@ -139,7 +149,7 @@ def build_call(tier: Tier, prompt: str, system: str, options: dict[str, Any]) ->
         raise RequestError(f"local_only: {tier.tool_name} sends the prompt to the cloud; call a local tier instead")
     temperature = opts.temperature if opts.temperature is not None else tier.temperature
     request = GenerationRequest(prompt, system, max_tokens, temperature, tuple(opts.stop or ()))
-    return _Call(request, opts.escalate or "auto", local_only)
+    return _Call(request, opts.escalate or "auto", local_only, opts.deadline_s)
 
 
 def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | None]:
@@ -156,14 +166,17 @@ def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | No
 
 
 class Dispatcher:
-    def __init__(self, tiers: TierRegistry):
+    def __init__(self, tiers: TierRegistry, default_deadline_s: float = 50.0):
         self.tiers = tiers
+        self.default_deadline_s = default_deadline_s
 
-    async def generate(self, tier_name: str, prompt: str, system: str = "", **options: Any) -> GenerateResult:
+    async def generate(self, tier_name: str, prompt: str, system: str = "", control: CallControl | None = None,
+                       **options: Any) -> GenerateResult:
         started = time.perf_counter()
+        control = control or CallControl()
         event = log.bind(tool=self.tiers.get(tier_name).tool_name, tier=tier_name)
         try:
-            result = await self._escalating(tier_name, prompt, system, options, started)
+            result = await self._escalating(tier_name, prompt, system, options, started, control)
         except TieredError as exc:
             event.warning("tool_call", outcome="error", error=type(exc).__name__, reason=str(exc),
                           latency_ms=_ms_since(started))
@@ -180,9 +193,10 @@ class Dispatcher:
         return result
 
     async def _escalating(self, tier_name: str, prompt: str, system: str, options: dict[str, Any],
-                          started: float) -> GenerateResult:
+                          started: float, control: CallControl) -> GenerateResult:
         first = self.tiers.get(tier_name)
         call = build_call(first, prompt, system, options)
+        control.set_deadline(call.deadline_s or self.default_deadline_s)
         chain = self.tiers.chain(tier_name)
         hops: list[Escalation] = []
         answer: tuple[Tier, Completion, float | None] | None = None
@@ -214,9 +228,11 @@ class Dispatcher:
                 hops.append(Escalation(from_=chain[position - 1], to=tier_here, reason=reason, confidence=value))
             tier = self.tiers.get(tier_here)
             try:
-                completion = await self._run(tier, call, reservation)
+                completion = await self._run(tier, call, reservation, control)
             except PromptTooLongError as exc:
                 failure, failed_at, reason, value = exc, tier_here, "context", None
+            except BusyError as exc:
+                failure, failed_at, reason, value = exc, tier_here, "busy", None
             except BackendError as exc:
                 failure, failed_at, reason, value = exc, tier_here, "error", None
             else:
@@ -234,7 +250,7 @@ class Dispatcher:
                 raise RequestError(note or f"tier {tier_name} could not answer")
             if note is None:
                 raise failure
-            kind = RequestError if isinstance(failure, RequestError) else BackendError
+            kind = next(k for k in (BusyError, RequestError, BackendError) if isinstance(failure, k) or k is BackendError)
             raise kind(f"{failure}; {note}") from failure
         tier, completion, value = answer
         return GenerateResult(
@@ -256,13 +272,13 @@ class Dispatcher:
             return f"tier {target} is not available"
         return None
 
-    async def _run(self, tier: Tier, call: _Call, reservation: Reservation | None) -> Completion:
+    async def _run(self, tier: Tier, call: _Call, reservation: Reservation | None, control: CallControl) -> Completion:
         request = replace(call.request, max_tokens=min(call.request.max_tokens, tier.max_tokens))
         budget = self.tiers.budget
         if reservation is None or budget is None:
-            return await tier.backend.generate(request)
+            return await tier.backend.generate(request, control)
         try:
-            completion = await tier.backend.generate(request)
+            completion = await tier.backend.generate(request, control)
         except BaseException:
             budget.release(reservation)
             raise

@@ -31,3 +31,7 @@ class PromptTooLongError(RequestError):
 
 class BackendError(TieredError):
     """The engine behind a tier failed (model missing, load failure, decode error)."""
+
+
+class BusyError(TieredError):
+    """Every instance of the tier is in use and the call could not wait (full queue, or waited too long)."""

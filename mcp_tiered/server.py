@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from mcp.server.mcpserver import MCPServer
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
@@ -14,6 +15,8 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 import structlog
 
 from . import __version__
+from .backends.pool import CallControl
+from .config import ServerConfig
 from .dispatch import Dispatcher, GenerateResult, input_schema
 from .errors import TieredError
 from .tiers import Tier, TierRegistry
@@ -26,8 +29,19 @@ INSTRUCTIONS = (
 )
 
 
-def _tool_for(tier: Tier, dispatcher: Dispatcher) -> Tool:
+async def _report_progress(ctx: Context, control: CallControl, interval_s: float) -> None:
+    """Progress notifications from acceptance to the answer, every `interval_s`; a no-op unless the
+    client sent a progressToken. `progress` counts the reports, so it strictly increases."""
+    count = 0
+    while True:
+        count += 1
+        await ctx.report_progress(count, None, control.describe())
+        await anyio.sleep(interval_s)
+
+
+def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
     async def generate(
+        ctx: Context,
         prompt: str = "",
         system: str = "",
         max_tokens: Any = None,
@@ -35,14 +49,23 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher) -> Tool:
         stop: Any = None,
         escalate: Any = None,
         local_only: Any = None,
+        deadline_s: Any = None,
     ) -> Annotated[CallToolResult, GenerateResult]:
-        try:
-            result = await dispatcher.generate(
-                tier.name, prompt, system, max_tokens=max_tokens, temperature=temperature, stop=stop,
-                escalate=escalate, local_only=local_only,
-            )
-        except TieredError as exc:
-            raise ToolError(str(exc)) from exc
+        control = CallControl()
+        failure: TieredError | None = None
+        async with anyio.create_task_group() as progress:
+            progress.start_soon(_report_progress, ctx, control, server.progress_interval_s)
+            try:
+                result = await dispatcher.generate(
+                    tier.name, prompt, system, control, max_tokens=max_tokens, temperature=temperature,
+                    stop=stop, escalate=escalate, local_only=local_only, deadline_s=deadline_s,
+                )
+            except TieredError as exc:  # raised here, not from the task group, which would wrap it
+                failure = exc
+            finally:
+                progress.cancel_scope.cancel()
+        if failure is not None:
+            raise ToolError(str(failure)) from failure
         return CallToolResult(
             content=[TextContent(type="text", text=result.text)],
             structured_content=result.model_dump(mode="json", by_alias=True),
@@ -65,19 +88,26 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher) -> Tool:
     # The function takes its arguments loosely so that dispatch.build_request can reject a
     # bad value in one sentence; the schema clients see is the precise one. (prompt and system
     # stay `str`: the SDK would otherwise JSON-decode a prompt such as '{"a": 1}'.)
-    tool.parameters = input_schema(tier)
+    tool.parameters = input_schema(tier, server.default_deadline_s)
     return tool
 
 
-def build_server(tiers: TierRegistry) -> MCPServer:
-    dispatcher = Dispatcher(tiers)
+def build_server(tiers: TierRegistry, server: ServerConfig | None = None) -> MCPServer:
+    server = server or ServerConfig()
+    dispatcher = Dispatcher(tiers, server.default_deadline_s)
     if tiers.cloud_disabled:
         log.warning("cloud_disabled", reason=tiers.cloud_disabled)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
         try:
-            yield
+            async with anyio.create_task_group() as background:
+                for tier in tiers:  # preloading and idle unloading, without delaying the first request
+                    background.start_soon(tier.backend.run_background)
+                try:
+                    yield
+                finally:
+                    background.cancel_scope.cancel()
         finally:
             await tiers.aclose()
 
@@ -86,6 +116,6 @@ def build_server(tiers: TierRegistry) -> MCPServer:
         title="mcp-tiered",
         version=__version__,
         instructions=INSTRUCTIONS,
-        tools=[_tool_for(tier, dispatcher) for tier in tiers],
+        tools=[_tool_for(tier, dispatcher, server) for tier in tiers],
         lifespan=lifespan,
     )

@@ -73,7 +73,7 @@ class ScriptedBackend(Backend):
         self.requests: list[GenerationRequest] = []
         self.model_name = model_name
 
-    async def generate(self, request: GenerationRequest) -> Completion:
+    async def generate(self, request: GenerationRequest, control=None) -> Completion:  # noqa: ANN001
         self.requests.append(request)
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):

@@ -19,12 +19,13 @@ MALFORMED = {
     "invalid_toml": ("[tiers.small\nmodel = 1", '{dir}/models.toml: invalid TOML: Expected \']\' at the end of a table declaration (at line 1, column 13)'),
     "no_tiers_table": ("", "tiers: is required (a table with at least one [tiers.<name>] entry)"),
     "empty_tiers": ("[tiers]", "tiers: must be a table with at least one [tiers.<name>] entry, got an empty table"),
-    "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers, escalation, cloud"),
+    "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers, escalation, server, cloud"),
     "unknown_tier_key": (
         VALID_TIER + "n_ctxx = 4096",
         "tiers.small.n_ctxx: unknown key; valid keys here are model, description, n_ctx, n_gpu_layers, "
-        "main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, chat_format, escalate_to, "
-        "local_only, min_confidence, confidence, confidence_quantile, escalate_on_truncated",
+        "main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, chat_format, "
+        "instances, max_queue, queue_timeout_s, preload, idle_unload_s, escalate_to, local_only, min_confidence, confidence, "
+        "confidence_quantile, escalate_on_truncated",
     ),
     "tier_not_a_table": ('[tiers]\nsmall = "model.gguf"', 'tiers.small: must be a table, got "model.gguf"'),
     "wrong_type_n_ctx": (VALID_TIER + 'n_ctx = "big"', 'tiers.small.n_ctx: must be an integer ≥ 256, got "big"'),

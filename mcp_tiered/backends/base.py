@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-FinishReason = Literal["stop", "length"]
+if TYPE_CHECKING:
+    from .pool import CallControl
+
+FinishReason = Literal["stop", "length", "deadline"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,12 @@ class Backend(ABC):
     """What the result's `model` field reports."""
 
     @abstractmethod
-    async def generate(self, request: GenerationRequest) -> Completion: ...
+    async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
+        """`control`, when given, carries the call's deadline and cancellation, and receives its phase."""
+
+    async def run_background(self) -> None:
+        """Work the engine does while the server runs (preloading, unloading idle models); returns
+        when there is none. Cancelled at shutdown."""
 
     @property
     def loaded(self) -> bool:

@@ -7,6 +7,7 @@ import anthropic
 from ..config import CloudConfig
 from ..errors import BackendError
 from .base import Backend, Completion, GenerationRequest
+from .pool import CallControl
 
 
 class CloudBackend(Backend):
@@ -22,7 +23,9 @@ class CloudBackend(Backend):
             max_retries=config.max_retries,
         )
 
-    async def generate(self, request: GenerationRequest) -> Completion:
+    async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
+        if control is not None:
+            control.tier, control.phase = "cloud", "waiting for the cloud"
         kwargs = {"system": request.system} if request.system else {}
         if request.stop:
             kwargs["stop_sequences"] = list(request.stop)

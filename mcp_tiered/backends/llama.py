@@ -13,6 +13,7 @@ import structlog
 from ..config import TierConfig, model_file_problem
 from ..errors import BackendError, PromptTooLongError, RequestError
 from .base import Backend, Completion, GenerationRequest
+from .pool import CallControl, InstancePool
 from .worker import WorkerThread
 
 if TYPE_CHECKING:
@@ -71,33 +72,71 @@ def format_chat(llama: Llama, messages: list[dict[str, str]]) -> FormattedPrompt
     raise BackendError("the chat handler returned without formatting a prompt")
 
 
+@dataclass(eq=False)
+class _Instance:
+    worker: WorkerThread
+    llama: Llama | None = None
+    last_used: float = 0.0
+
+
 class LlamaBackend(Backend):
-    """One `Llama` per tier, loaded on first use, used by one call at a time."""
+    """`instances` Llama objects per tier, each on its own thread and used by one call at a time,
+    behind a bounded FIFO queue; loaded on first use (or at start with `preload`), unloaded after
+    `idle_unload_s` unused."""
 
     def __init__(self, tier: str, config: TierConfig):
         self.tier = tier
         self.config = config
         self.model_name = config.model.stem
-        self._llama: Llama | None = None
-        self._lock = anyio.Lock()
-        self._worker = WorkerThread(f"llama-{tier}")
+        self._instances = [_Instance(WorkerThread(f"llama-{tier}-{i}")) for i in range(config.instances)]
+        self.pool: InstancePool[_Instance] = InstancePool(tier, list(self._instances), config.max_queue,
+                                                          config.queue_timeout_s)
 
     @property
     def loaded(self) -> bool:
-        return self._llama is not None
+        return any(instance.llama is not None for instance in self._instances)
 
-    async def generate(self, request: GenerationRequest) -> Completion:
-        async with self._lock:
-            if self._llama is None:
-                self._llama = await self._worker.run(self._load)
-            return await self._worker.run(self._generate, self._llama, request)
+    async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
+        control = control or CallControl()
+        control.tier, control.phase, control.tokens = self.tier, "queued", 0
+        instance = await self.pool.acquire(control, lambda position: setattr(control, "queue_position", position))
+        try:
+            if instance.llama is None:
+                control.phase = "loading"
+                instance.llama = await instance.worker.run(self._load)
+            control.phase = "prompt"
+            return await instance.worker.run(self._generate, instance.llama, request, control,
+                                             on_cancel=control.cancelled.set)
+        finally:
+            instance.last_used = time.monotonic()
+            self.pool.release(instance)
+
+    async def run_background(self) -> None:
+        if self.config.preload:
+            for instance in self._instances:
+                if instance.llama is None:
+                    instance.llama = await instance.worker.run(self._load)
+                    instance.last_used = time.monotonic()
+        idle_s = self.config.idle_unload_s
+        if idle_s is None:
+            return
+        while True:
+            await anyio.sleep(min(idle_s / 4, 5.0))
+            now = time.monotonic()
+            for instance in self.pool.take_free(lambda i: i.llama is not None and now - i.last_used >= idle_s):
+                await self._unload(instance, idle_s=round(now - instance.last_used, 1))
+                self.pool.release(instance)
+
+    async def _unload(self, instance: _Instance, **why: Any) -> None:
+        llama, instance.llama = instance.llama, None
+        if llama is not None:
+            await instance.worker.run(llama.close)
+            log.info("model_unloaded", tier=self.tier, model=self.model_name, **why)
 
     async def aclose(self) -> None:
-        async with self._lock:
-            if self._llama is not None:
-                await self._worker.run(self._llama.close)
-                self._llama = None
-            self._worker.stop()
+        for instance in self._instances:
+            await self._unload(instance, reason="shutdown")
+            instance.worker.stop()
 
     def _load(self) -> Llama:
         if problem := model_file_problem(self.tier, self.config):
@@ -123,7 +162,7 @@ class LlamaBackend(Backend):
                  load_s=round(time.perf_counter() - started, 3))
         return llama
 
-    def _generate(self, llama: Llama, request: GenerationRequest) -> Completion:
+    def _generate(self, llama: Llama, request: GenerationRequest, control: CallControl) -> Completion:
         messages = [{"role": "system", "content": request.system}] if request.system else []
         messages.append({"role": "user", "content": request.prompt})
         try:
@@ -141,11 +180,12 @@ class LlamaBackend(Backend):
                 prompt_tokens=len(prompt.tokens), max_tokens=request.max_tokens, n_ctx=n_ctx,
             )
         try:
-            return self._sample(llama, prompt, request)
+            return self._sample(llama, prompt, request, control)
         except Exception as exc:
             raise BackendError(f"tier {self.tier}: llama.cpp failed during generation ({exc})") from exc
 
-    def _sample(self, llama: Llama, prompt: FormattedPrompt, request: GenerationRequest) -> Completion:
+    def _sample(self, llama: Llama, prompt: FormattedPrompt, request: GenerationRequest,
+                control: CallControl) -> Completion:
         """The token loop. Each yielded token's distribution is still in llama.cpp's logits buffer
         (the next eval has not run), so its log-probability costs one log-sum-exp, not logits_all."""
         import llama_cpp
@@ -164,10 +204,16 @@ class LlamaBackend(Backend):
             prompt.tokens, temp=request.temperature, reset=True, **SAMPLING
         )
         for token in generator:
+            if not tokens:
+                control.generating_since, control.phase = time.monotonic(), "generating"
+            if (stopped := control.stop_reason()) is not None:
+                finish = stopped
+                break
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 finish = "stop"
                 break
             tokens.append(token)
+            control.tokens = len(tokens)
             if request.logprobs:
                 logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, -1), shape=(n_vocab,))
                 peak = logits.max()
@@ -188,7 +234,7 @@ class LlamaBackend(Backend):
             text = text[:cut]
         return Completion(
             text=text.strip(),
-            finish_reason="stop" if finish == "stop" else "length",
+            finish_reason=finish if finish in ("stop", "deadline") else "length",
             prompt_tokens=len(prompt.tokens),
             completion_tokens=len(tokens),
             token_logprobs=tuple(logprobs),

@@ -27,9 +27,10 @@ class WorkerThread:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, on_cancel: Callable[[], None] | None = None) -> T:
         """Run `fn(*args)` on this thread. Like `anyio.to_thread.run_sync`, a cancelled caller
-        still waits for `fn` to return, so whatever `fn` uses stays consistent."""
+        still waits for `fn` to return, so whatever `fn` uses stays consistent; `on_cancel` is
+        called first, to ask `fn` to return early."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
             self._thread.start()
@@ -48,8 +49,14 @@ class WorkerThread:
                 pass
 
         self._jobs.put(job)
-        with anyio.CancelScope(shield=True):
+        try:
             await done.wait()
+        except anyio.get_cancelled_exc_class():
+            if on_cancel is not None:
+                on_cancel()
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+            raise
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]
