@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
+import anyio
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -180,6 +181,9 @@ class Dispatcher:
         except TieredError as exc:
             event.warning("tool_call", outcome="error", error=type(exc).__name__, reason=str(exc),
                           latency_ms=_ms_since(started))
+            raise
+        except anyio.get_cancelled_exc_class():
+            event.info("tool_call", outcome="cancelled", completion_tokens=control.tokens, latency_ms=_ms_since(started))
             raise
         except Exception as exc:
             event.exception("tool_call", outcome="error", error=type(exc).__name__, latency_ms=_ms_since(started))

@@ -99,3 +99,17 @@ async def stdio_server(config: Path, errlog_path: Path | None = None, **env: str
     with errlog_path.open("w") as errlog:
         async with Client(stdio_client(params, errlog=errlog)) as client:
             yield client
+
+
+@pytest.fixture
+def small_tier_config(write_config: Callable[[str], Path], smollm2: Path) -> Path:
+    """One SmolLM2 instance with room for long answers (progress, deadline, cancellation tests)."""
+    return write_config(
+        f"""
+[tiers.small]
+model = "{smollm2}"
+description = "SmolLM2 135M for tests"
+n_ctx = 1024
+max_tokens = 600
+"""
+    )

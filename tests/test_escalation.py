@@ -178,3 +178,10 @@ async def test_later_failure_and_blocked_cloud_are_both_told() -> None:
         "large failed (tier large: out of memory); this is the answer of small; escalation from large to cloud "
         "(error) was not made: the cloud tier is disabled because $ANTHROPIC_API_KEY is not set"
     )
+
+
+async def test_busy_tier_escalates_with_reason_busy() -> None:
+    from mcp_tiered.errors import BusyError
+
+    result = await Dispatcher(chain([BusyError("tier small is busy")], [answer("from large")])).generate("small", "q")
+    assert (result.served_by, [h.reason for h in result.escalations]) == ("large", ["busy"])
