@@ -14,7 +14,7 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 
 import structlog
 
-from . import __version__
+from . import __version__, memory
 from .backends.pool import CallControl
 from .config import ServerConfig
 from .dispatch import Dispatcher, GenerateResult, input_schema
@@ -104,6 +104,7 @@ def build_server(tiers: TierRegistry, server: ServerConfig | None = None) -> MCP
             async with anyio.create_task_group() as background:
                 for tier in tiers:  # preloading and idle unloading, without delaying the first request
                     background.start_soon(tier.backend.run_background)
+                background.start_soon(memory.trim_periodically)
                 try:
                     yield
                 finally:

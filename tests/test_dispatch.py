@@ -107,3 +107,15 @@ async def test_listing_tools_loads_no_model(small_config: Path) -> None:
         async with Client(build_server(tiers)) as client:
             await client.list_tools()
     assert not tiers.get("small").backend.loaded
+
+
+async def test_tools_list_with_many_tiers_loads_nothing(write_config, smollm2: Path) -> None:
+    from mcp_tiered.config import load_config
+
+    config = write_config("".join(f'[tiers.t{i}]\nmodel = "{smollm2}"\ndescription = "tier {i}"\n' for i in range(30)))
+    tiers = TierRegistry.from_config(load_config(config))
+    with anyio.fail_after(10):
+        async with Client(build_server(tiers)) as client:
+            tools = (await client.list_tools()).tools
+    assert len(tools) == 30
+    assert not any(tier.backend.loaded for tier in tiers)
