@@ -30,16 +30,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 1
+    import anyio
+
+    from .metrics import Metrics
     from .server import build_server
     from .tiers import TierRegistry
+    from .transports import auth_token, serve
 
+    if args.transport != "stdio":
+        try:
+            auth_token(config.server, args.host)  # refuse an unsafe setup before loading anything
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     for name, tier in config.tiers.items():
         # A broken tier does not stop the others: its tool answers with this sentence.
         if problem := model_file_problem(name, tier):
             log.warning("tier_unavailable", tier=name, reason=problem)
-    log.info("serving", transport="stdio", config=str(resolve_config_path(args.config).resolve()),
+    log.info("starting", transport=args.transport, config=str(resolve_config_path(args.config).resolve()),
              tiers=list(config.tiers))
-    build_server(TierRegistry.from_config(config), config.server).run("stdio")
+    tiers = TierRegistry.from_config(config)
+    metrics = Metrics(tiers)
+    mcp = build_server(tiers, config.server, metrics)
+    anyio.run(serve, mcp, tiers, metrics, config.server, args.transport, args.host, args.port)
     return 0
 
 
@@ -133,8 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     config_help = f"models.toml to use (default: ${CONFIG_ENV}, else ./models.toml)"
 
-    serve = sub.add_parser("serve", help="serve the tiers as MCP tools over stdio")
+    serve = sub.add_parser("serve", help="serve the tiers as MCP tools")
     serve.add_argument("--config", help=config_help)
+    serve.add_argument("--transport", choices=["stdio", "sse", "http"], default="stdio",
+                       help="stdio (default), http (Streamable HTTP at /mcp) or sse (at /sse)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind for http/sse (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port for http/sse (default 8765)")
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate the config and each tier's model file")

@@ -116,6 +116,11 @@ class ServerConfig(BaseModel):
 
     default_deadline_s: Annotated[float, Field(gt=0)] = 50.0
     progress_interval_s: Annotated[float, Field(ge=0.1, le=2)] = 1.0
+    auth_token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                         json_schema_extra={"expect": "an environment variable name"})] | None = None
+    allowed_hosts: list[str] = []
+    allowed_origins: list[str] = []
+    max_request_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
 
 
 class CloudConfig(BaseModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 import structlog
@@ -21,6 +21,9 @@ from .confidence import confidence
 from .backends.pool import CallControl
 from .errors import BackendError, BusyError, PromptTooLongError, RequestError, TieredError
 from .tiers import Tier, TierRegistry
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 from .validation import explain
 
 log = structlog.get_logger(__name__)
@@ -167,9 +170,10 @@ def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | No
 
 
 class Dispatcher:
-    def __init__(self, tiers: TierRegistry, default_deadline_s: float = 50.0):
+    def __init__(self, tiers: TierRegistry, default_deadline_s: float = 50.0, metrics: Metrics | None = None):
         self.tiers = tiers
         self.default_deadline_s = default_deadline_s
+        self.metrics = metrics
 
     async def generate(self, tier_name: str, prompt: str, system: str = "", control: CallControl | None = None,
                        **options: Any) -> GenerateResult:
@@ -181,12 +185,15 @@ class Dispatcher:
         except TieredError as exc:
             event.warning("tool_call", outcome="error", error=type(exc).__name__, reason=str(exc),
                           latency_ms=_ms_since(started))
+            self._record(tier_name, "busy" if isinstance(exc, BusyError) else "error", started)
             raise
         except anyio.get_cancelled_exc_class():
             event.info("tool_call", outcome="cancelled", completion_tokens=control.tokens, latency_ms=_ms_since(started))
+            self._record(tier_name, "cancelled", started)
             raise
         except Exception as exc:
             event.exception("tool_call", outcome="error", error=type(exc).__name__, latency_ms=_ms_since(started))
+            self._record(tier_name, "error", started)
             raise BackendError(f"tier {tier_name}: unexpected {type(exc).__name__} in the backend; "
                                "see the server log") from exc
         event.info("tool_call", outcome="ok", served_by=result.served_by,
@@ -194,7 +201,12 @@ class Dispatcher:
                    latency_ms=result.latency_ms, finish_reason=result.finish_reason, confidence=result.confidence,
                    escalations=[f"{e.from_}->{e.to}:{e.reason}" for e in result.escalations],
                    escalation_note=result.escalation_note)
+        self._record(tier_name, "ok", started, result)
         return result
+
+    def _record(self, tier: str, outcome: str, started: float, result: GenerateResult | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.record(tier, outcome, time.perf_counter() - started, result)
 
     async def _escalating(self, tier_name: str, prompt: str, system: str, options: dict[str, Any],
                           started: float, control: CallControl) -> GenerateResult:

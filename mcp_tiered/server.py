@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
@@ -14,11 +12,12 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 
 import structlog
 
-from . import __version__, memory
+from . import __version__
 from .backends.pool import CallControl
 from .config import ServerConfig
 from .dispatch import Dispatcher, GenerateResult, input_schema
 from .errors import TieredError
+from .metrics import Metrics
 from .tiers import Tier, TierRegistry
 
 log = structlog.get_logger(__name__)
@@ -92,25 +91,11 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
     return tool
 
 
-def build_server(tiers: TierRegistry, server: ServerConfig | None = None) -> MCPServer:
+def build_server(tiers: TierRegistry, server: ServerConfig | None = None, metrics: Metrics | None = None) -> MCPServer:
     server = server or ServerConfig()
-    dispatcher = Dispatcher(tiers, server.default_deadline_s)
+    dispatcher = Dispatcher(tiers, server.default_deadline_s, metrics)
     if tiers.cloud_disabled:
         log.warning("cloud_disabled", reason=tiers.cloud_disabled)
-
-    @asynccontextmanager
-    async def lifespan(_: MCPServer) -> AsyncIterator[None]:
-        try:
-            async with anyio.create_task_group() as background:
-                for tier in tiers:  # preloading and idle unloading, without delaying the first request
-                    background.start_soon(tier.backend.run_background)
-                background.start_soon(memory.trim_periodically)
-                try:
-                    yield
-                finally:
-                    background.cancel_scope.cancel()
-        finally:
-            await tiers.aclose()
 
     return MCPServer(
         name="mcp-tiered",
@@ -118,5 +103,4 @@ def build_server(tiers: TierRegistry, server: ServerConfig | None = None) -> MCP
         version=__version__,
         instructions=INSTRUCTIONS,
         tools=[_tool_for(tier, dispatcher, server) for tier in tiers],
-        lifespan=lifespan,
     )

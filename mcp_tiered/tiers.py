@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
+
+from . import memory
 from .backends import Backend
 from .backends.llama import LlamaBackend
 from .budget import CloudBudget
@@ -109,6 +113,24 @@ class TierRegistry:
         while name in self._tiers and (name := self._tiers[name].policy.escalate_to) is not None:
             names.append(name)
         return names
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[TierRegistry]:
+        """While the server runs: each backend's background work (preloading, idle unloading) and the
+        heap trimming; at the end, every model is freed. Wraps the whole transport, not an MCP session
+        (an HTTP server has many sessions, and models outlive each)."""
+        try:
+            async with anyio.create_task_group() as background:
+                for tier in self:
+                    background.start_soon(tier.backend.run_background)
+                background.start_soon(memory.trim_periodically)
+                try:
+                    yield self
+                finally:
+                    background.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
 
     async def aclose(self) -> None:
         for tier in self:

@@ -174,10 +174,11 @@ async def test_preload_loads_in_the_background_and_tools_list_does_not_wait(writ
     config = write_config(f'[tiers.small]\nmodel = "{smollm2}"\ndescription = "s"\npreload = true\n')
     tiers = TierRegistry.from_config(load_config(config))
     with anyio.fail_after(30):
-        async with Client(build_server(tiers)) as client:
+        async with tiers.running(), Client(build_server(tiers)) as client:
             await client.list_tools()
             while not tiers.get("small").backend.loaded:
                 await anyio.sleep(0.05)
+    assert not tiers.get("small").backend.loaded  # freed when the server stopped
 
 
 async def test_busy_tier_answers_with_an_error_result_through_mcp(write_config, smollm2: Path) -> None:

@@ -1,0 +1,147 @@
+"""`mcp-tiered serve --transport http|sse`: real MCP SDK clients over Streamable HTTP and SSE, the
+DNS-rebinding checks, the bearer token, /healthz, /metrics and a clean shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from mcp.client.client import Client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+from conftest import MCP_TIERED, REPO, server_env
+
+pytestmark = [pytest.mark.anyio, pytest.mark.model]
+
+TOKEN = "test-token-4f1c"
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@asynccontextmanager
+async def http_server(config: Path, transport: str = "http", **env: str) -> AsyncIterator[str]:
+    port = free_port()
+    errlog = (config.parent / f"{transport}.stderr").open("w")
+    process = await anyio.open_process(
+        [MCP_TIERED, "serve", "--config", str(config), "--transport", transport, "--port", str(port)],
+        env=server_env(**env), cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx2.AsyncClient() as http:
+            while True:
+                try:
+                    if (await http.get(f"{base}/healthz")).status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    await anyio.sleep(0.1)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            code = await process.wait()
+        errlog.close()
+    assert code == 0  # a clean shutdown
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # the port was released
+
+
+async def test_streamable_http_lists_calls_and_reports_progress(small_tier_config: Path) -> None:
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    with anyio.fail_after(60):
+        async with http_server(small_tier_config) as base, Client(f"{base}/mcp") as client:
+            tools = [t.name for t in (await client.list_tools()).tools]
+            result = await client.call_tool(
+                "generate_small", {"prompt": "Count from 1 to 1000, separated by commas.", "max_tokens": 250,
+                                   "temperature": 0}, progress_callback=on_progress)
+    assert tools == ["generate_small"]
+    assert not result.is_error and result.structured_content["usage"]["completion_tokens"] == 250
+    assert len(progress) >= 2 and progress == sorted(set(progress))
+
+
+async def test_sse_lists_calls_and_reports_progress(small_tier_config: Path) -> None:
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    with anyio.fail_after(60):
+        async with http_server(small_tier_config, "sse") as base, Client(sse_client(f"{base}/sse")) as client:
+            tools = [t.name for t in (await client.list_tools()).tools]
+            result = await client.call_tool(
+                "generate_small", {"prompt": "Count from 1 to 1000, separated by commas.", "max_tokens": 250,
+                                   "temperature": 0}, progress_callback=on_progress)
+    assert tools == ["generate_small"]
+    assert not result.is_error
+    assert len(progress) >= 2 and progress == sorted(set(progress))
+
+
+async def test_foreign_host_or_origin_is_rejected(small_tier_config: Path) -> None:
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    with anyio.fail_after(60):
+        async with http_server(small_tier_config) as base, httpx2.AsyncClient() as http:
+            host = await http.post(f"{base}/mcp", json=INIT, headers={**headers, "host": "evil.example"})
+            origin = await http.post(f"{base}/mcp", json=INIT, headers={**headers, "origin": "http://evil.example"})
+            local = await http.post(f"{base}/mcp", json=INIT, headers={**headers, "origin": base})
+    assert host.status_code in (400, 421) and origin.status_code == 403
+    assert local.status_code == 200
+
+
+def test_binding_beyond_loopback_without_a_token_refuses_to_start(small_tier_config: Path) -> None:
+    out = subprocess.run([MCP_TIERED, "serve", "--config", str(small_tier_config), "--transport", "http",
+                          "--host", "0.0.0.0", "--port", str(free_port())],
+                         capture_output=True, text=True, timeout=30, env=server_env())
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("error: --host 0.0.0.0: serving beyond this machine needs a bearer token; set "
+                                  "[server] auth_token_env to the name of an environment variable holding it")
+
+
+def calls_counted(metrics_text: str) -> float:
+    match = re.search(r'^mcp_tiered_calls_total\{outcome="ok",tier="small"\} (\S+)$', metrics_text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_token_is_required_and_refused_requests_never_reach_a_model(write_config, smollm2: Path) -> None:
+    config = write_config(f'[server]\nauth_token_env = "MCP_TEST_TOKEN"\n[tiers.small]\nmodel = "{smollm2}"\n'
+                          'description = "s"\nn_ctx = 1024\nmax_tokens = 32\n')
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "generate_small", "arguments": {"prompt": "hi"}}}
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    good = {"authorization": f"Bearer {TOKEN}"}
+    with anyio.fail_after(60):
+        async with http_server(config, MCP_TEST_TOKEN=TOKEN) as base:
+            async with httpx2.AsyncClient() as http:
+                missing = await http.post(f"{base}/mcp", json=call, headers=headers)
+                wrong = await http.post(f"{base}/mcp", json=call, headers={**headers, "authorization": "Bearer nope"})
+                health = await http.get(f"{base}/healthz")
+                unauthorized_metrics = await http.get(f"{base}/metrics")
+                before = (await http.get(f"{base}/metrics", headers=good)).text
+                async with httpx2.AsyncClient(headers=good) as authed, \
+                        Client(streamable_http_client(f"{base}/mcp", http_client=authed)) as client:
+                    result = await client.call_tool("generate_small", {"prompt": "Say hi.", "temperature": 0})
+                after = (await http.get(f"{base}/metrics", headers=good)).text
+    assert (missing.status_code, wrong.status_code, unauthorized_metrics.status_code) == (401, 401, 401)
+    assert health.status_code == 200 and health.json()["tiers"]["small"]["loaded"] is False
+    assert calls_counted(before) == 0 and "mcp_tiered_model_loaded{tier=\"small\"} 0.0" in before
+    assert not result.is_error
+    assert calls_counted(after) == 1
+    assert 'mcp_tiered_call_latency_seconds_count{tier="small"} 1.0' in after
+    assert TOKEN not in (config.parent / "http.stderr").read_text()
