@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from typing import Literal
 
 import anyio
-
 import structlog
+import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request

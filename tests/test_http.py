@@ -48,6 +48,8 @@ async def http_server(config: Path, transport: str = "http", **env: str) -> Asyn
                     if (await http.get(f"{base}/healthz")).status_code == 200:
                         break
                 except httpx2.TransportError:
+                    if process.returncode is not None:
+                        raise AssertionError(f"the server exited with {process.returncode}; see {errlog.name}")
                     await anyio.sleep(0.1)
         yield base
     finally:
