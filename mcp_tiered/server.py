@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import warnings
+
 import anyio
+import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
@@ -97,10 +101,26 @@ def build_server(tiers: TierRegistry, server: ServerConfig | None = None, metric
     if tiers.cloud_disabled:
         log.warning("cloud_disabled", reason=tiers.cloud_disabled)
 
-    return MCPServer(
+    mcp = MCPServer(
         name="mcp-tiered",
         title="mcp-tiered",
         version=__version__,
         instructions=INSTRUCTIONS,
         tools=[_tool_for(tier, dispatcher, server) for tier in tiers],
     )
+    _accept_log_level(mcp)
+    return mcp
+
+
+def _accept_log_level(mcp: MCPServer) -> None:
+    """Answer `logging/setLevel` (clients on protocol versions up to 2025-11-25 send it). The server sends
+    no log notifications to clients (its log is JSON on stderr), so there is nothing to filter."""
+
+    async def set_level(ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
+        log.info("client_log_level", level=params.level)
+        return types.EmptyResult()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        # MCPServer has no public hook for this deprecated method; the low-level server does.
+        mcp._lowlevel_server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)

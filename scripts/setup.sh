@@ -5,7 +5,8 @@
 #
 #   --cuda       build llama.cpp with CUDA offload (-DGGML_CUDA=on); same as MCP_TIERED_GPU=cuda.
 #                Needs the CUDA toolkit (nvcc) on the machine.
-#   --test       also install the test dependencies.
+#   --test       also install the test dependencies (and, into .tools/, the MCP conformance suite and
+#                Inspector with Node 22: scripts/install_node_tools.sh).
 #   --no-models  do not fetch the embedded default models.
 #
 # Environment: PYTHON (interpreter for the venv, default python3, needs >= 3.11), CMAKE_ARGS (replaces
@@ -86,6 +87,10 @@ fi
 say "installing mcp-tiered and its dependencies"
 if [ "$WITH_TEST" = 1 ]; then TARGET=".[test]"; else TARGET="."; fi
 "${PIP[@]}" install --quiet --editable "$TARGET"
+
+if [ "$WITH_TEST" = 1 ]; then
+  scripts/install_node_tools.sh
+fi
 
 if [ "$WITH_MODELS" = 1 ]; then
   say "fetching the default models (verified by size and sha256)"

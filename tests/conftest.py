@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
+import httpx2
 import pytest
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -113,3 +118,38 @@ n_ctx = 1024
 max_tokens = 600
 """
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@asynccontextmanager
+async def http_server(config: Path, transport: str = "http", **env: str) -> AsyncIterator[str]:
+    port = free_port()
+    errlog = (config.parent / f"{transport}.stderr").open("w")
+    process = await anyio.open_process(
+        [MCP_TIERED, "serve", "--config", str(config), "--transport", transport, "--port", str(port)],
+        env=server_env(**env), cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx2.AsyncClient() as http:
+            while True:
+                try:
+                    if (await http.get(f"{base}/healthz")).status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    if process.returncode is not None:
+                        raise AssertionError(f"the server exited with {process.returncode}; see {errlog.name}")
+                    await anyio.sleep(0.1)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            code = await process.wait()
+        errlog.close()
+    assert code == 0  # a clean shutdown
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # the port was released

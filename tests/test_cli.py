@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import MCP_TIERED, REPO, server_env
 from mcp_tiered import __version__
 
@@ -36,3 +38,23 @@ def test_serve_refuses_to_start_on_a_bad_config(write_config) -> None:
     assert out.returncode == 1
     assert "tiers: must be a table with at least one [tiers.<name>] entry, got an empty table" in out.stderr
     assert out.stdout == ""
+
+
+@pytest.mark.anyio
+async def test_claude_desktop_entry_runs_as_printed(small_config: Path) -> None:
+    import json
+
+    import anyio
+    from mcp.client.client import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    out = subprocess.run([MCP_TIERED, "config", "claude-desktop", "--config", str(small_config)],
+                         capture_output=True, text=True, check=True, env=server_env())
+    entry = json.loads(out.stdout)["mcpServers"]["tiered"]
+    assert Path(entry["command"]).is_absolute() and entry["args"][-1] == str(small_config.resolve())
+    assert "ANTHROPIC_API_KEY" in entry["env"]
+    params = StdioServerParameters(command=entry["command"], args=entry["args"], env=entry["env"], cwd="/")
+    with anyio.fail_after(30):
+        async with Client(params) as client:
+            tools = (await client.list_tools()).tools
+    assert [t.name for t in tools] == ["generate_small"]

@@ -4,11 +4,7 @@ DNS-rebinding checks, the bearer token, /healthz, /metrics and a clean shutdown 
 from __future__ import annotations
 
 import re
-import signal
-import socket
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -18,48 +14,13 @@ from mcp.client.client import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import MCP_TIERED, REPO, server_env
+from conftest import MCP_TIERED, free_port, http_server, server_env
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 
 TOKEN = "test-token-4f1c"
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@asynccontextmanager
-async def http_server(config: Path, transport: str = "http", **env: str) -> AsyncIterator[str]:
-    port = free_port()
-    errlog = (config.parent / f"{transport}.stderr").open("w")
-    process = await anyio.open_process(
-        [MCP_TIERED, "serve", "--config", str(config), "--transport", transport, "--port", str(port)],
-        env=server_env(**env), cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx2.AsyncClient() as http:
-            while True:
-                try:
-                    if (await http.get(f"{base}/healthz")).status_code == 200:
-                        break
-                except httpx2.TransportError:
-                    if process.returncode is not None:
-                        raise AssertionError(f"the server exited with {process.returncode}; see {errlog.name}")
-                    await anyio.sleep(0.1)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(20):
-            code = await process.wait()
-        errlog.close()
-    assert code == 0  # a clean shutdown
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # the port was released
 
 
 async def test_streamable_http_lists_calls_and_reports_progress(small_tier_config: Path) -> None:
