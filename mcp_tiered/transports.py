@@ -136,11 +136,10 @@ class _Server(uvicorn.Server):
 
 
 async def _stop_on_signal(http: uvicorn.Server) -> None:
+    """The first SIGINT/SIGTERM stops accepting and gives in-flight calls timeout_graceful_shutdown (10 s);
+    a second one stops at once. Either way serve() returns, and the models are freed."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for received in signals:
-            log.info("shutting_down", signal=signal.Signals(received).name)
-            http.should_exit = True  # in-flight requests get timeout_graceful_shutdown (10 s) to finish
-            return
-
-
-
+            log.info("shutting_down", signal=signal.Signals(received).name, now=http.should_exit)
+            http.force_exit = http.should_exit
+            http.should_exit = True

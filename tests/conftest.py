@@ -127,13 +127,17 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def http_server(config: Path, transport: str = "http", **env: str) -> AsyncIterator[str]:
+async def http_server(config: Path, transport: str = "http", started: list | None = None, **env: str) -> AsyncIterator[str]:
+    """`mcp-tiered serve --transport http|sse` on a free port; stopped with SIGTERM (unless a test stopped it
+    already), then checked for a clean exit and a released port. `started` receives the process."""
     port = free_port()
     errlog = (config.parent / f"{transport}.stderr").open("w")
     process = await anyio.open_process(
         [MCP_TIERED, "serve", "--config", str(config), "--transport", transport, "--port", str(port)],
         env=server_env(**env), cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog)
     base = f"http://127.0.0.1:{port}"
+    if started is not None:
+        started.append(process)
     try:
         async with httpx2.AsyncClient() as http:
             while True:
@@ -146,10 +150,12 @@ async def http_server(config: Path, transport: str = "http", **env: str) -> Asyn
                     await anyio.sleep(0.1)
         yield base
     finally:
-        process.send_signal(signal.SIGTERM)
+        if started is None:  # else the test stopped the server itself
+            process.send_signal(signal.SIGTERM)
         with anyio.fail_after(20):
             code = await process.wait()
         errlog.close()
     assert code == 0  # a clean shutdown
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a restarted server would
         s.bind(("127.0.0.1", port))  # the port was released

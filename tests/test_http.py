@@ -3,6 +3,7 @@ DNS-rebinding checks, the bearer token, /healthz, /metrics and a clean shutdown 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -108,3 +109,29 @@ async def test_token_is_required_and_refused_requests_never_reach_a_model(write_
     assert calls_counted(after) == 1
     assert 'mcp_tiered_call_latency_seconds_count{tier="small"} 1.0' in after
     assert TOKEN not in (config.parent / "http.stderr").read_text()
+
+
+async def test_sigint_lets_the_call_in_flight_finish_then_exits_cleanly(small_tier_config: Path) -> None:
+    import signal
+
+    processes: list = []
+    results = []
+
+    async def call(client: Client) -> None:
+        results.append(await client.call_tool("generate_small", {
+            "prompt": "Count from 1 to 1000, separated by commas.", "max_tokens": 200, "temperature": 0}))
+
+    with anyio.fail_after(60):
+        async with http_server(small_tier_config, started=processes) as base:
+            try:
+                async with Client(streamable_http_client(f"{base}/mcp", terminate_on_close=False)) as client:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(call, client)
+                        await anyio.sleep(1.0)  # generating now (~2 s in all)
+                        processes[0].send_signal(signal.SIGINT)
+            except* httpx2.TransportError:
+                pass  # the client's streams break when the server goes away: expected after a shutdown
+    events = [json.loads(line) for line in (small_tier_config.parent / "http.stderr").read_text().splitlines()]
+    names = [(e["event"], e.get("outcome"), e.get("completion_tokens")) for e in events]
+    stop = names.index(("shutting_down", None, None))
+    assert ("tool_call", "ok", 200) in names[stop:]  # the call in flight finished after the signal
