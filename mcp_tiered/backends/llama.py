@@ -172,7 +172,7 @@ class LlamaBackend(Backend):
         except BackendError:
             raise
         except Exception as exc:
-            raise RequestError(f"tier {self.tier}: the model's chat template cannot format this request ({exc})")
+            raise RequestError(f"tier {self.tier}: the model's chat template cannot format this request ({exc})") from exc
         n_ctx = self.config.n_ctx
         if len(prompt.tokens) + request.max_tokens > n_ctx:
             raise PromptTooLongError(
