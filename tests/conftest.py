@@ -55,18 +55,14 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
     return write
 
 
+def smollm2_tier(smollm2: Path, max_tokens: int) -> str:
+    return f'[tiers.small]\nmodel = "{smollm2}"\ndescription = "SmolLM2 135M for tests"\nn_ctx = 1024\nmax_tokens = {max_tokens}\n'
+
+
 @pytest.fixture
 def small_config(write_config: Callable[[str], Path], smollm2: Path) -> Path:
     """A one-tier config on the real SmolLM2 model."""
-    return write_config(
-        f"""
-[tiers.small]
-model = "{smollm2}"
-description = "SmolLM2 135M for tests"
-n_ctx = 1024
-max_tokens = 256
-"""
-    )
+    return write_config(smollm2_tier(smollm2, 256))
 
 
 class ScriptedBackend(Backend):
@@ -109,15 +105,7 @@ async def stdio_server(config: Path, errlog_path: Path | None = None, **env: str
 @pytest.fixture
 def small_tier_config(write_config: Callable[[str], Path], smollm2: Path) -> Path:
     """One SmolLM2 instance with room for long answers (progress, deadline, cancellation tests)."""
-    return write_config(
-        f"""
-[tiers.small]
-model = "{smollm2}"
-description = "SmolLM2 135M for tests"
-n_ctx = 1024
-max_tokens = 600
-"""
-    )
+    return write_config(smollm2_tier(smollm2, 600))
 
 
 def free_port() -> int:

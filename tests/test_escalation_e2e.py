@@ -88,20 +88,16 @@ async def test_chain_reaches_the_cloud_and_back(write_config, smollm2: Path, qwe
     assert len(fake.requests) == 1
 
 
+def small_to_cloud(write_config, smollm2: Path, cloud_url: str | None = None) -> Path:  # noqa: ANN001
+    """SmolLM2 that always wants to escalate (min_confidence 0.999) straight to the cloud."""
+    base_url = f'base_url = "{cloud_url}"\n' if cloud_url else ""
+    return write_config(f'[tiers.small]\nmodel = "{smollm2}"\ndescription = "small"\nn_ctx = 1024\nmax_tokens = 16\n'
+                        f'escalate_to = "cloud"\nmin_confidence = 0.999\n[cloud]\nmodel = "claude-test"\n{base_url}')
+
+
 async def test_local_only_calls_never_reach_the_cloud(write_config, smollm2: Path) -> None:
     with FakeAnthropic() as fake:
-        config = write_config(f"""
-[tiers.small]
-model = "{smollm2}"
-description = "small"
-n_ctx = 1024
-max_tokens = 16
-escalate_to = "cloud"
-min_confidence = 0.999
-[cloud]
-model = "claude-test"
-base_url = "{fake.url}"
-""")
+        config = small_to_cloud(write_config, smollm2, fake.url)
         with anyio.fail_after(120):
             async with stdio_server(config, ANTHROPIC_API_KEY="sk-test") as client:
                 results = [await client.call_tool("generate_small", {"prompt": f"Say the number {i}.", "local_only": True})
@@ -112,17 +108,7 @@ base_url = "{fake.url}"
 
 
 async def test_without_api_key_startup_says_so_once_and_results_carry_the_reason(write_config, smollm2: Path, tmp_path: Path) -> None:
-    config = write_config(f"""
-[tiers.small]
-model = "{smollm2}"
-description = "small"
-n_ctx = 1024
-max_tokens = 16
-escalate_to = "cloud"
-min_confidence = 0.999
-[cloud]
-model = "claude-test"
-""")
+    config = small_to_cloud(write_config, smollm2)
     errlog = tmp_path / "stderr.log"
     with anyio.fail_after(120):
         async with stdio_server(config, errlog) as client:
