@@ -32,6 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     import anyio
 
+    from .cache import ResponseCache
     from .metrics import Metrics
     from .server import build_server
     from .tiers import TierRegistry
@@ -51,7 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
              tiers=list(config.tiers))
     tiers = TierRegistry.from_config(config)
     metrics = Metrics(tiers)
-    mcp = build_server(tiers, config.server, metrics)
+    cache = ResponseCache(config.cache.max_entries, config.cache.ttl_s) if config.cache.enabled else None
+    mcp = build_server(tiers, config.server, metrics, cache)
     anyio.run(serve, mcp, tiers, metrics, config.server, args.transport, args.host, args.port)
     return 0
 

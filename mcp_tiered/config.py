@@ -123,6 +123,16 @@ class ServerConfig(BaseModel):
     max_request_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
 
 
+class CacheConfig(BaseModel):
+    """`[cache]`: the response cache for deterministic (temperature 0) calls."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    enabled: bool = True
+    max_entries: Annotated[int, Field(ge=1)] = 1024
+    ttl_s: Annotated[float, Field(gt=0)] | None = None
+
+
 class CloudConfig(BaseModel):
     """`[cloud]`: Claude through the official anthropic SDK; the last step of every chain."""
 
@@ -158,6 +168,7 @@ class Config(BaseModel):
     ]
     escalation: EscalationConfig = EscalationConfig()
     server: ServerConfig = ServerConfig()
+    cache: CacheConfig = CacheConfig()
     cloud: CloudConfig | None = None
 
     def chain(self, tier: str) -> list[str]:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .backends import Completion, GenerationRequest
 from .budget import BudgetExceeded, Reservation
+from .cache import ResponseCache
 from .config import CLOUD
 from .confidence import confidence
 from .backends.pool import CallControl
@@ -49,6 +50,7 @@ class GenerateOptions(BaseModel):
     escalate: Literal["auto", "never", "always"] | None = None
     local_only: bool | None = None
     deadline_s: Annotated[float, Field(gt=0)] | None = None
+    cache: bool | None = None
 
 
 class Usage(BaseModel):
@@ -86,6 +88,7 @@ class GenerateResult(BaseModel):
         description="Why an escalation that the policy wanted did not happen (privacy, budget, no API key, "
         "a failing tier), or null."
     )
+    cache_hit: bool = Field(False, description="true: answered from the response cache, no model was run.")
 
 
 def input_schema(tier: Tier, default_deadline_s: float) -> dict[str, Any]:
@@ -116,6 +119,11 @@ def input_schema(tier: Tier, default_deadline_s: float) -> dict[str, Any]:
                 "type": "boolean", "default": False,
                 "description": "true: the prompt never leaves this machine (no cloud escalation).",
             },
+            "cache": {
+                "type": "boolean", "default": True,
+                "description": "false: do not answer from (or store in) the response cache; it only ever holds "
+                "temperature-0 answers.",
+            },
             "deadline_s": {
                 "type": "number", "exclusiveMinimum": 0,
                 "description": f"Seconds after which generation stops and the partial answer is returned "
@@ -132,6 +140,7 @@ class _Call:
     escalate: str
     local_only: bool
     deadline_s: float | None
+    use_cache: bool
 
 
 def build_call(tier: Tier, prompt: str, system: str, options: dict[str, Any]) -> _Call:
@@ -153,7 +162,8 @@ def build_call(tier: Tier, prompt: str, system: str, options: dict[str, Any]) ->
         raise RequestError(f"local_only: {tier.tool_name} sends the prompt to the cloud; call a local tier instead")
     temperature = opts.temperature if opts.temperature is not None else tier.temperature
     request = GenerationRequest(prompt, system, max_tokens, temperature, tuple(opts.stop or ()))
-    return _Call(request, opts.escalate or "auto", local_only, opts.deadline_s)
+    return _Call(request, opts.escalate or "auto", local_only, opts.deadline_s,
+                 opts.cache is not False and request.temperature == 0)
 
 
 def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | None]:
@@ -170,10 +180,12 @@ def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | No
 
 
 class Dispatcher:
-    def __init__(self, tiers: TierRegistry, default_deadline_s: float = 50.0, metrics: Metrics | None = None):
+    def __init__(self, tiers: TierRegistry, default_deadline_s: float = 50.0, metrics: Metrics | None = None,
+                 cache: ResponseCache[GenerateResult] | None = None):
         self.tiers = tiers
         self.default_deadline_s = default_deadline_s
         self.metrics = metrics
+        self.cache = cache
 
     async def generate(self, tier_name: str, prompt: str, system: str = "", control: CallControl | None = None,
                        **options: Any) -> GenerateResult:
@@ -181,7 +193,7 @@ class Dispatcher:
         control = control or CallControl()
         event = log.bind(tool=self.tiers.get(tier_name).tool_name, tier=tier_name)
         try:
-            result = await self._escalating(tier_name, prompt, system, options, started, control)
+            result = await self._serve(tier_name, prompt, system, options, started, control)
         except TieredError as exc:
             event.warning("tool_call", outcome="error", error=type(exc).__name__, reason=str(exc),
                           latency_ms=_ms_since(started))
@@ -196,23 +208,36 @@ class Dispatcher:
             self._record(tier_name, "error", started)
             raise BackendError(f"tier {tier_name}: unexpected {type(exc).__name__} in the backend; "
                                "see the server log") from exc
-        event.info("tool_call", outcome="ok", served_by=result.served_by,
+        event.info("tool_call", outcome="ok", cache_hit=result.cache_hit, served_by=result.served_by,
                    prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens,
                    latency_ms=result.latency_ms, finish_reason=result.finish_reason, confidence=result.confidence,
                    escalations=[f"{e.from_}->{e.to}:{e.reason}" for e in result.escalations],
                    escalation_note=result.escalation_note)
-        self._record(tier_name, "ok", started, result)
+        self._record(tier_name, "cache_hit" if result.cache_hit else "ok", started,
+                     None if result.cache_hit else result)
         return result
 
     def _record(self, tier: str, outcome: str, started: float, result: GenerateResult | None = None) -> None:
         if self.metrics is not None:
             self.metrics.record(tier, outcome, time.perf_counter() - started, result)
 
-    async def _escalating(self, tier_name: str, prompt: str, system: str, options: dict[str, Any],
+    async def _serve(self, tier_name: str, prompt: str, system: str, options: dict[str, Any],
                           started: float, control: CallControl) -> GenerateResult:
         first = self.tiers.get(tier_name)
         call = build_call(first, prompt, system, options)
+        cache_key = None
+        if self.cache is not None and call.use_cache:
+            cache_key = (tier_name, first.backend.model_name, call.request, call.escalate, call.local_only)
+            if (hit := self.cache.get(cache_key)) is not None:
+                return hit.model_copy(update={"cache_hit": True, "latency_ms": _ms_since(started)})
         control.set_deadline(call.deadline_s or self.default_deadline_s)
+        result = await self._escalating(first, call, started, control)
+        if cache_key is not None and result.finish_reason != "deadline":
+            self.cache.put(cache_key, result)
+        return result
+
+    async def _escalating(self, first: Tier, call: _Call, started: float, control: CallControl) -> GenerateResult:
+        tier_name = first.name
         chain = self.tiers.chain(tier_name)
         hops: list[Escalation] = []
         answer: tuple[Tier, Completion, float | None] | None = None

@@ -18,6 +18,7 @@ import structlog
 
 from . import __version__
 from .backends.pool import CallControl
+from .cache import ResponseCache
 from .config import ServerConfig
 from .dispatch import Dispatcher, GenerateResult, input_schema
 from .errors import TieredError
@@ -53,6 +54,7 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
         escalate: Any = None,
         local_only: Any = None,
         deadline_s: Any = None,
+        cache: Any = None,
     ) -> Annotated[CallToolResult, GenerateResult]:
         control = CallControl()
         failure: TieredError | None = None
@@ -61,7 +63,7 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
             try:
                 result = await dispatcher.generate(
                     tier.name, prompt, system, control, max_tokens=max_tokens, temperature=temperature,
-                    stop=stop, escalate=escalate, local_only=local_only, deadline_s=deadline_s,
+                    stop=stop, escalate=escalate, local_only=local_only, deadline_s=deadline_s, cache=cache,
                 )
             except TieredError as exc:  # raised here, not from the task group, which would wrap it
                 failure = exc
@@ -95,9 +97,10 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
     return tool
 
 
-def build_server(tiers: TierRegistry, server: ServerConfig | None = None, metrics: Metrics | None = None) -> MCPServer:
+def build_server(tiers: TierRegistry, server: ServerConfig | None = None, metrics: Metrics | None = None,
+                 cache: ResponseCache[GenerateResult] | None = None) -> MCPServer:
     server = server or ServerConfig()
-    dispatcher = Dispatcher(tiers, server.default_deadline_s, metrics)
+    dispatcher = Dispatcher(tiers, server.default_deadline_s, metrics, cache)
     if tiers.cloud_disabled:
         log.warning("cloud_disabled", reason=tiers.cloud_disabled)
 

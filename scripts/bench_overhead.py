@@ -73,7 +73,7 @@ async def main() -> None:
             async def via_mcp() -> tuple[float, int]:
                 started = time.perf_counter()
                 result = await client.call_tool(
-                    "generate_bench", {"prompt": PROMPT, "temperature": 0, "max_tokens": args.max_tokens}
+                    "generate_bench", {"prompt": PROMPT, "temperature": 0, "max_tokens": args.max_tokens, "cache": False}
                 )
                 seconds = time.perf_counter() - started
                 if result.is_error:

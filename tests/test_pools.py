@@ -110,7 +110,7 @@ async def test_progress_notifications_while_queued_and_generating(small_tier_con
                 tg.start_soon(client.call_tool, "generate_small", {"prompt": LONG, "max_tokens": 450, "temperature": 0})
                 await anyio.sleep(0.3)
                 started = time.monotonic()
-                await client.call_tool("generate_small", {"prompt": LONG, "max_tokens": 450, "temperature": 0},
+                await client.call_tool("generate_small", {"prompt": LONG, "max_tokens": 450, "temperature": 0, "cache": False},
                                        progress_callback=on_progress)
                 finished = time.monotonic()
     assert finished - started > 6

@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Response cache: server-side latency of a temperature-0 call answered by SmolLM2 (miss) and of the
+same call again (hit), through the dispatcher as a tool call runs it; medians of --runs distinct prompts.
+
+    .venv/bin/python scripts/bench_cache.py [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import anyio
+
+from mcp_tiered import logs
+from mcp_tiered.cache import ResponseCache
+from mcp_tiered.config import TierConfig, default_models_dir
+from mcp_tiered.default_models import SMOLLM2
+from mcp_tiered.dispatch import Dispatcher
+from mcp_tiered.backends.llama import LlamaBackend
+from mcp_tiered.tiers import Tier, TierRegistry
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    logs.configure("WARNING")
+    config = TierConfig(model=default_models_dir() / SMOLLM2.filename, description="bench", n_ctx=1024, max_tokens=32)
+    registry = TierRegistry([Tier("small", LlamaBackend("small", config), "bench", 32, 0.0)])
+    dispatcher = Dispatcher(registry, cache=ResponseCache())
+    misses, hits = [], []
+    await dispatcher.generate("small", "warm up", temperature=0)
+    for i in range(args.runs):
+        prompt = f"What is {i} + {i}? Answer with the number only."
+        miss = await dispatcher.generate("small", prompt, temperature=0)
+        hit = await dispatcher.generate("small", prompt, temperature=0)
+        assert hit.cache_hit and not miss.cache_hit
+        misses.append(miss.latency_ms)
+        hits.append(hit.latency_ms)
+    await registry.aclose()
+    print(f"{args.runs} prompts, server-side latency_ms, median (max):")
+    print(f"  miss (SmolLM2 answers): {statistics.median(misses):.1f} ms ({max(misses):.1f})")
+    print(f"  hit (from the cache):   {statistics.median(hits):.3f} ms ({max(hits):.3f})  (goal <= 2 ms)")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
