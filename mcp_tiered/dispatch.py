@@ -254,10 +254,9 @@ class Dispatcher:
             tier_here = chain[position]
             blocked = self._blocked(tier_here, call) if position > 0 else None
             reservation = None
-            if blocked is None and tier_here in self.tiers and self.tiers.get(tier_here).is_cloud and self.tiers.budget:
+            if blocked is None:
                 try:
-                    reservation = self.tiers.budget.reserve(call.request.prompt, call.request.system,
-                                                            min(call.request.max_tokens, self.tiers.get(tier_here).max_tokens))
+                    reservation = self._reserve(self.tiers.get(tier_here), call)
                 except BudgetExceeded as exc:
                     if position == 0:
                         raise BackendError(f"cloud budget: {exc}") from None
@@ -313,8 +312,15 @@ class Dispatcher:
             return f"tier {target} is not available"
         return None
 
+    def _reserve(self, tier: Tier, call: _Call) -> Reservation | None:
+        """Hold the worst-case cost of a cloud call (raises BudgetExceeded); None for local tiers."""
+        if not tier.is_cloud or self.tiers.budget is None:
+            return None
+        request = _request_for(tier, call)
+        return self.tiers.budget.reserve(request.prompt, request.system, request.max_tokens)
+
     async def _run(self, tier: Tier, call: _Call, reservation: Reservation | None, control: CallControl) -> Completion:
-        request = replace(call.request, max_tokens=min(call.request.max_tokens, tier.max_tokens))
+        request = _request_for(tier, call)
         budget = self.tiers.budget
         if reservation is None or budget is None:
             return await tier.backend.generate(request, control)
@@ -325,6 +331,11 @@ class Dispatcher:
             raise
         budget.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
         return completion
+
+
+def _request_for(tier: Tier, call: _Call) -> GenerationRequest:
+    """The call's request within the limits of `tier` (an escalation target may allow fewer tokens)."""
+    return replace(call.request, max_tokens=min(call.request.max_tokens, tier.max_tokens))
 
 
 def _ms_since(started: float) -> float:
