@@ -3,8 +3,9 @@
 #
 #   scripts/setup.sh [--cuda] [--test] [--no-models]
 #
-#   --cuda       build llama.cpp with CUDA offload (-DGGML_CUDA=on); same as MCP_TIERED_GPU=cuda.
-#                Needs the CUDA toolkit (nvcc) on the machine.
+#   --cuda       build llama.cpp with CUDA offload (-DGGML_CUDA=on) for the GPUs of this machine
+#                (CMAKE_CUDA_ARCHITECTURES=native); same as MCP_TIERED_GPU=cuda. Needs the CUDA toolkit
+#                (nvcc) and a visible GPU; to build elsewhere, set CMAKE_ARGS with explicit architectures.
 #   --test       also install the test dependencies (and, into .tools/, the MCP conformance suite and
 #                Inspector with Node 22: scripts/install_node_tools.sh).
 #   --no-models  do not fetch the embedded default models.
@@ -32,7 +33,7 @@ for arg in "$@"; do
     --cuda) GPU=cuda ;;
     --test) WITH_TEST=1 ;;
     --no-models) WITH_MODELS=0 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (see --help)"; exit 2 ;;
   esac
 done
@@ -44,7 +45,9 @@ say() { printf '[setup] %s\n' "$*"; }
 CPU_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"
 case "$GPU" in
   cpu) DEFAULT_FLAGS="$CPU_FLAGS" ;;
-  cuda) DEFAULT_FLAGS="-DGGML_CUDA=on" ;;
+  # CPU code for an AVX2 baseline (most work runs on the GPU); CUDA code only for the GPUs present,
+  # which also keeps the build to minutes instead of compiling every architecture.
+  cuda) DEFAULT_FLAGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=native -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" ;;
   *) echo "setup.sh: MCP_TIERED_GPU must be cpu or cuda, got '$GPU'"; exit 2 ;;
 esac
 FLAGS=${CMAKE_ARGS:-$DEFAULT_FLAGS}
