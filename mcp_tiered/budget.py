@@ -2,7 +2,7 @@
 cost when it answers. Reserving is synchronous (no await between check and spend), so concurrent calls
 can never overrun the cap together.
 
-Spend is kept in memory, per UTC day and month, since the server started.
+Spend is kept per UTC day and month; the server starts from what the ledger recorded (`restore`).
 """
 
 from __future__ import annotations
@@ -84,6 +84,18 @@ class CloudBudget:
         for key in (reservation.day, reservation.month):
             self._reserved[key] -= reservation.cost
             self._spent[key] = self._spent.get(key, 0.0) + spent
+
+    def period_starts(self) -> tuple[float, float]:
+        """Unix times at which the current UTC day and month began."""
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return day.timestamp(), day.replace(day=1).timestamp()
+
+    def restore(self, today: float, this_month: float) -> None:
+        """Count spend recorded before this process started (from the ledger)."""
+        day, month = self._periods()
+        self._spent[day] = self._spent.get(day, 0.0) + today
+        self._spent[month] = self._spent.get(month, 0.0) + this_month
 
     def spent(self) -> dict[str, float]:
         day, month = self._periods()

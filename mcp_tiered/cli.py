@@ -1,4 +1,4 @@
-"""`mcp-tiered serve | check | fetch-models`."""
+"""`mcp-tiered serve | check | calibrate | report | config | fetch-models`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from pathlib import Path
 import structlog
 
 from . import __version__, logs
+from .budget import CloudBudget
 from .config import CONFIG_ENV, Config, load_config, model_file_problem, resolve_config_path
+from .costs import CostModel
 from .errors import ConfigError
+from .ledger import Ledger, cloud_spend_since, reading
 
 log = structlog.get_logger(__name__)
 
@@ -50,11 +53,79 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.warning("tier_unavailable", tier=name, reason=problem)
     log.info("starting", transport=args.transport, config=str(resolve_config_path(args.config).resolve()),
              tiers=list(config.tiers))
+    ledger = None
+    if config.ledger.enabled:
+        try:
+            ledger = open_ledger(config)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     tiers = TierRegistry.from_config(config)
+    if ledger is not None and tiers.budget is not None:
+        restore_cloud_spend(ledger, tiers.budget)
     metrics = Metrics(tiers)
     cache = ResponseCache(config.cache.max_entries, config.cache.ttl_s) if config.cache.enabled else None
-    mcp = build_server(tiers, config.server, metrics, cache)
-    anyio.run(serve, mcp, tiers, metrics, config.server, args.transport, args.host, args.port)
+    mcp = build_server(tiers, config.server, metrics, cache, ledger, CostModel.from_config(config))
+    try:
+        anyio.run(serve, mcp, tiers, metrics, config.server, args.transport, args.host, args.port)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    return 0
+
+
+def open_ledger(config: Config) -> Ledger:
+    path = config.ledger.resolved_path
+    ledger = Ledger(path)
+    log.info("ledger", path=str(path))
+    return ledger
+
+
+def restore_cloud_spend(ledger: Ledger, budget: CloudBudget) -> None:
+    """The budget counts what earlier runs spent today and this month."""
+    day, month = budget.period_starts()
+    with reading(ledger.path) as conn:
+        budget.restore(cloud_spend_since(conn, day), cloud_spend_since(conn, month))
+    log.info("cloud_spend_restored", **{k: round(v, 6) for k, v in budget.spent().items()})
+
+
+def parse_since(text: str) -> float:
+    """`--since`: an ISO date or date-time (UTC unless it names an offset)."""
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--since: expected a date such as 2026-11-01 or 2026-11-01T08:00, got {text!r}") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from . import report, report_render
+
+    config = _load(args)
+    if config is None:
+        return 1
+    try:
+        since = parse_since(args.since) if args.since else None
+        with reading(config.ledger.resolved_path) as conn:
+            data = report.build_report(conn, CostModel.from_config(config), since)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        text = json.dumps(data, indent=2) + "\n"
+    elif args.format == "html":
+        text = report_render.render_html(data)
+    else:
+        text = report_render.render_table(data)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -191,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--max-tokens", type=int, default=48, help="answer length per item (default 48)")
     cal.add_argument("--outcomes", help="folder to save each tier's answers in, and reuse them from")
     cal.set_defaults(func=cmd_calibrate)
+
+    rep = sub.add_parser("report", help="calls, energy, cost and savings per tier from the ledger")
+    rep.add_argument("--config", help=config_help)
+    rep.add_argument("--since", help="only calls from this date or date-time on (ISO 8601, UTC by default)")
+    rep.add_argument("--format", choices=["table", "json", "html"], default="table",
+                     help="table (default), json (as the tiered://report resource) or html (with a break-even chart)")
+    rep.add_argument("--output", "-o", help="write to this file instead of stdout")
+    rep.set_defaults(func=cmd_report)
 
     config_cmd = sub.add_parser("config", help="print configuration for MCP clients")
     config_sub = config_cmd.add_subparsers(dest="client", required=True)

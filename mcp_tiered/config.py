@@ -133,6 +133,66 @@ class CacheConfig(BaseModel):
     ttl_s: Annotated[float, Field(gt=0)] | None = None
 
 
+def default_ledger_path() -> Path:
+    from platformdirs import user_data_path
+
+    return user_data_path("mcp-tiered") / "ledger.sqlite3"
+
+
+class LedgerConfig(BaseModel):
+    """`[ledger]`: the SQLite record of every call and hop (tokens, time, energy, cost)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    enabled: bool = True
+    path: Annotated[Path, Field(json_schema_extra={"expect": "a file path"})] | None = None
+    """None: ledger.sqlite3 in the user's data directory (~/.local/share/mcp-tiered on Linux)."""
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _expand_path(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"must be a file path, got {describe_value(value)}")
+        return expand_path(value, (info.context or {}).get("base_dir", Path.cwd()))
+
+    @property
+    def resolved_path(self) -> Path:
+        return self.path or default_ledger_path()
+
+
+class TierCostConfig(BaseModel):
+    """`[costs.tiers.<name>]`: what a local tier's hardware draws and costs."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    power_watts: Annotated[float, Field(ge=0)] = 0.0
+    """Draw while generating (GPU and the rest of the box under load)."""
+    idle_watts: Annotated[float, Field(ge=0)] = 0.0
+    """Draw while the tier waits for calls; counted for the hours it is not generating."""
+    hardware_cost: Annotated[float, Field(ge=0)] = 0.0
+    amortization_months: Annotated[float, Field(gt=0)] = 36.0
+    maintenance_per_month: Annotated[float, Field(ge=0)] = 0.0
+    target_share: Probability | None = None
+    """The share of calls this tier is meant to answer (the design's 70/25/5), shown beside the measured one."""
+
+
+class CostsConfig(BaseModel):
+    """`[costs]`: the cost model behind the ledger and `mcp-tiered report`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    currency: Annotated[str, Field(min_length=1)] | None = None
+    """None: the [cloud] currency (USD without a [cloud] section)."""
+    electricity_per_kwh: Annotated[float, Field(ge=0)] = 0.30
+    cloud_input_price_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    cloud_output_price_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    """The cloud prices for "what the same traffic would have cost"; None: those of [cloud]."""
+    cloud_target_share: Probability | None = None
+    tiers: dict[str, TierCostConfig] = {}
+
+
 class CloudConfig(BaseModel):
     """`[cloud]`: Claude through the official anthropic SDK; the last step of every chain."""
 
@@ -169,6 +229,8 @@ class Config(BaseModel):
     escalation: EscalationConfig = EscalationConfig()
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    costs: CostsConfig = CostsConfig()
     cloud: CloudConfig | None = None
 
     def chain(self, tier: str) -> list[str]:
@@ -195,6 +257,14 @@ def _semantic_problems(config: Config) -> list[str]:
         if tier.chat_format is not None and tier.chat_format not in (formats := known_chat_formats()):
             path = key_path(["tiers", name, "chat_format"])
             problems.append(f'{path}: unknown chat format "{tier.chat_format}"; valid formats are {", ".join(formats)}')
+    valid = ", ".join(json.dumps(n) for n in config.tiers)
+    for name in config.costs.tiers:
+        if name not in config.tiers:
+            problems.append(f'{key_path(["costs", "tiers", name])}: unknown tier "{name}"; valid tiers are {valid}')
+    cloud, currency = config.cloud, config.costs.currency
+    if cloud is not None and currency is not None and currency != cloud.currency:
+        problems.append(f'costs.currency: must be the currency of the cloud prices (cloud.currency = '
+                        f'"{cloud.currency}"), got "{currency}"; set both to the same currency and the prices in it')
     return problems
 
 

@@ -1,13 +1,12 @@
-"""The one place a generation call is dispatched: validate the arguments against the tier,
-run the tier's backend, measure, log one event, and shape the result.
-
-Escalation, queues, the ledger and caches plug in here as later layers.
+"""The one place a generation call is dispatched: validate the arguments against the tier, answer from
+the cache or run the tier's backend (escalating along the chain), measure, log one event, record the
+call and its hops in the ledger, and shape the result.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
@@ -19,6 +18,8 @@ from .budget import BudgetExceeded, Reservation
 from .cache import ResponseCache
 from .config import CLOUD
 from .confidence import confidence
+from .costs import CostModel
+from .ledger import CallRecord, HopRecord, Ledger
 from .backends.pool import CallControl
 from .errors import BackendError, BusyError, PromptTooLongError, RequestError, TieredError
 from .tiers import Tier, TierRegistry
@@ -179,33 +180,50 @@ def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | No
     return None, value
 
 
+@dataclass
+class _Trace:
+    """What one call went through, for the ledger."""
+
+    hops: list[HopRecord] = field(default_factory=list)
+    answered_at: int | None = None
+
+
 class Dispatcher:
     def __init__(self, tiers: TierRegistry, default_deadline_s: float = 50.0, metrics: Metrics | None = None,
-                 cache: ResponseCache[GenerateResult] | None = None):
+                 cache: ResponseCache[GenerateResult] | None = None, ledger: Ledger | None = None,
+                 costs: CostModel | None = None):
         self.tiers = tiers
         self.default_deadline_s = default_deadline_s
         self.metrics = metrics
         self.cache = cache
+        self.ledger = ledger
+        self.costs = costs or CostModel()
 
     async def generate(self, tier_name: str, prompt: str, system: str = "", control: CallControl | None = None,
                        **options: Any) -> GenerateResult:
         started = time.perf_counter()
         control = control or CallControl()
-        event = log.bind(tool=self.tiers.get(tier_name).tool_name, tier=tier_name)
+        tool = self.tiers.get(tier_name).tool_name
+        event = log.bind(tool=tool, tier=tier_name)
+        trace = _Trace()
         try:
-            result = await self._serve(tier_name, prompt, system, options, started, control)
+            result = await self._serve(tier_name, prompt, system, options, started, control, trace)
         except TieredError as exc:
             event.warning("tool_call", outcome="error", error=type(exc).__name__, reason=str(exc),
                           latency_ms=_ms_since(started))
-            self._record(tier_name, "busy" if isinstance(exc, BusyError) else "error", started)
+            outcome = "busy" if isinstance(exc, BusyError) else "error"
+            self._record(tier_name, outcome, started)
+            self._book(tool, tier_name, outcome, started, trace)
             raise
         except anyio.get_cancelled_exc_class():
             event.info("tool_call", outcome="cancelled", completion_tokens=control.tokens, latency_ms=_ms_since(started))
             self._record(tier_name, "cancelled", started)
+            self._book(tool, tier_name, "cancelled", started, trace)
             raise
         except Exception as exc:
             event.exception("tool_call", outcome="error", error=type(exc).__name__, latency_ms=_ms_since(started))
             self._record(tier_name, "error", started)
+            self._book(tool, tier_name, "error", started, trace)
             raise BackendError(f"tier {tier_name}: unexpected {type(exc).__name__} in the backend; "
                                "see the server log") from exc
         event.info("tool_call", outcome="ok", cache_hit=result.cache_hit, served_by=result.served_by,
@@ -213,16 +231,43 @@ class Dispatcher:
                    latency_ms=result.latency_ms, finish_reason=result.finish_reason, confidence=result.confidence,
                    escalations=[f"{e.from_}->{e.to}:{e.reason}" for e in result.escalations],
                    escalation_note=result.escalation_note)
-        self._record(tier_name, "cache_hit" if result.cache_hit else "ok", started,
-                     None if result.cache_hit else result)
+        outcome = "cache_hit" if result.cache_hit else "ok"
+        self._record(tier_name, outcome, started, None if result.cache_hit else result)
+        self._book(tool, tier_name, outcome, started, trace, result)
         return result
 
     def _record(self, tier: str, outcome: str, started: float, result: GenerateResult | None = None) -> None:
         if self.metrics is not None:
             self.metrics.record(tier, outcome, time.perf_counter() - started, result)
 
+    def _book(self, tool: str, tier: str, outcome: str, started: float, trace: _Trace,
+              result: GenerateResult | None = None) -> None:
+        """Queue the call's ledger row (the writer thread commits it)."""
+        if self.ledger is None:
+            return
+        self.ledger.record(CallRecord(
+            time=time.time(), tool=tool, tier=tier, served_by=result.served_by if result else None,
+            model=result.model if result else None, outcome=outcome,
+            prompt_tokens=result.usage.prompt_tokens if result else 0,
+            completion_tokens=result.usage.completion_tokens if result else 0,
+            latency_s=time.perf_counter() - started, cache_hit=outcome == "cache_hit", hops=tuple(trace.hops),
+        ))
+
+    def _hop(self, trace: _Trace, position: int, tier: Tier, control: CallControl, completion: Completion | None,
+             reason: Reason | str | None, outcome: str) -> None:
+        prompt_tokens = completion.prompt_tokens if completion else 0
+        completion_tokens = completion.completion_tokens if completion else 0 if tier.is_cloud else control.tokens
+        energy = cost = cloud = 0.0
+        if not tier.is_cloud:
+            energy = self.costs.energy_wh(tier.name, control.generation_s)
+            cost = self.costs.energy_cost(energy)
+        elif completion is not None:
+            cloud = self.costs.cloud_billed(prompt_tokens, completion_tokens)
+        trace.hops.append(HopRecord(position, tier.name, tier.backend.model_name, outcome, reason, prompt_tokens,
+                                    completion_tokens, control.queue_s, control.generation_s, energy, cost, cloud))
+
     async def _serve(self, tier_name: str, prompt: str, system: str, options: dict[str, Any],
-                          started: float, control: CallControl) -> GenerateResult:
+                     started: float, control: CallControl, trace: _Trace) -> GenerateResult:
         first = self.tiers.get(tier_name)
         call = build_call(first, prompt, system, options)
         cache_key = None
@@ -231,12 +276,13 @@ class Dispatcher:
             if (hit := self.cache.get(cache_key)) is not None:
                 return hit.model_copy(update={"cache_hit": True, "latency_ms": _ms_since(started)})
         control.set_deadline(call.deadline_s or self.default_deadline_s)
-        result = await self._escalating(first, call, started, control)
+        result = await self._escalating(first, call, started, control, trace)
         if cache_key is not None and result.finish_reason != "deadline":
             self.cache.put(cache_key, result)
         return result
 
-    async def _escalating(self, first: Tier, call: _Call, started: float, control: CallControl) -> GenerateResult:
+    async def _escalating(self, first: Tier, call: _Call, started: float, control: CallControl,
+                          trace: _Trace) -> GenerateResult:
         tier_name = first.name
         chain = self.tiers.chain(tier_name)
         hops: list[Escalation] = []
@@ -267,6 +313,8 @@ class Dispatcher:
             if position > 0:
                 hops.append(Escalation(from_=chain[position - 1], to=tier_here, reason=reason, confidence=value))
             tier = self.tiers.get(tier_here)
+            control.start_hop()
+            completion = None
             try:
                 completion = await self._run(tier, call, reservation, control)
             except PromptTooLongError as exc:
@@ -275,13 +323,23 @@ class Dispatcher:
                 failure, failed_at, reason, value = exc, tier_here, "busy", None
             except BackendError as exc:
                 failure, failed_at, reason, value = exc, tier_here, "error", None
+            except BaseException as exc:
+                why = "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "error"
+                self._hop(trace, position, tier, control, None, why, "failed")
+                raise
             else:
                 failure = None
                 reason, value = judge(tier, completion)
                 answer = (tier, completion, value)
+                trace.answered_at = len(trace.hops)
+            self._hop(trace, position, tier, control, completion, reason,
+                      "failed" if completion is None else "escalated")
             if reason is None or call.escalate == "never" or position + 1 >= len(chain):
                 break
             position += 1
+        if answer is not None:  # the hop whose answer is returned, whatever the policy thought of it
+            trace.hops[trace.answered_at] = replace(trace.hops[trace.answered_at], outcome="answered",
+                                                    escalation_reason=None)
         if failure is not None and answer is not None:
             failed = f"{failed_at} failed ({failure}); this is the answer of {answer[0].name}"
             note = f"{failed}; {note}" if note else failed

@@ -20,8 +20,10 @@ from . import __version__
 from .backends.pool import CallControl
 from .cache import ResponseCache
 from .config import ServerConfig
+from .costs import CostModel
 from .dispatch import Dispatcher, GenerateResult, input_schema
 from .errors import TieredError
+from .ledger import Ledger
 from .metrics import Metrics
 from .tiers import Tier, TierRegistry
 
@@ -97,10 +99,14 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
     return tool
 
 
+REPORT_URI = "tiered://report"
+
+
 def build_server(tiers: TierRegistry, server: ServerConfig | None = None, metrics: Metrics | None = None,
-                 cache: ResponseCache[GenerateResult] | None = None) -> MCPServer:
+                 cache: ResponseCache[GenerateResult] | None = None, ledger: Ledger | None = None,
+                 costs: CostModel | None = None) -> MCPServer:
     server = server or ServerConfig()
-    dispatcher = Dispatcher(tiers, server.default_deadline_s, metrics, cache)
+    dispatcher = Dispatcher(tiers, server.default_deadline_s, metrics, cache, ledger, costs)
     if tiers.cloud_disabled:
         log.warning("cloud_disabled", reason=tiers.cloud_disabled)
 
@@ -112,7 +118,21 @@ def build_server(tiers: TierRegistry, server: ServerConfig | None = None, metric
         tools=[_tool_for(tier, dispatcher, server) for tier in tiers],
     )
     _accept_log_level(mcp)
+    if ledger is not None:
+        _add_report_resource(mcp, ledger, costs or CostModel())
     return mcp
+
+
+def _add_report_resource(mcp: MCPServer, ledger: Ledger, costs: CostModel) -> None:
+    from . import report
+
+    @mcp.resource(REPORT_URI, name="savings-report", title="Savings report",
+                  description="Calls, tokens, energy and cost per tier from the ledger, the cloud-only "
+                  "equivalent, savings, monthly projection, break-even and 12-month ROI (the same JSON as "
+                  "`mcp-tiered report --format json`).", mime_type="application/json")
+    async def savings_report() -> str:
+        await anyio.to_thread.run_sync(ledger.flush, 10.0)  # include the calls answered just now
+        return await anyio.to_thread.run_sync(report.report_json, ledger.path, costs, None)
 
 
 def _accept_log_level(mcp: MCPServer) -> None:

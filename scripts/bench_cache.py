@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Response cache: server-side latency of a temperature-0 call answered by SmolLM2 (miss) and of the
-same call again (hit), through the dispatcher as a tool call runs it; medians of --runs distinct prompts.
+same call again (hit), through the dispatcher as a tool call runs it (the ledger recording both, in a
+temporary file); medians of --runs distinct prompts.
 
     .venv/bin/python scripts/bench_cache.py [--runs 20]
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
+from pathlib import Path
 
 import anyio
 
@@ -17,6 +20,7 @@ from mcp_tiered.cache import ResponseCache
 from mcp_tiered.config import TierConfig, default_models_dir
 from mcp_tiered.default_models import SMOLLM2
 from mcp_tiered.dispatch import Dispatcher
+from mcp_tiered.ledger import Ledger
 from mcp_tiered.backends.llama import LlamaBackend
 from mcp_tiered.tiers import Tier, TierRegistry
 
@@ -28,7 +32,8 @@ async def main() -> None:
     logs.configure("WARNING")
     config = TierConfig(model=default_models_dir() / SMOLLM2.filename, description="bench", n_ctx=1024, max_tokens=32)
     registry = TierRegistry([Tier("small", LlamaBackend("small", config), "bench", 32, 0.0)])
-    dispatcher = Dispatcher(registry, cache=ResponseCache())
+    ledger = Ledger(Path(tempfile.mkdtemp()) / "ledger.sqlite3")
+    dispatcher = Dispatcher(registry, cache=ResponseCache(), ledger=ledger)
     misses, hits = [], []
     await dispatcher.generate("small", "warm up", temperature=0)
     for i in range(args.runs):
@@ -39,6 +44,7 @@ async def main() -> None:
         misses.append(miss.latency_ms)
         hits.append(hit.latency_ms)
     await registry.aclose()
+    ledger.close()
     print(f"{args.runs} prompts, server-side latency_ms, median (max):")
     print(f"  miss (SmolLM2 answers): {statistics.median(misses):.1f} ms ({max(misses):.1f})")
     print(f"  hit (from the cache):   {statistics.median(hits):.3f} ms ({max(hits):.3f})  (goal <= 2 ms)")

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,8 @@ from mcp_tiered.config import default_models_dir
 from mcp_tiered.default_models import QWEN_CODER_1_5B, SMOLLM2, ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
+# Servers started by the tests keep their default ledger (in the user data dir) out of the real one.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="mcp-tiered-test-data-")
 MCP_TIERED = str(Path(sys.executable).with_name("mcp-tiered"))
 
 
@@ -68,14 +71,19 @@ def small_config(write_config: Callable[[str], Path], smollm2: Path) -> Path:
 class ScriptedBackend(Backend):
     """A fake engine for unit tests of dispatch code: answers from a script, records requests."""
 
-    def __init__(self, replies: list[Completion | Exception], model_name: str = "scripted", is_local: bool = True):
+    def __init__(self, replies: list[Completion | Exception], model_name: str = "scripted", is_local: bool = True,
+                 generation_s: float = 0.0):
         self.is_local = is_local
         self.replies = list(replies)
         self.requests: list[GenerationRequest] = []
         self.model_name = model_name
+        self.generation_s = generation_s
+        """Reported to the call's control as the seconds the engine worked (for ledger tests)."""
 
     async def generate(self, request: GenerationRequest, control=None) -> Completion:  # noqa: ANN001
         self.requests.append(request)
+        if control is not None:
+            control.generation_s = self.generation_s
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
             raise reply

@@ -19,7 +19,7 @@ MALFORMED = {
     "invalid_toml": ("[tiers.small\nmodel = 1", '{dir}/models.toml: invalid TOML: Expected \']\' at the end of a table declaration (at line 1, column 13)'),
     "no_tiers_table": ("", "tiers: is required (a table with at least one [tiers.<name>] entry)"),
     "empty_tiers": ("[tiers]", "tiers: must be a table with at least one [tiers.<name>] entry, got an empty table"),
-    "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers, escalation, server, cache, cloud"),
+    "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers, escalation, server, cache, ledger, costs, cloud"),
     "unknown_tier_key": (
         VALID_TIER + "n_ctxx = 4096",
         "tiers.small.n_ctxx: unknown key; valid keys here are model, description, n_ctx, n_gpu_layers, "
@@ -87,6 +87,16 @@ MALFORMED = {
         "tiers.small.model: {dir}/models.toml is not a GGUF file (it does not start with the GGUF magic bytes)",
     ),
     "model_is_directory": ('[tiers.small]\nmodel = "."\ndescription = "x"', "tiers.small.model: {dir} is a directory, not a GGUF model file"),
+    "costs_for_unknown_tier": (VALID_TIER + "\n[costs.tiers.smal]\npower_watts = 300",
+                               'costs.tiers.smal: unknown tier "smal"; valid tiers are "small"'),
+    "costs_negative_watts": (VALID_TIER + "\n[costs.tiers.small]\npower_watts = -5",
+                             "costs.tiers.small.power_watts: must be a number ≥ 0, got -5"),
+    "costs_currency_differs_from_cloud": (
+        VALID_TIER + '\n[cloud]\nmodel = "claude-sonnet-4-5"\n[costs]\ncurrency = "EUR"',
+        'costs.currency: must be the currency of the cloud prices (cloud.currency = "USD"), got "EUR"; '
+        "set both to the same currency and the prices in it",
+    ),
+    "ledger_path_not_a_string": (VALID_TIER + "\n[ledger]\npath = 5", "ledger.path: must be a file path, got 5"),
 }
 
 

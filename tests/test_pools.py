@@ -198,3 +198,22 @@ async def test_busy_tier_answers_with_an_error_result_through_mcp(write_config, 
     assert not results["first"].is_error
     assert results["second"].is_error and results["second"].content[0].text.endswith(
         "tier small is busy: all its instances are in use and 0 calls are already waiting (max_queue 0)")
+
+
+async def test_a_call_goes_to_the_free_instance_that_already_processed_its_system_prompt(smollm2: Path) -> None:
+    tier = backend(smollm2, instances=2, max_tokens=4)
+    for instance in tier._instances:
+        instance.llama = tier._load()
+    agent_a, agent_b = "You are agent A. " * 20, "You are agent B. " * 20
+    try:
+        with anyio.fail_after(60):
+            await tier.generate(GenerationRequest("Say yes.", agent_a, 4, 0.0))
+            await tier.generate(GenerationRequest("Say no.", agent_b, 4, 0.0))
+            # Without affinity the pool would hand out the instance that has been free longest: agent A's.
+            held = {instance.last_request.split("\x00")[0]: instance for instance in tier._instances}
+            await tier.generate(GenerationRequest("Say maybe.", agent_b, 4, 0.0))
+            await tier.generate(GenerationRequest("Say perhaps.", agent_a, 4, 0.0))
+    finally:
+        await tier.aclose()
+    assert held[agent_b].last_request == f"{agent_b}\x00Say maybe."
+    assert held[agent_a].last_request == f"{agent_a}\x00Say perhaps."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import anthropic
 
 from ..config import CloudConfig
@@ -24,8 +26,16 @@ class CloudBackend(Backend):
         )
 
     async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
-        if control is not None:
-            control.tier, control.phase = "cloud", "waiting for the cloud"
+        if control is None:
+            return await self._create(request)
+        control.tier, control.phase = "cloud", "waiting for the cloud"
+        started = time.perf_counter()
+        try:
+            return await self._create(request)
+        finally:
+            control.generation_s = time.perf_counter() - started
+
+    async def _create(self, request: GenerationRequest) -> Completion:
         kwargs = {"system": request.system} if request.system else {}
         if request.stop:
             kwargs["stop_sequences"] = list(request.stop)

@@ -77,6 +77,14 @@ class _Instance:
     worker: WorkerThread
     llama: Llama | None = None
     last_used: float = 0.0
+    last_request: str = ""
+    """System prompt and prompt of the last call: its tokens are still in the KV cache."""
+
+    def affinity(self, request: str) -> tuple[bool, int]:
+        """How well this instance suits `request`: loaded ones first, then the characters of the request
+        it has already processed, less those of its cached prompt the request would throw away."""
+        shared = len(os.path.commonprefix([self.last_request, request]))
+        return self.llama is not None, 2 * shared - len(self.last_request)
 
 
 class LlamaBackend(Backend):
@@ -100,14 +108,25 @@ class LlamaBackend(Backend):
     async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
         control = control or CallControl()
         control.tier, control.phase, control.tokens = self.tier, "queued", 0
-        instance = await self.pool.acquire(control, lambda position: setattr(control, "queue_position", position))
+        queued = time.perf_counter()
+        # llama.cpp reuses the KV cache for the prompt's prefix that the instance processed last
+        # (agents resend the same long system prompt), so prefer the free instance that shares most.
+        text = f"{request.system}\x00{request.prompt}"
+        instance = await self.pool.acquire(control, lambda position: setattr(control, "queue_position", position),
+                                           affinity=lambda candidate: candidate.affinity(text))
+        control.queue_s = time.perf_counter() - queued
         try:
             if instance.llama is None:
                 control.phase = "loading"
                 instance.llama = await instance.worker.run(self._load)
             control.phase = "prompt"
-            return await instance.worker.run(self._generate, instance.llama, request, control,
-                                             on_cancel=control.cancelled.set)
+            started = time.perf_counter()
+            try:
+                return await instance.worker.run(self._generate, instance.llama, request, control,
+                                                 on_cancel=control.cancelled.set)
+            finally:
+                control.generation_s = time.perf_counter() - started
+                instance.last_request = text
         finally:
             instance.last_used = time.monotonic()
             self.pool.release(instance)

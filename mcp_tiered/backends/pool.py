@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
@@ -30,6 +30,13 @@ class CallControl:
         self.queue_position = 0
         self.tokens = 0
         self.generating_since = 0.0
+        self.queue_s = 0.0
+        """Seconds the current hop waited for a free instance (set by the backend)."""
+        self.generation_s = 0.0
+        """Seconds the current hop's engine worked on it: prompt and generation, model load excluded."""
+
+    def start_hop(self) -> None:
+        self.queue_s = self.generation_s = 0.0
 
     def set_deadline(self, deadline_s: float | None) -> None:
         """Seconds from when the call was accepted."""
@@ -78,9 +85,15 @@ class InstancePool(Generic[T]):
         return len(self._waiters)
 
     async def acquire(self, control: CallControl | None = None,
-                      on_position: Callable[[int], None] = lambda _: None) -> T:
+                      on_position: Callable[[int], None] = lambda _: None,
+                      affinity: Callable[[T], Any] | None = None) -> T:
+        """`affinity` scores the free instances when several are free; the best one is taken."""
         if self._free and not self._waiters:
-            return self._free.popleft()
+            if affinity is None or len(self._free) == 1:
+                return self._free.popleft()
+            best = max(self._free, key=affinity)
+            self._free.remove(best)
+            return best
         if len(self._waiters) >= self.max_queue:
             raise BusyError(f"tier {self.tier} is busy: all its instances are in use and {len(self._waiters)} "
                             f"calls are already waiting (max_queue {self.max_queue})")

@@ -1,0 +1,154 @@
+"""The savings report: what the ledger says the tiers did and cost, against the same traffic on the cloud.
+
+The period runs from `since` (or the start of the first recorded call) to the end of the last recorded
+call, so the same ledger always gives the same numbers (the CLI and the `tiered://report` resource agree).
+
+Per local tier: energy = generation seconds x power_watts (stored per hop) plus idle_watts for the rest of
+the period; energy cost at electricity_per_kwh; fixed cost = months x (hardware_cost / amortization_months
++ maintenance_per_month). Cloud-only equivalent = every answered call's tokens at the cloud prices.
+Break-even = hardware_cost / (cloud-only per month - operating cost per month), operating cost being
+energy, maintenance and cloud spend; 12-month ROI = (12 x that monthly saving - hardware_cost) / hardware_cost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .config import CLOUD
+from .costs import CostModel
+from .ledger import reading
+
+MONTH_S = 30.4375 * 86400
+MIN_PROJECTION_S = 60.0
+"""Shorter histories give no monthly projection: a rate measured over seconds says little."""
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None = None) -> dict[str, Any]:
+    where, args = ("WHERE time >= ?", (since,)) if since is not None else ("", ())
+    calls = conn.execute(f"SELECT * FROM calls {where} ORDER BY time", args).fetchall()
+    hops = conn.execute(f"SELECT * FROM hops {where}", args).fetchall()
+    start = since if since is not None else min((c["time"] - c["latency_s"] for c in calls), default=None)
+    end = max((c["time"] for c in calls), default=start)
+    duration_s = max((end or 0) - (start or 0), 0.0)
+    months = duration_s / MONTH_S
+
+    answered = [c for c in calls if c["outcome"] in ("ok", "cache_hit")]
+    names = list(costs.tiers)
+    for name in [h["tier"] for h in hops] + [CLOUD] * bool(costs.cloud_billed_prices):
+        if name not in names:
+            names.append(name)
+    tiers = [_tier_row(name, hops, answered, costs, duration_s, months) for name in names]
+    cache_hits = [c for c in answered if c["cache_hit"]]
+    tiers.append({
+        "tier": "cache", "kind": "cache", "served": len(cache_hits), "share": _ratio(len(cache_hits), len(answered)),
+        "cloud_equivalent": sum(costs.cloud_equivalent(c["prompt_tokens"], c["completion_tokens"]) for c in cache_hits),
+    })
+
+    local = [t for t in tiers if t["kind"] == "local"]
+    energy_cost = sum(t["energy_cost"] for t in local)
+    local_cost = sum(t["local_cost"] for t in local)
+    cloud_cost = sum(h["cloud_cost"] for h in hops)
+    cloud_only = sum(costs.cloud_equivalent(c["prompt_tokens"], c["completion_tokens"]) for c in answered)
+    total = local_cost + cloud_cost
+    totals = {
+        "calls": len(calls), "answered": len(answered), "cache_hits": len(cache_hits),
+        "errors": sum(c["outcome"] in ("error", "busy") for c in calls),
+        "prompt_tokens": sum(c["prompt_tokens"] for c in answered),
+        "completion_tokens": sum(c["completion_tokens"] for c in answered),
+        "energy_wh": sum(t["energy_wh"] + t["idle_wh"] for t in local),
+        "energy_cost": energy_cost, "fixed_cost": sum(t["fixed_cost"] for t in local),
+        "local_cost": local_cost, "cloud_cost": cloud_cost, "total_cost": total,
+        "cloud_only_cost": cloud_only, "savings": cloud_only - total,
+        "savings_pct": None if not cloud_only else (cloud_only - total) / cloud_only * 100,
+    }
+    return {
+        "currency": costs.currency,
+        "period": {
+            "since": _iso(start), "until": _iso(end), "days": duration_s / 86400, "months": months,
+        },
+        "prices": {
+            "electricity_per_kwh": costs.electricity_per_kwh,
+            "cloud_input_per_mtok": costs.cloud_input_per_mtok, "cloud_output_per_mtok": costs.cloud_output_per_mtok,
+        },
+        "tiers": tiers,
+        "totals": totals,
+        "projection": _projection(costs, totals, energy_cost, cloud_cost, months, duration_s, len(answered)),
+    }
+
+
+def _tier_row(name: str, hops: list[sqlite3.Row], answered: list[sqlite3.Row], costs: CostModel,
+              duration_s: float, months: float) -> dict[str, Any]:
+    mine = [h for h in hops if h["tier"] == name]
+    served = [c for c in answered if c["served_by"] == name and not c["cache_hit"]]
+    prompt = sum(h["prompt_tokens"] for h in mine)
+    completion = sum(h["completion_tokens"] for h in mine)
+    generation_s = sum(h["generation_s"] for h in mine)
+    row: dict[str, Any] = {
+        "tier": name, "kind": "cloud" if name == CLOUD else "local",
+        "hops": len(mine), "served": len(served), "share": _ratio(len(served), len(answered)),
+        "target_share": costs.cloud_target_share if name == CLOUD else costs.tier(name).target_share,
+        "escalated_away": sum(h["outcome"] == "escalated" for h in mine),
+        "prompt_tokens": prompt, "completion_tokens": completion, "generation_s": generation_s,
+        "tokens_per_s": _ratio(completion, generation_s),
+        "cloud_equivalent": sum(costs.cloud_equivalent(c["prompt_tokens"], c["completion_tokens"]) for c in served),
+    }
+    if name == CLOUD:
+        row["cloud_cost"] = sum(h["cloud_cost"] for h in mine)
+        return row
+    tier = costs.tier(name)
+    energy_wh = sum(h["energy_wh"] for h in mine)
+    idle_wh = tier.idle_watts * max(duration_s - generation_s, 0.0) / 3600
+    energy_cost = sum(h["local_cost"] for h in mine) + costs.energy_cost(idle_wh)
+    fixed = months * costs.monthly_fixed(name)
+    row.update({
+        "energy_wh": energy_wh, "idle_wh": idle_wh, "energy_cost": energy_cost, "fixed_cost": fixed,
+        "local_cost": energy_cost + fixed,
+        "cost_per_mtok": None if not prompt + completion else (energy_cost + fixed) / (prompt + completion) * 1e6,
+        "hardware_cost": tier.hardware_cost,
+    })
+    return row
+
+
+def _projection(costs: CostModel, totals: dict[str, Any], energy_cost: float, cloud_cost: float, months: float,
+                duration_s: float, answered: int) -> dict[str, Any] | None:
+    if duration_s < MIN_PROJECTION_S or not answered:
+        return None
+    hardware = sum(t.hardware_cost for t in costs.tiers.values())
+    maintenance = sum(t.maintenance_per_month for t in costs.tiers.values())
+    amortization = sum(t.hardware_cost / t.amortization_months for t in costs.tiers.values())
+    cloud_only = totals["cloud_only_cost"] / months
+    operating = (energy_cost + cloud_cost) / months + maintenance
+    saving = cloud_only - operating
+    break_even = (0.0 if hardware == 0 else hardware / saving) if saving > 0 else None
+    horizon = 12 if break_even is None else min(max(12, math.ceil(break_even * 1.5)), 120)
+    return {
+        "monthly_calls": answered / months,
+        "monthly_cloud_only_cost": cloud_only,
+        "monthly_operating_cost": operating,
+        "monthly_amortization": amortization,
+        "monthly_total_cost": operating + amortization,
+        "monthly_savings": cloud_only - operating - amortization,
+        "hardware_cost": hardware,
+        "break_even_months": break_even,
+        "roi_12_months_pct": (12 * saving - hardware) / hardware * 100 if hardware else None,
+        "chart": [{"month": m, "local": hardware + m * operating, "cloud_only": m * cloud_only}
+                  for m in range(horizon + 1)],
+    }
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def report_json(path: Path, costs: CostModel, since: float | None) -> str:
+    with reading(path) as conn:
+        return json.dumps(build_report(conn, costs, since), indent=2)

@@ -1,0 +1,138 @@
+"""The savings report as a terminal table or a self-contained HTML page (inline SVG chart, no scripts)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+COLUMNS = [
+    ("tier", "tier", "{}"), ("served", "calls", "{:,}"), ("share", "share", "pct"),
+    ("target_share", "target", "pct"), ("tokens", "tokens", "{:,}"), ("tokens_per_s", "tok/s", "{:,.1f}"),
+    ("energy_wh", "energy Wh", "{:,.2f}"), ("local_cost", "local cost", "money"),
+    ("cost_per_mtok", "per Mtok", "money"), ("cloud_cost", "cloud cost", "money"),
+    ("cloud_equivalent", "on cloud", "money"),
+]
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "–"
+    if fmt == "pct":
+        return f"{value * 100:.1f} %"
+    if fmt == "money":
+        return f"{value:,.4f}" if abs(value) < 1 else f"{value:,.2f}"
+    return fmt.format(value)
+
+
+def _rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for tier in report["tiers"]:
+        values = {**tier, "tokens": tier.get("prompt_tokens", 0) + tier.get("completion_tokens", 0)
+                  if "prompt_tokens" in tier else None,
+                  "energy_wh": tier["energy_wh"] + tier["idle_wh"] if "energy_wh" in tier else None}
+        rows.append([_cell(values.get(key), fmt) for key, _, fmt in COLUMNS])
+    return rows
+
+
+def _summary(report: dict[str, Any]) -> list[tuple[str, str]]:
+    cur, t, p = report["currency"], report["totals"], report["projection"]
+    period = report["period"]
+    lines = [
+        ("period", f"{period['since']} to {period['until']} ({period['days']:.2f} days)"),
+        ("calls", f"{t['calls']:,} ({t['answered']:,} answered, {t['cache_hits']:,} from the cache, "
+                  f"{t['errors']:,} errors)"),
+        ("cost", f"{_cell(t['total_cost'], 'money')} {cur} = local {_cell(t['local_cost'], 'money')} "
+                 f"(energy {_cell(t['energy_cost'], 'money')}, hardware and maintenance "
+                 f"{_cell(t['fixed_cost'], 'money')}) + cloud {_cell(t['cloud_cost'], 'money')}"),
+        ("cloud only", f"{_cell(t['cloud_only_cost'], 'money')} {cur}"),
+        ("savings", f"{_cell(t['savings'], 'money')} {cur}"
+                    + ("" if t["savings_pct"] is None else f" ({t['savings_pct']:.1f} %)")),
+    ]
+    if p is None:
+        lines.append(("projection", "not enough history (under a minute of calls)"))
+        return lines
+    be = p["break_even_months"]
+    roi = p["roi_12_months_pct"]
+    lines += [
+        ("per month", f"{p['monthly_calls']:,.0f} calls; local {_cell(p['monthly_total_cost'], 'money')} {cur} "
+                      f"(operating {_cell(p['monthly_operating_cost'], 'money')}) vs cloud only "
+                      f"{_cell(p['monthly_cloud_only_cost'], 'money')} {cur}"),
+        ("break-even", "never at this rate" if be is None else f"{be:.1f} months "
+                       f"(hardware {_cell(p['hardware_cost'], 'money')} {cur})"),
+        ("12-month ROI", "–" if roi is None else f"{roi:.0f} %"),
+    ]
+    return lines
+
+
+def render_table(report: dict[str, Any]) -> str:
+    header = [label for _, label, _ in COLUMNS]
+    rows = _rows(report)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    for row in rows:
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    out.append("")
+    width = max(len(k) for k, _ in _summary(report))
+    out += [f"{k.ljust(width)}  {v}" for k, v in _summary(report)]
+    out.append(f"(amounts in {report['currency']})")
+    return "\n".join(out) + "\n"
+
+
+def _chart(report: dict[str, Any]) -> str:
+    points = (report["projection"] or {}).get("chart") or []
+    if not points:
+        return '<p class="empty">No break-even chart: under a minute of calls recorded.</p>'
+    w, h, pad = 640, 320, 56
+    top = max(max(p["local"], p["cloud_only"]) for p in points) or 1.0
+    last = points[-1]["month"] or 1
+
+    def xy(month: float, value: float) -> str:
+        return f"{pad + month / last * (w - 2 * pad):.1f},{h - pad - value / top * (h - 2 * pad):.1f}"
+
+    def line(key: str) -> str:
+        return " ".join(xy(p["month"], p[key]) for p in points)
+
+    ticks = "".join(
+        f'<text x="{pad + m / last * (w - 2 * pad):.1f}" y="{h - pad + 18}" text-anchor="middle">{m}</text>'
+        for m in range(0, last + 1, max(1, last // 12))
+    )
+    cur = html.escape(report["currency"])
+    be = report["projection"]["break_even_months"]
+    marker = ""
+    if be is not None and be <= last:
+        x = pad + be / last * (w - 2 * pad)
+        marker = (f'<line class="break-even" x1="{x:.1f}" y1="{pad}" x2="{x:.1f}" y2="{h - pad}"/>'
+                  f'<text x="{x + 4:.1f}" y="{pad + 12}">break-even {be:.1f} months</text>')
+    return f"""<svg id="break-even-chart" viewBox="0 0 {w} {h}" role="img" aria-label="Cumulative cost, local vs cloud only">
+<rect x="{pad}" y="{pad}" width="{w - 2 * pad}" height="{h - 2 * pad}" class="frame"/>
+<polyline class="local" points="{line('local')}"/>
+<polyline class="cloud-only" points="{line('cloud_only')}"/>
+{marker}{ticks}
+<text x="{w / 2}" y="{h - 12}" text-anchor="middle">months</text>
+<text x="{pad}" y="{pad - 8}">{top:,.0f} {cur}</text><text x="{pad - 6}" y="{h - pad}" text-anchor="end">0</text>
+<g class="legend"><line class="local" x1="{w - 220}" y1="20" x2="{w - 196}" y2="20"/><text x="{w - 190}" y="24">local (hardware + operating)</text>
+<line class="cloud-only" x1="{w - 220}" y1="38" x2="{w - 196}" y2="38"/><text x="{w - 190}" y="42">cloud only</text></g>
+</svg>"""
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse}
+td,th{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}
+svg{max-width:100%;font-size:11px}.frame{fill:none;stroke:#ccc}polyline,.legend line{fill:none;stroke-width:2.5}
+.local{stroke:#2a7ab9}.cloud-only{stroke:#d9622b}.break-even{stroke:#555;stroke-dasharray:4 3}dt{font-weight:600}"""
+
+
+def render_html(report: dict[str, Any]) -> str:
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _rows(report))
+    summary = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _summary(report))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mcp-tiered savings report</title><style>{STYLE}</style></head>
+<body><h1>mcp-tiered savings report</h1>
+<h2>Break-even: cumulative cost, local tiers vs the same traffic on the cloud</h2>
+{_chart(report)}
+<h2>Per tier</h2>
+<table id="tiers"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<p>Amounts in {html.escape(report['currency'])}.</p>
+<h2>Summary</h2><dl>{summary}</dl>
+</body></html>
+"""

@@ -1,0 +1,209 @@
+"""The ledger: one row per call and per hop, committed off the event loop, surviving kill -9."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conftest import MCP_TIERED, ScriptedBackend, server_env, stdio_server
+from mcp_tiered.backends import Completion
+from mcp_tiered.budget import CloudBudget
+from mcp_tiered.cache import ResponseCache
+from mcp_tiered.config import CloudConfig, TierCostConfig
+from mcp_tiered.costs import CostModel
+from mcp_tiered.dispatch import Dispatcher
+from mcp_tiered.errors import BusyError, ConfigError
+from mcp_tiered.ledger import CallRecord, HopRecord, Ledger, cloud_spend_since, connect, insert
+from mcp_tiered.tiers import Policy, Tier, TierRegistry
+
+pytestmark = pytest.mark.anyio
+
+SURE = (-0.01,) * 3
+UNSURE = (-3.0,) * 3
+COSTS = CostModel(
+    electricity_per_kwh=0.25, cloud_billed_prices=(3.0, 15.0),
+    tiers={"small": TierCostConfig(power_watts=300), "large": TierCostConfig(power_watts=600)},
+)
+
+
+def rows(path: Path, table: str) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def chain_to_cloud(small: list, large: list, cloud: list) -> TierRegistry:
+    return TierRegistry([
+        Tier("small", ScriptedBackend(small, "smol", generation_s=36.0), "s", 100, 0.2, Policy("large", min_confidence=0.5)),
+        Tier("large", ScriptedBackend(large, "big", generation_s=60.0), "l", 100, 0.2, Policy("cloud", min_confidence=0.5)),
+        Tier("cloud", ScriptedBackend(cloud, "claude", is_local=False, generation_s=2.0), "c", 100, 1.0),
+    ])
+
+
+async def test_calls_produce_call_and_hop_rows_whose_tokens_match_the_results(tmp_path: Path) -> None:
+    registry = chain_to_cloud(
+        [Completion("a", "stop", 100, 20, SURE), Completion("b", "stop", 100, 10, UNSURE),
+         Completion("c", "stop", 50, 5, UNSURE)],
+        [Completion("B", "stop", 110, 21, SURE), Completion("C?", "stop", 55, 6, UNSURE)],
+        [Completion("C", "stop", 60, 7)],
+    )
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    dispatcher = Dispatcher(registry, cache=ResponseCache(), ledger=ledger, costs=COSTS)
+    results = [await dispatcher.generate("small", p, temperature=0) for p in ("qa", "qb", "qc", "qa")]
+    ledger.flush()
+    calls, hops = rows(ledger.path, "calls"), rows(ledger.path, "hops")
+    ledger.close()
+
+    assert [c["served_by"] for c in calls] == [r.served_by for r in results] == ["small", "large", "cloud", "small"]
+    assert [(c["prompt_tokens"], c["completion_tokens"]) for c in calls] == [
+        (r.usage.prompt_tokens, r.usage.completion_tokens) for r in results]
+    assert [c["outcome"] for c in calls] == ["ok", "ok", "ok", "cache_hit"]
+    assert [c["escalation_reasons"] for c in calls] == ["", "low_confidence", "low_confidence,low_confidence", ""]
+    assert [(h["call_id"], h["tier"], h["outcome"], h["prompt_tokens"], h["completion_tokens"]) for h in hops] == [
+        (1, "small", "answered", 100, 20),
+        (2, "small", "escalated", 100, 10), (2, "large", "answered", 110, 21),
+        (3, "small", "escalated", 50, 5), (3, "large", "escalated", 55, 6), (3, "cloud", "answered", 60, 7),
+    ]
+    small = hops[0]
+    assert small["generation_s"] == 36.0 and small["energy_wh"] == pytest.approx(36 * 300 / 3600)
+    assert small["local_cost"] == pytest.approx(3.0 / 1000 * 0.25)
+    assert hops[5]["cloud_cost"] == pytest.approx((60 * 3 + 7 * 15) / 1e6) and hops[5]["energy_wh"] == 0
+    assert calls[2]["energy_wh"] == pytest.approx((36 * 300 + 60 * 600) / 3600)
+    assert calls[2]["cloud_cost"] == pytest.approx((60 * 3 + 7 * 15) / 1e6)
+    assert calls[3]["cache_hit"] == 1 and calls[3]["energy_wh"] == 0 and calls[3]["generation_s"] == 0
+
+
+async def test_failed_and_busy_calls_are_recorded_with_their_outcome(tmp_path: Path) -> None:
+    registry = TierRegistry([Tier("small", ScriptedBackend([BusyError("small is busy"), RuntimeError("boom")]),
+                                  "s", 100, 0.2)])
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    dispatcher = Dispatcher(registry, ledger=ledger)
+    for _ in range(2):
+        with pytest.raises(Exception):
+            await dispatcher.generate("small", "q")
+    ledger.flush()
+    calls, hops = rows(ledger.path, "calls"), rows(ledger.path, "hops")
+    ledger.close()
+    assert [(c["outcome"], c["served_by"]) for c in calls] == [("busy", None), ("error", None)]
+    assert [(h["outcome"], h["escalation_reason"]) for h in hops] == [("failed", "busy"), ("failed", "error")]
+
+
+def test_record_returns_at_once_and_the_writer_thread_commits() -> None:
+    # The writer runs on its own thread: `record` only queues.
+    import threading
+
+    path = Path(__import__("tempfile").mkdtemp()) / "ledger.sqlite3"
+    ledger = Ledger(path)
+    writer = ledger._thread
+    call = CallRecord(time.time(), "generate_small", "small", "small", "m", "ok", 1, 1, 0.1)
+    ledger.record(call)
+    assert writer.is_alive() and writer is not threading.current_thread()
+    assert ledger.flush(10)
+    assert len(rows(path, "calls")) == 1
+    ledger.close()
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from mcp_tiered.ledger import CallRecord, HopRecord, Ledger
+ledger = Ledger(Path(sys.argv[1]))
+for i in range(1_000_000):
+    hop = HopRecord(0, "small", "m", "answered", None, i, i + 1, 0.0, 0.5, 0.1, 0.001, 0.0)
+    ledger.record(CallRecord(time.time(), "generate_small", "small", "small", "m", "ok", i, i + 1, 0.5, hops=(hop,)))
+    if i % 10 == 9:
+        ledger.flush()
+        print(i + 1, flush=True)
+"""
+
+
+def test_a_writer_killed_with_sigkill_leaves_every_committed_row_readable(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    committed = 0
+    deadline = time.monotonic() + 120
+    while committed < 500 and time.monotonic() < deadline:
+        line = writer.stdout.readline()
+        assert line, "the writer process died before it was killed"
+        committed = int(line)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert writer.returncode == -signal.SIGKILL and committed >= 500
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    calls = conn.execute("SELECT prompt_tokens, completion_tokens FROM calls ORDER BY id").fetchall()
+    hops = conn.execute("SELECT COUNT(*) FROM hops").fetchone()[0]
+    conn.close()
+    assert len(calls) >= committed
+    assert calls[:committed] == [(i, i + 1) for i in range(committed)]
+    assert hops == len(calls)
+
+
+def test_a_ledger_path_that_cannot_be_opened_is_one_sentence(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError) as caught:
+        Ledger(blocker / "ledger.sqlite3")
+    assert str(caught.value).startswith(f"ledger.path: cannot open the ledger {blocker / 'ledger.sqlite3'} (")
+
+
+def test_cloud_budget_starts_from_the_spend_the_ledger_recorded_today(tmp_path: Path) -> None:
+    now = time.time()
+    conn = connect(tmp_path / "ledger.sqlite3")
+    hop = HopRecord(0, "cloud", "claude", "answered", None, 10, 10, 0.0, 1.0, 0.0, 0.0, 1.25)
+    yesterday = now - 86400 * 2
+    insert(conn, [CallRecord(now - 5, "generate_cloud", "cloud", "cloud", "claude", "ok", 10, 10, 1.0, hops=(hop,)),
+                  CallRecord(yesterday, "generate_cloud", "cloud", "cloud", "claude", "ok", 10, 10, 1.0, hops=(hop,))])
+    budget = CloudBudget(CloudConfig(model="claude", daily_budget=2.0), clock=lambda: now)
+    day, month = budget.period_starts()
+    budget.restore(cloud_spend_since(conn, day), cloud_spend_since(conn, month))
+    conn.close()
+    assert budget.spent()["today"] == pytest.approx(1.25)
+    assert budget.spent()["this_month"] == pytest.approx(2.5 if yesterday >= month else 1.25)
+
+
+LEDGER_TOML = """
+[ledger]
+path = "ledger.sqlite3"
+
+[costs]
+electricity_per_kwh = 0.25
+
+[costs.tiers.small]
+power_watts = 200
+hardware_cost = 1000
+"""
+
+
+@pytest.mark.model
+async def test_server_records_each_call_and_tiered_report_matches_report_json(small_config: Path) -> None:
+    config = small_config.with_name("ledger.toml")
+    config.write_text(small_config.read_text() + LEDGER_TOML)
+    args = {"prompt": "What is the capital of France?", "temperature": 0, "max_tokens": 16}
+    with anyio.fail_after(90):
+        async with stdio_server(config) as client:
+            results = [(await client.call_tool("generate_small", args)).structured_content for _ in range(2)]
+            resources = (await client.list_resources()).resources
+            read = await client.read_resource("tiered://report")
+            served = json.loads(read.contents[0].text)
+            cli = subprocess.run([MCP_TIERED, "report", "--config", str(config), "--format", "json"],
+                                 capture_output=True, text=True, env=server_env(), timeout=60)
+    assert [r.uri for r in resources] == ["tiered://report"]
+    assert json.loads(cli.stdout) == served
+    calls = rows(config.with_name("ledger.sqlite3"), "calls")
+    assert [(c["prompt_tokens"], c["completion_tokens"], bool(c["cache_hit"])) for c in calls] == [
+        (r["usage"]["prompt_tokens"], r["usage"]["completion_tokens"], r["cache_hit"]) for r in results]
+    assert calls[0]["generation_s"] > 0 and calls[0]["energy_wh"] == pytest.approx(calls[0]["generation_s"] * 200 / 3600)
+    small = next(t for t in served["tiers"] if t["tier"] == "small")
+    assert small["served"] == 1 and served["totals"]["cache_hits"] == 1
