@@ -82,36 +82,37 @@ def _chart(report: dict[str, Any]) -> str:
     points = (report["projection"] or {}).get("chart") or []
     if not points:
         return '<p class="empty">No break-even chart: under a minute of calls recorded.</p>'
-    w, h, pad = 640, 320, 56
+    w, h, pad, left = 640, 320, 48, 96
     top = max(max(p["local"], p["cloud_only"]) for p in points) or 1.0
     last = points[-1]["month"] or 1
 
-    def xy(month: float, value: float) -> str:
-        return f"{pad + month / last * (w - 2 * pad):.1f},{h - pad - value / top * (h - 2 * pad):.1f}"
+    def x(month: float) -> float:
+        return left + month / last * (w - left - pad)
+
+    def y(value: float) -> float:
+        return h - pad - value / top * (h - 2 * pad)
 
     def line(key: str) -> str:
-        return " ".join(xy(p["month"], p[key]) for p in points)
+        return " ".join(f"{x(p['month']):.1f},{y(p[key]):.1f}" for p in points)
 
-    ticks = "".join(
-        f'<text x="{pad + m / last * (w - 2 * pad):.1f}" y="{h - pad + 18}" text-anchor="middle">{m}</text>'
-        for m in range(0, last + 1, max(1, last // 12))
-    )
+    ticks = "".join(f'<text x="{x(m):.1f}" y="{h - pad + 18}" text-anchor="middle">{m}</text>'
+                    for m in range(0, last + 1, max(1, last // 12)))
     cur = html.escape(report["currency"])
     be = report["projection"]["break_even_months"]
     marker = ""
     if be is not None and be <= last:
-        x = pad + be / last * (w - 2 * pad)
-        marker = (f'<line class="break-even" x1="{x:.1f}" y1="{pad}" x2="{x:.1f}" y2="{h - pad}"/>'
-                  f'<text x="{x + 4:.1f}" y="{pad + 12}">break-even {be:.1f} months</text>')
+        marker = (f'<line class="break-even" x1="{x(be):.1f}" y1="{pad}" x2="{x(be):.1f}" y2="{h - pad}"/>'
+                  f'<text x="{x(be) + 4:.1f}" y="{pad + 14}">break-even {be:.1f} months</text>')
     return f"""<svg id="break-even-chart" viewBox="0 0 {w} {h}" role="img" aria-label="Cumulative cost, local vs cloud only">
-<rect x="{pad}" y="{pad}" width="{w - 2 * pad}" height="{h - 2 * pad}" class="frame"/>
+<rect x="{left}" y="{pad}" width="{w - left - pad}" height="{h - 2 * pad}" class="frame"/>
 <polyline class="local" points="{line('local')}"/>
 <polyline class="cloud-only" points="{line('cloud_only')}"/>
 {marker}{ticks}
-<text x="{w / 2}" y="{h - 12}" text-anchor="middle">months</text>
-<text x="{pad}" y="{pad - 8}">{top:,.0f} {cur}</text><text x="{pad - 6}" y="{h - pad}" text-anchor="end">0</text>
-<g class="legend"><line class="local" x1="{w - 220}" y1="20" x2="{w - 196}" y2="20"/><text x="{w - 190}" y="24">local (hardware + operating)</text>
-<line class="cloud-only" x1="{w - 220}" y1="38" x2="{w - 196}" y2="38"/><text x="{w - 190}" y="42">cloud only</text></g>
+<text x="{(left + w - pad) / 2}" y="{h - 10}" text-anchor="middle">months</text>
+<text x="{left - 6}" y="{pad + 4}" text-anchor="end">{top:,.0f} {cur}</text>
+<text x="{left - 6}" y="{h - pad + 4}" text-anchor="end">0 {cur}</text>
+<g class="legend"><line class="local" x1="{left}" y1="16" x2="{left + 24}" y2="16"/><text x="{left + 30}" y="20">local (hardware + operating)</text>
+<line class="cloud-only" x1="{left + 250}" y1="16" x2="{left + 274}" y2="16"/><text x="{left + 280}" y="20">cloud only</text></g>
 </svg>"""
 
 
