@@ -113,6 +113,11 @@ HOP_COLUMNS = ("call_id, time, position, tier, model, outcome, escalation_reason
 
 def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
     """Open (creating if needed) the ledger; raises ConfigError naming the path when it cannot."""
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"ledger.path: cannot create the ledger {path}: {blocking} is a file, not a folder")
+    if path.is_dir():
+        raise ConfigError(f"ledger.path: {path} is a folder; name a file, such as {path / 'ledger.sqlite3'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=10, check_same_thread=check_same_thread, isolation_level=None)

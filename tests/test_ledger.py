@@ -150,12 +150,12 @@ def test_a_writer_killed_with_sigkill_leaves_every_committed_row_readable(tmp_pa
     assert hops == len(calls)
 
 
-def test_a_ledger_path_that_cannot_be_opened_is_one_sentence(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
+def test_a_ledger_path_that_is_a_folder_is_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "ledger.sqlite3").mkdir()
     with pytest.raises(ConfigError) as caught:
-        Ledger(blocker / "ledger.sqlite3")
-    assert str(caught.value).startswith(f"ledger.path: cannot open the ledger {blocker / 'ledger.sqlite3'} (")
+        Ledger(tmp_path / "ledger.sqlite3")
+    folder = tmp_path / "ledger.sqlite3"
+    assert str(caught.value) == f"ledger.path: {folder} is a folder; name a file, such as {folder / 'ledger.sqlite3'}"
 
 
 def test_cloud_budget_starts_from_the_spend_the_ledger_recorded_today(tmp_path: Path) -> None:
@@ -207,3 +207,34 @@ async def test_server_records_each_call_and_tiered_report_matches_report_json(sm
     assert calls[0]["generation_s"] > 0 and calls[0]["energy_wh"] == pytest.approx(calls[0]["generation_s"] * 200 / 3600)
     small = next(t for t in served["tiers"] if t["tier"] == "small")
     assert small["served"] == 1 and served["totals"]["cache_hits"] == 1
+
+
+@pytest.mark.model
+async def test_a_restarted_server_counts_the_cloud_spend_already_in_the_ledger(write_config, smollm2: Path) -> None:
+    # Worst case of this call: (17 + 16 margin) input x 3 + 16 output x 15 per million = 0.000339;
+    # it is billed 20 x 3 + 8 x 15 = 0.00018. Of a 0.0005 budget, 0.00032 is left after one call.
+    from fake_anthropic import FakeAnthropic
+
+    args = {"prompt": "Say the number 1.", "cache": False}
+    with FakeAnthropic(reply="1") as fake:
+        config = write_config(
+            f'[tiers.small]\nmodel = "{smollm2}"\ndescription = "small"\nn_ctx = 1024\nmax_tokens = 16\n'
+            f'escalate_to = "cloud"\nmin_confidence = 0.999\n[cloud]\nmodel = "claude-test"\nbase_url = "{fake.url}"\n'
+            'daily_budget = 0.0005\n[ledger]\npath = "ledger.sqlite3"\n')
+        with anyio.fail_after(120):
+            async with stdio_server(config, ANTHROPIC_API_KEY="sk-test") as client:
+                first = (await client.call_tool("generate_small", args)).structured_content
+            async with stdio_server(config, ANTHROPIC_API_KEY="sk-test") as client:
+                second = (await client.call_tool("generate_small", args)).structured_content
+    assert first["served_by"] == "cloud" and len(fake.requests) == 1
+    assert second["served_by"] == "small"
+    assert "only 0.0003 USD of the daily budget (0.0005 USD) is left" in second["escalation_note"]
+
+
+def test_serve_with_a_ledger_path_that_cannot_be_opened_exits_with_one_sentence(write_config, smollm2: Path) -> None:
+    config = write_config(f'[tiers.small]\nmodel = "{smollm2}"\ndescription = "s"\n[ledger]\npath = "models.toml/ledger.db"\n')
+    done = subprocess.run([MCP_TIERED, "serve", "--config", str(config)], capture_output=True, text=True,
+                          env=server_env(), timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: ledger.path: cannot create the ledger {config}/ledger.db: {config} is a file, not a folder"]
