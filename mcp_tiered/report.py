@@ -32,38 +32,53 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
+# Served calls by the tier that answered (cache hits apart) and per-tier hop sums: the report reads
+# aggregates, never the rows, so its cost does not grow with the ledger's size in Python.
+SERVED = """SELECT served_by, cache_hit, COUNT(*) AS calls, TOTAL(prompt_tokens) AS prompt_tokens,
+    TOTAL(completion_tokens) AS completion_tokens FROM calls WHERE outcome IN ('ok', 'cache_hit') {since}
+    GROUP BY served_by, cache_hit"""
+HOPS = """SELECT tier, COUNT(*) AS hops, TOTAL(prompt_tokens) AS prompt_tokens,
+    TOTAL(completion_tokens) AS completion_tokens, TOTAL(generation_s) AS generation_s,
+    TOTAL(energy_wh) AS energy_wh, TOTAL(local_cost) AS local_cost, TOTAL(cloud_cost) AS cloud_cost,
+    TOTAL(outcome = 'escalated') AS escalated FROM hops {where} GROUP BY tier ORDER BY MIN(id)"""
+PERIOD = """SELECT COUNT(*) AS calls, MIN(time - latency_s) AS start, MAX(time) AS end,
+    TOTAL(outcome IN ('error', 'busy')) AS errors FROM calls {where}"""
+
+
 def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None = None) -> dict[str, Any]:
-    where, args = ("WHERE time >= ?", (since,)) if since is not None else ("", ())
-    calls = conn.execute(f"SELECT * FROM calls {where} ORDER BY time", args).fetchall()
-    hops = conn.execute(f"SELECT * FROM hops {where}", args).fetchall()
-    start = since if since is not None else min((c["time"] - c["latency_s"] for c in calls), default=None)
-    end = max((c["time"] for c in calls), default=start)
+    args = () if since is None else (since,)
+    where, also = ("", "") if since is None else ("WHERE time >= ?", "AND time >= ?")
+    period = conn.execute(PERIOD.format(where=where), args).fetchone()
+    served = conn.execute(SERVED.format(since=also), args).fetchall()
+    hops = {h["tier"]: h for h in conn.execute(HOPS.format(where=where), args)}
+    start = since if since is not None else period["start"]
+    end = period["end"] if period["end"] is not None else start
     duration_s = max((end or 0) - (start or 0), 0.0)
     months = duration_s / MONTH_S
 
-    answered = [c for c in calls if c["outcome"] in ("ok", "cache_hit")]
+    answered = sum(r["calls"] for r in served)
     names = list(costs.tiers)
-    for name in [h["tier"] for h in hops] + [CLOUD] * bool(costs.cloud_billed_prices):
+    for name in [*hops, *[CLOUD] * bool(costs.cloud_billed_prices)]:
         if name not in names:
             names.append(name)
-    tiers = [_tier_row(name, hops, answered, costs, duration_s, months) for name in names]
-    cache_hits = [c for c in answered if c["cache_hit"]]
-    tiers.append({
-        "tier": "cache", "kind": "cache", "served": len(cache_hits), "share": _ratio(len(cache_hits), len(answered)),
-        "cloud_equivalent": sum(costs.cloud_equivalent(c["prompt_tokens"], c["completion_tokens"]) for c in cache_hits),
-    })
+    tiers = [_tier_row(name, hops.get(name), [r for r in served if r["served_by"] == name and not r["cache_hit"]],
+                       answered, costs, duration_s, months) for name in names]
+    cached = [r for r in served if r["cache_hit"]]
+    tiers.append({"tier": "cache", "kind": "cache", "served": sum(r["calls"] for r in cached),
+                  "share": _ratio(sum(r["calls"] for r in cached), answered),
+                  "cloud_equivalent": _equivalent(costs, cached)})
 
     local = [t for t in tiers if t["kind"] == "local"]
     energy_cost = sum(t["energy_cost"] for t in local)
     local_cost = sum(t["local_cost"] for t in local)
-    cloud_cost = sum(h["cloud_cost"] for h in hops)
-    cloud_only = sum(costs.cloud_equivalent(c["prompt_tokens"], c["completion_tokens"]) for c in answered)
+    cloud_cost = sum(h["cloud_cost"] for h in hops.values())
+    cloud_only = _equivalent(costs, served)
     total = local_cost + cloud_cost
     totals = {
-        "calls": len(calls), "answered": len(answered), "cache_hits": len(cache_hits),
-        "errors": sum(c["outcome"] in ("error", "busy") for c in calls),
-        "prompt_tokens": sum(c["prompt_tokens"] for c in answered),
-        "completion_tokens": sum(c["completion_tokens"] for c in answered),
+        "calls": period["calls"], "answered": answered, "cache_hits": sum(r["calls"] for r in cached),
+        "errors": int(period["errors"]),
+        "prompt_tokens": int(sum(r["prompt_tokens"] for r in served)),
+        "completion_tokens": int(sum(r["completion_tokens"] for r in served)),
         "energy_wh": sum(t["energy_wh"] + t["idle_wh"] for t in local),
         "energy_cost": energy_cost, "fixed_cost": sum(t["fixed_cost"] for t in local),
         "local_cost": local_cost, "cloud_cost": cloud_cost, "total_cost": total,
@@ -81,36 +96,39 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
         },
         "tiers": tiers,
         "totals": totals,
-        "projection": _projection(costs, totals, energy_cost, cloud_cost, months, duration_s, len(answered)),
+        "projection": _projection(costs, totals, energy_cost, cloud_cost, months, duration_s, answered),
     }
 
 
-def _tier_row(name: str, hops: list[sqlite3.Row], answered: list[sqlite3.Row], costs: CostModel,
+def _equivalent(costs: CostModel, served: list[sqlite3.Row]) -> float:
+    return sum(costs.cloud_equivalent(r["prompt_tokens"], r["completion_tokens"]) for r in served)
+
+
+def _tier_row(name: str, hops: sqlite3.Row | None, served: list[sqlite3.Row], answered: int, costs: CostModel,
               duration_s: float, months: float) -> dict[str, Any]:
-    mine = [h for h in hops if h["tier"] == name]
-    served = [c for c in answered if c["served_by"] == name and not c["cache_hit"]]
-    prompt = sum(h["prompt_tokens"] for h in mine)
-    completion = sum(h["completion_tokens"] for h in mine)
-    generation_s = sum(h["generation_s"] for h in mine)
+    def total(key: str) -> float:
+        return hops[key] if hops is not None else 0.0
+
+    prompt, completion, generation_s = int(total("prompt_tokens")), int(total("completion_tokens")), total("generation_s")
+    calls = sum(r["calls"] for r in served)
     row: dict[str, Any] = {
         "tier": name, "kind": "cloud" if name == CLOUD else "local",
-        "hops": len(mine), "served": len(served), "share": _ratio(len(served), len(answered)),
+        "hops": int(total("hops")), "served": calls, "share": _ratio(calls, answered),
         "target_share": costs.cloud_target_share if name == CLOUD else costs.tier(name).target_share,
-        "escalated_away": sum(h["outcome"] == "escalated" for h in mine),
+        "escalated_away": int(total("escalated")),
         "prompt_tokens": prompt, "completion_tokens": completion, "generation_s": generation_s,
         "tokens_per_s": _ratio(completion, generation_s),
-        "cloud_equivalent": sum(costs.cloud_equivalent(c["prompt_tokens"], c["completion_tokens"]) for c in served),
+        "cloud_equivalent": _equivalent(costs, served),
     }
     if name == CLOUD:
-        row["cloud_cost"] = sum(h["cloud_cost"] for h in mine)
+        row["cloud_cost"] = total("cloud_cost")
         return row
     tier = costs.tier(name)
-    energy_wh = sum(h["energy_wh"] for h in mine)
     idle_wh = tier.idle_watts * max(duration_s - generation_s, 0.0) / 3600
-    energy_cost = sum(h["local_cost"] for h in mine) + costs.energy_cost(idle_wh)
+    energy_cost = total("local_cost") + costs.energy_cost(idle_wh)
     fixed = months * costs.monthly_fixed(name)
     row.update({
-        "energy_wh": energy_wh, "idle_wh": idle_wh, "energy_cost": energy_cost, "fixed_cost": fixed,
+        "energy_wh": total("energy_wh"), "idle_wh": idle_wh, "energy_cost": energy_cost, "fixed_cost": fixed,
         "local_cost": energy_cost + fixed,
         "cost_per_mtok": None if not prompt + completion else (energy_cost + fixed) / (prompt + completion) * 1e6,
         "hardware_cost": tier.hardware_cost,

@@ -208,3 +208,12 @@ def test_bad_since_is_one_sentence(costs_config: Path) -> None:
     done = run_report(costs_config, "--since", "last tuesday")
     assert done.returncode == 1
     assert done.stderr == "error: --since: expected a date such as 2026-11-01 or 2026-11-01T08:00, got 'last tuesday'\n"
+
+
+def test_report_of_an_empty_ledger_has_no_calls_and_no_projection(write_config: Callable[..., Path], smollm2: Path) -> None:
+    config = write_config(COSTS_TOML.replace("{model}", str(smollm2)))
+    connect(config.parent / "ledger.sqlite3").close()
+    report = report_for(config)
+    assert report["totals"]["calls"] == 0 and report["totals"]["savings_pct"] is None
+    assert report["projection"] is None and report["period"]["since"] is None
+    assert "not enough history" in run_report(config).stdout
