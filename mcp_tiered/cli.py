@@ -108,9 +108,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 1
+    path = config.ledger.resolved_path
+    if not config.ledger.enabled and not path.exists():
+        print("error: ledger.enabled: is false, so the server keeps no ledger and there is nothing to report",
+              file=sys.stderr)
+        return 1
     try:
         since = parse_since(args.since) if args.since else None
-        with reading(config.ledger.resolved_path) as conn:
+        with reading(path) as conn:
             data = report.build_report(conn, CostModel.from_config(config), since)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -217,3 +217,10 @@ def test_report_of_an_empty_ledger_has_no_calls_and_no_projection(write_config: 
     assert report["totals"]["calls"] == 0 and report["totals"]["savings_pct"] is None
     assert report["projection"] is None and report["period"]["since"] is None
     assert "not enough history" in run_report(config).stdout
+
+
+def test_report_with_the_ledger_disabled_says_so(write_config: Callable[..., Path], smollm2: Path) -> None:
+    config = write_config(COSTS_TOML.replace("{model}", str(smollm2)).replace("[ledger]\n", "[ledger]\nenabled = false\n"))
+    done = run_report(config)
+    assert (done.returncode, done.stderr) == (
+        1, "error: ledger.enabled: is false, so the server keeps no ledger and there is nothing to report\n")
