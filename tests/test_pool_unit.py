@@ -59,3 +59,21 @@ async def test_progress_description_follows_the_phase() -> None:
     assert control.describe() == "small: waiting in the queue, position 3"
     control.phase = "loading"
     assert control.describe() == "small: loading the model"
+
+
+async def test_affinity_picks_the_best_scoring_free_instance() -> None:
+    pool = InstancePool("t", ["a", "bb", "ccc"], max_queue=1, queue_timeout_s=1)
+    assert await pool.acquire(affinity=len) == "ccc"
+    assert await pool.acquire() == "a"  # without affinity: the one free longest
+
+
+async def test_prefix_affinity_prefers_the_instance_holding_the_prompt_and_spares_other_caches() -> None:
+    from mcp_tiered.backends.llama import _Instance
+
+    agent_a, agent_b = "You are agent A. " * 10, "You are agent B. " * 10
+    loaded, empty_loaded, unloaded = (_Instance(worker=None, llama=object(), last_request=f"{agent_a}\x00q1"),
+                                      _Instance(worker=None, llama=object()), _Instance(worker=None))
+    same, other = f"{agent_a}\x00q2", f"{agent_b}\x00q1"
+    assert max([unloaded, empty_loaded, loaded], key=lambda i: i.affinity(same)) is loaded
+    assert max([unloaded, loaded, empty_loaded], key=lambda i: i.affinity(other)) is empty_loaded
+    assert max([unloaded, loaded], key=lambda i: i.affinity(other)) is loaded  # rather than load another copy
