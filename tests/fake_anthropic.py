@@ -1,7 +1,8 @@
 """A local HTTP server on 127.0.0.1 that speaks the Anthropic Messages API, for tests.
 
 Each request takes the next mode from `script` (then `default`): "ok", "401", "429" (with retry-after),
-"529", "slow" (answers after `slow_s`), "malformed" (200 with a body that is not JSON).
+"529", "slow" (answers after `slow_s`), "malformed" (200 with a body that is not JSON), "drip" (streams
+one word every `drip_s`). A request with `"stream": true` is answered with server-sent events, word by word.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ ERRORS = {
 
 
 class FakeAnthropic:
-    def __init__(self, reply: str = "Cloud answer: Paris.", default: str = "ok", slow_s: float = 3.0):
+    def __init__(self, reply: str = "Cloud answer: Paris.", default: str = "ok", slow_s: float = 3.0,
+                 drip_s: float = 0.5):
         self.reply = reply
         self.default = default
         self.slow_s = slow_s
+        self.drip_s = drip_s
         self.script: deque[str] = deque()
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -81,6 +84,12 @@ class FakeAnthropic:
                     return
                 if mode == "slow":
                     time.sleep(fake.slow_s)
+                if body.get("stream"):
+                    try:
+                        self._stream(body, fake.drip_s if mode == "drip" else 0.0)
+                    except (BrokenPipeError, ConnectionResetError):  # the client stopped reading (deadline)
+                        pass
+                    return
                 text = fake.reply
                 message = {
                     "id": "msg_01", "type": "message", "role": "assistant", "model": body.get("model", "claude"),
@@ -91,5 +100,30 @@ class FakeAnthropic:
                     self._send(200, json.dumps(message).encode())
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                     pass
+
+            def _stream(self, body: dict[str, Any], drip_s: float) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+
+                def event(kind: str, data: dict[str, Any]) -> None:
+                    self.wfile.write(f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode())
+                    self.wfile.flush()
+
+                words = fake.reply.split(" ")
+                event("message_start", {"message": {
+                    "id": "msg_01", "type": "message", "role": "assistant", "model": body.get("model", "claude"),
+                    "content": [], "stop_reason": None, "stop_sequence": None,
+                    "usage": {"input_tokens": 20, "output_tokens": 1}}})
+                event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+                for i, word in enumerate(words):
+                    if i and drip_s:
+                        time.sleep(drip_s)
+                    text = word if i == len(words) - 1 else word + " "
+                    event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}})
+                event("content_block_stop", {"index": 0})
+                event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                        "usage": {"output_tokens": 8}})
+                event("message_stop", {})
 
         return Handler

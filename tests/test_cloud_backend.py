@@ -8,6 +8,7 @@ import pytest
 from fake_anthropic import FakeAnthropic
 from mcp_tiered.backends import GenerationRequest
 from mcp_tiered.backends.cloud import CloudBackend
+from mcp_tiered.backends.pool import CallControl
 from mcp_tiered.config import CloudConfig
 from mcp_tiered.errors import BackendError
 
@@ -79,3 +80,22 @@ async def test_malformed_json_is_a_clear_error() -> None:
         with anyio.fail_after(10), pytest.raises(BackendError) as failed:
             await cloud(fake, max_retries=0).generate(REQUEST)
     assert str(failed.value) == "cloud: the Anthropic API sent a response that is not a valid Messages API answer"
+
+
+async def test_deadline_returns_the_text_streamed_so_far_counted_at_its_worst_case() -> None:
+    reply = "one two three four five six seven eight"
+    with FakeAnthropic(reply=reply, default="drip", drip_s=0.5) as fake:
+        control = CallControl(deadline_s=1.2)
+        with anyio.fail_after(3):
+            completion = await cloud(fake).generate(REQUEST, control)
+    assert completion.finish_reason == "deadline"
+    assert completion.text and reply.startswith(completion.text) and completion.text != reply
+    assert control.tokens == len(completion.text.split())
+    assert (completion.prompt_tokens, completion.completion_tokens) == (20, REQUEST.max_tokens)
+
+
+async def test_deadline_before_any_text_is_one_clear_error() -> None:
+    with FakeAnthropic(default="slow", slow_s=3) as fake:
+        with anyio.fail_after(3), pytest.raises(BackendError) as failed:
+            await cloud(fake).generate(REQUEST, CallControl(deadline_s=0.5))
+    assert str(failed.value).startswith("cloud: no answer from the Anthropic API before the call's deadline (0.")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import anthropic
+import anyio
 
 from ..config import CloudConfig
 from ..errors import BackendError
 from .base import Backend, Completion, GenerationRequest
 from .pool import CallControl
+
+
+MALFORMED = "cloud: the Anthropic API sent a response that is not a valid Messages API answer"
 
 
 class CloudBackend(Backend):
@@ -26,26 +31,49 @@ class CloudBackend(Backend):
         )
 
     async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
-        if control is None:
-            return await self._create(request)
-        control.tier, control.phase = "cloud", "waiting for the cloud"
+        control = control or CallControl()
+        control.tier, control.phase, control.tokens = "cloud", "waiting for the cloud", 0
         started = time.perf_counter()
         try:
-            return await self._create(request)
+            return await self._stream(request, control)
         finally:
             control.generation_s = time.perf_counter() - started
 
-    async def _create(self, request: GenerationRequest) -> Completion:
+    async def _stream(self, request: GenerationRequest, control: CallControl) -> Completion:
+        """Streamed, so that the call's deadline can return the text received so far, as local tiers do."""
         kwargs = {"system": request.system} if request.system else {}
         if request.stop:
             kwargs["stop_sequences"] = list(request.stop)
+        parts: list[str] = []
+        input_tokens = 0
+        started_message = False
+        left = control.seconds_left()
         try:
-            message = await self._client.messages.create(
-                model=self.config.model,
-                max_tokens=request.max_tokens,
-                messages=[{"role": "user", "content": request.prompt}],
-                **kwargs,
-            )
+            with anyio.move_on_after(math.inf if left is None else left) as deadline:
+                async with self._client.messages.stream(
+                    model=self.config.model,
+                    max_tokens=request.max_tokens,
+                    messages=[{"role": "user", "content": request.prompt}],
+                    **kwargs,
+                ) as stream:
+                    async for event in stream:
+                        if event.type == "message_start":
+                            input_tokens, started_message = event.message.usage.input_tokens, True
+                        elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                            if not parts:
+                                control.generating_since, control.phase = time.monotonic(), "generating"
+                            parts.append(event.delta.text)
+                            control.tokens += 1
+                    if not started_message:
+                        raise BackendError(MALFORMED)
+                    message = await stream.get_final_message()
+            if deadline.cancelled_caught:
+                if not parts:
+                    raise BackendError(f"cloud: no answer from the Anthropic API before the call's deadline "
+                                       f"({time.monotonic() - control.accepted:.1f} s after it was accepted)")
+                # The API bills what it generated, which may be more than arrived before the cut:
+                # count the most it could have been.
+                return Completion("".join(parts).strip(), "deadline", input_tokens, request.max_tokens)
             text = "".join(block.text for block in message.content if block.type == "text")
             usage = message.usage
             finish = "length" if message.stop_reason == "max_tokens" else "stop"
@@ -68,8 +96,7 @@ class CloudBackend(Backend):
             raise BackendError(f"cloud: the Anthropic API answered HTTP {exc.status_code} "
                                f"after {self.config.max_retries} retries ({_error_message(exc)})") from exc
         except (anthropic.APIResponseValidationError, ValueError) as exc:
-            raise BackendError("cloud: the Anthropic API sent a response that is not a valid Messages API "
-                               "answer") from exc
+            raise BackendError(MALFORMED) from exc
 
     async def aclose(self) -> None:
         await self._client.close()
