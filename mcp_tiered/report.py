@@ -127,9 +127,11 @@ def _tier_row(name: str, hops: sqlite3.Row | None, served: list[sqlite3.Row], an
     idle_wh = tier.idle_watts * max(duration_s - generation_s, 0.0) / 3600
     energy_cost = total("local_cost") + costs.energy_cost(idle_wh)
     fixed = months * costs.monthly_fixed(name)
+    equivalent = row["cloud_equivalent"]
     row.update({
         "energy_wh": total("energy_wh"), "idle_wh": idle_wh, "energy_cost": energy_cost, "fixed_cost": fixed,
         "local_cost": energy_cost + fixed,
+        "savings_pct": (equivalent - energy_cost - fixed) / equivalent * 100 if equivalent else None,
         "cost_per_mtok": None if not prompt + completion else (energy_cost + fixed) / (prompt + completion) * 1e6,
         "hardware_cost": tier.hardware_cost,
     })

@@ -10,7 +10,7 @@ COLUMNS = [
     ("target_share", "target", "pct"), ("tokens", "tokens", "{:,}"), ("tokens_per_s", "tok/s", "{:,.1f}"),
     ("energy_wh", "energy Wh", "{:,.2f}"), ("local_cost", "local cost", "money"),
     ("cost_per_mtok", "per Mtok", "money"), ("cloud_cost", "cloud cost", "money"),
-    ("cloud_equivalent", "on cloud", "money"),
+    ("cloud_equivalent", "on cloud", "money"), ("savings_pct", "saved", "pct100"),
 ]
 
 
@@ -19,6 +19,8 @@ def _cell(value: Any, fmt: str) -> str:
         return "–"
     if fmt == "pct":
         return f"{value * 100:.1f} %"
+    if fmt == "pct100":
+        return f"{value:.1f} %"
     if fmt == "money":
         return f"{value:,.4f}" if abs(value) < 1 else f"{value:,.2f}"
     return fmt.format(value)

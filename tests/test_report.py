@@ -119,6 +119,8 @@ def test_report_arithmetic_matches_the_hand_computed_example(costs_config: Path)
     # Tokens through small: 1000+200 + 1000+100 + 500+50 = 2850; completion 350 in 66 s.
     assert small["cost_per_mtok"] == pytest.approx((small_energy_cost + 120) / 2850 * 1e6, rel=1e-6)
     assert small["tokens_per_s"] == pytest.approx(350 / 66)
+    # small's own answer (A) would have cost 60.0 on the cloud; small cost 129.13 in all.
+    assert small["savings_pct"] == pytest.approx((60 - small_energy_cost - 120) / 60 * 100, rel=1e-6)
     # large: 60 s at 600 W = 10 Wh = 0.0025; no idle draw, no hardware.
     assert large["energy_wh"] == pytest.approx(10) and large["local_cost"] == pytest.approx(0.0025)
     # The cloud billed 500 x 3 + 100 x 15 per million = 0.003.
