@@ -61,6 +61,8 @@ async def main() -> None:
         config.write_text(
             f'[tiers.bench]\nmodel = "{args.model}"\ndescription = "benchmark"\n'
             f"n_ctx = {args.n_ctx}\nn_threads = {threads}\nmax_tokens = {args.max_tokens}\n"
+            # The server's own ledger, in the temporary folder rather than the user's.
+            '[ledger]\npath = "ledger.sqlite3"\n'
         )
         server = StdioServerParameters(
             command=str(Path(sys.executable).with_name("mcp-tiered")),

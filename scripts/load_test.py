@@ -63,6 +63,8 @@ async def main() -> None:
             f'[tiers.small]\nmodel = "{default_models_dir() / SMOLLM2.filename}"\ndescription = "load test"\n'
             f"n_ctx = 1024\nmax_tokens = {args.max_tokens}\ninstances = {args.instances}\n"
             f"max_queue = {args.max_queue}\nqueue_timeout_s = {args.queue_timeout_s}\n"
+            # The server's own ledger, in the temporary folder rather than the user's.
+            '[ledger]\npath = "ledger.sqlite3"\n'
         )
         server = StdioServerParameters(command=str(Path(sys.executable).with_name("mcp-tiered")),
                                        args=["--log-level", "WARNING", "serve", "--config", str(config)])
