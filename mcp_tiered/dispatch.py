@@ -242,7 +242,9 @@ class Dispatcher:
 
     def _book(self, tool: str, tier: str, outcome: str, started: float, trace: _Trace,
               result: GenerateResult | None = None) -> None:
-        """Queue the call's ledger row (the writer thread commits it)."""
+        """Count the call's hops in the metrics and queue its ledger row (the writer thread commits it)."""
+        if self.metrics is not None:
+            self.metrics.record_hops(trace.hops, self.costs.currency)
         if self.ledger is None:
             return
         self.ledger.record(CallRecord(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .config import CLOUD
+from .ledger import HopRecord
 from .tiers import TierRegistry
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
@@ -46,6 +48,12 @@ class Metrics:
                                  ["tier"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.escalations = Counter("mcp_tiered_escalations", "Escalations by reason",
                                    ["from_tier", "to_tier", "reason"], registry=self.registry)
+        self.generation = Counter("mcp_tiered_generation_seconds", "Seconds the tier's engine worked on calls",
+                                  ["tier"], registry=self.registry)
+        self.energy = Counter("mcp_tiered_energy_wh", "Energy of generation by tier ([costs] power_watts)",
+                              ["tier"], registry=self.registry)
+        self.cost = Counter("mcp_tiered_cost", "Energy cost of local tiers and billed cost of the cloud",
+                            ["tier", "kind", "currency"], registry=self.registry)
         self.registry.register(_LiveState(tiers))
 
     def record(self, tier: str, outcome: str, latency_s: float, result: object | None = None) -> None:
@@ -57,6 +65,15 @@ class Metrics:
             self.tokens.labels(served_by, "completion").inc(result.usage.completion_tokens)  # type: ignore[attr-defined]
             for hop in result.escalations:  # type: ignore[attr-defined]
                 self.escalations.labels(hop.from_, hop.to, hop.reason).inc()
+
+    def record_hops(self, hops: Iterable[HopRecord], currency: str) -> None:
+        for hop in hops:
+            self.generation.labels(hop.tier).inc(hop.generation_s)
+            if hop.tier == CLOUD:
+                self.cost.labels(hop.tier, "cloud", currency).inc(hop.cloud_cost)
+            else:
+                self.energy.labels(hop.tier).inc(hop.energy_wh)
+                self.cost.labels(hop.tier, "energy", currency).inc(hop.local_cost)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -238,3 +238,16 @@ def test_serve_with_a_ledger_path_that_cannot_be_opened_exits_with_one_sentence(
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: ledger.path: cannot create the ledger {config}/ledger.db: {config} is a file, not a folder"]
+
+
+async def test_metrics_count_generation_seconds_energy_and_cost_per_tier() -> None:
+    from mcp_tiered.metrics import Metrics
+
+    registry = chain_to_cloud([Completion("b", "stop", 100, 10, UNSURE)], [Completion("C?", "stop", 55, 6, UNSURE)],
+                              [Completion("C", "stop", 60, 7)])
+    metrics = Metrics(registry)
+    await Dispatcher(registry, metrics=metrics, costs=COSTS).generate("small", "q")
+    text = metrics.exposition().decode()
+    assert 'mcp_tiered_generation_seconds_total{tier="small"} 36.0' in text
+    assert 'mcp_tiered_energy_wh_total{tier="large"} 10.0' in text  # 60 s at 600 W
+    assert f'mcp_tiered_cost_total{{currency="USD",kind="cloud",tier="cloud"}} {(60 * 3 + 7 * 15) / 1e6}' in text
