@@ -112,9 +112,11 @@ class LlamaBackend(Backend):
         # llama.cpp reuses the KV cache for the prompt's prefix that the instance processed last
         # (agents resend the same long system prompt), so prefer the free instance that shares most.
         text = f"{request.system}\x00{request.prompt}"
-        instance = await self.pool.acquire(control, lambda position: setattr(control, "queue_position", position),
-                                           affinity=lambda candidate: candidate.affinity(text))
-        control.queue_s = time.perf_counter() - queued
+        try:
+            instance = await self.pool.acquire(control, lambda position: setattr(control, "queue_position", position),
+                                               affinity=lambda candidate: candidate.affinity(text))
+        finally:
+            control.queue_s = time.perf_counter() - queued
         try:
             if instance.llama is None:
                 control.phase = "loading"
