@@ -8,6 +8,7 @@ server-side, from the call's start to its first generated token, through the dis
 runs it; the model is loaded before the first round.
 
     .venv/bin/python scripts/bench_prefix.py [--rounds 5] [--prefix-tokens 1200] [--instances 1] [--model qwen]
+                                             [--model-path FILE.gguf --n-gpu-layers -1]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import anyio
 
@@ -60,11 +62,14 @@ async def main() -> None:
     parser.add_argument("--prefix-tokens", type=int, default=1200)
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--model", choices=["smollm2", "qwen"], default="smollm2")
+    parser.add_argument("--model-path", help="any other GGUF file instead of --model")
+    parser.add_argument("--n-gpu-layers", type=int, default=-1)
     args = parser.parse_args()
     logs.configure("WARNING")
     spec = SMOLLM2 if args.model == "smollm2" else QWEN_CODER_1_5B
-    config = TierConfig(model=default_models_dir() / spec.filename, description="bench", n_ctx=4096,
-                        max_tokens=8, instances=args.instances, preload=True)
+    path = Path(args.model_path) if args.model_path else default_models_dir() / spec.filename
+    config = TierConfig(model=path, description="bench", n_ctx=4096, max_tokens=8, instances=args.instances,
+                        preload=True, n_gpu_layers=args.n_gpu_layers)
     backend = LlamaBackend("t", config)
     registry = TierRegistry([Tier("t", backend, "bench", 8, 0.0)])
     dispatcher = Dispatcher(registry)
@@ -82,7 +87,7 @@ async def main() -> None:
             ratios.append(second / first)
             print(f"round {r + 1}: {tokens} prompt tokens, first call {first * 1000:.0f} ms, "
                   f"second call {second * 1000:.0f} ms, ratio {second / first:.3f}")
-    print(f"{spec.filename}, {args.instances} instance(s), prompts of ~{tokens} tokens sharing a system prompt:")
+    print(f"{path.name}, {args.instances} instance(s), prompts of ~{tokens} tokens sharing a system prompt:")
     print(f"  time to first token, median: first {statistics.median(firsts) * 1000:.0f} ms, "
           f"second {statistics.median(seconds) * 1000:.0f} ms")
     print(f"  ratio second/first: median {statistics.median(ratios):.3f}, worst {max(ratios):.3f} (goal <= 0.3)")

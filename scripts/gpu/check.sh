@@ -16,8 +16,17 @@ t "setup done"
 python3 -m pip install -q --no-index --no-deps --target /tmp/gguf .gpu/gguf/*.whl
 t "synthesizing the model"
 PYTHONPATH=/tmp/gguf python3 scripts/gpu/synth_gguf.py .gpu/vocab.gguf /tmp/synthetic.gguf && ls -la /tmp/synthetic.gguf
-t "bench_offload"
+t "bench_offload (GPU power sampled every 100 ms)"
+nvidia-smi --query-gpu=power.draw --format=csv,noheader,nounits -lms 100 > /tmp/power.csv &
+POWER=$!
 timeout 200 .venv/bin/python scripts/gpu/bench_offload.py /tmp/synthetic.gguf 2>&1 | grep -E "RESULT|supports|offloaded|model buffer"
-t "serve_check"
-timeout 90 .venv/bin/python scripts/gpu/serve_check.py /tmp/synthetic.gguf
+kill $POWER
+sort -n /tmp/power.csv | awk '{a[NR]=$1} END {print "GPU power draw W: samples", NR, "min", a[1], "median", a[int(NR/2)+1], "max", a[NR]}'
+t "bench_prefix on the GPU"
+timeout 120 .venv/bin/python scripts/bench_prefix.py --model-path /tmp/synthetic.gguf --rounds 3 2>&1 | tail -5
+timeout 120 .venv/bin/python scripts/bench_prefix.py --model-path /tmp/synthetic.gguf --rounds 3 --instances 2 2>&1 | tail -3
+if [ "${SERVE_CHECK:-1}" = 1 ]; then
+  t "serve_check"
+  timeout 90 .venv/bin/python scripts/gpu/serve_check.py /tmp/synthetic.gguf
+fi
 t "end"
