@@ -76,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def open_ledger(config: Config) -> Ledger:
     path = config.ledger.resolved_path
-    ledger = Ledger(path)
+    ledger = Ledger(path, config.ledger.keep_days)
     log.info("ledger", path=str(path))
     return ledger
 

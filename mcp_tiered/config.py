@@ -147,6 +147,9 @@ class LedgerConfig(BaseModel):
     enabled: bool = True
     path: Annotated[Path, Field(json_schema_extra={"expect": "a file path"})] | None = None
     """None: ledger.sqlite3 in the user's data directory (~/.local/share/mcp-tiered on Linux)."""
+    keep_days: Annotated[float, Field(ge=31, json_schema_extra={
+        "expect": "a number of days ≥ 31 (the monthly cloud budget counts the current month's rows)"})] | None = None
+    """None: keep every row. Older rows are deleted at startup and once a day."""
 
     @field_validator("path", mode="before")
     @classmethod

@@ -154,13 +154,30 @@ def insert(conn: sqlite3.Connection, calls: list[CallRecord]) -> None:
         raise
 
 
+def prune(conn: sqlite3.Connection, before: float) -> int:
+    """Delete the calls (and their hops) that ended before `before`; returns how many calls."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM hops WHERE time < ?", (before,))
+        deleted = conn.execute("DELETE FROM calls WHERE time < ?", (before,)).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return deleted
+
+
 class Ledger:
-    """The server's writer: `record` is cheap and never blocks; a thread commits."""
+    """The server's writer: `record` is cheap and never blocks; a thread commits, and deletes rows older
+    than `keep_days` when it starts and once a day."""
 
     RETRIES = 3
+    PRUNE_EVERY_S = 86400.0
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_days: float | None = None):
         self.path = path
+        self.keep_days = keep_days
+        self._pruned_at = 0.0
         self._conn = connect(path, check_same_thread=False)
         self._queue: queue.SimpleQueue[CallRecord | threading.Event | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write_forever, name="ledger-writer", daemon=True)
@@ -181,8 +198,22 @@ class Ledger:
             self._thread.join()
         self._conn.close()
 
+    def _prune_if_due(self) -> None:
+        now = time.time()
+        if self.keep_days is None or now - self._pruned_at < self.PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
+        try:
+            deleted = prune(self._conn, now - self.keep_days * 86400)
+        except sqlite3.Error as exc:
+            log.error("ledger_prune_failed", path=str(self.path), error=str(exc))
+            return
+        if deleted:
+            log.info("ledger_pruned", calls=deleted, keep_days=self.keep_days)
+
     def _write_forever(self) -> None:
         while True:
+            self._prune_if_due()
             batch: list[CallRecord] = []
             markers: list[threading.Event] = []
             item = self._queue.get()

@@ -251,3 +251,22 @@ async def test_metrics_count_generation_seconds_energy_and_cost_per_tier() -> No
     assert 'mcp_tiered_generation_seconds_total{tier="small"} 36.0' in text
     assert 'mcp_tiered_energy_wh_total{tier="large"} 10.0' in text  # 60 s at 600 W
     assert f'mcp_tiered_cost_total{{currency="USD",kind="cloud",tier="cloud"}} {(60 * 3 + 7 * 15) / 1e6}' in text
+
+
+def test_rows_older_than_keep_days_are_deleted_when_the_ledger_opens(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    path = tmp_path / "ledger.sqlite3"
+    now = time.time()
+    conn = connect(path)
+    hop = HopRecord(0, "small", "m", "answered", None, 1, 1)
+    insert(conn, [CallRecord(now - 40 * 86400, "generate_small", "small", "small", "m", "ok", 1, 1, 0.1, hops=(hop,)),
+                  CallRecord(now - 5 * 86400, "generate_small", "small", "small", "m", "ok", 2, 2, 0.1, hops=(hop,))])
+    conn.close()
+    with capture_logs() as events:
+        ledger = Ledger(path, keep_days=31)
+        ledger.flush(10)
+        ledger.close()
+    assert [c["prompt_tokens"] for c in rows(path, "calls")] == [2]
+    assert len(rows(path, "hops")) == 1
+    assert {"event": "ledger_pruned", "calls": 1, "keep_days": 31, "log_level": "info"} in events
