@@ -338,6 +338,10 @@ class Dispatcher:
                       "failed" if completion is None else "escalated")
             if reason is None or call.escalate == "never" or position + 1 >= len(chain):
                 break
+            if control.seconds_left() == 0:  # the next tier would only return an empty "deadline" answer
+                note = (f"escalation from {tier_here} to {chain[position + 1]} ({reason}) was not made: "
+                        "the call's deadline had passed")
+                break
             position += 1
         if answer is not None:  # the hop whose answer is returned, whatever the policy thought of it
             trace.hops[trace.answered_at] = replace(trace.hops[trace.answered_at], outcome="answered",

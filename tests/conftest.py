@@ -72,16 +72,20 @@ class ScriptedBackend(Backend):
     """A fake engine for unit tests of dispatch code: answers from a script, records requests."""
 
     def __init__(self, replies: list[Completion | Exception], model_name: str = "scripted", is_local: bool = True,
-                 generation_s: float = 0.0):
+                 generation_s: float = 0.0, delay_s: float = 0.0):
         self.is_local = is_local
         self.replies = list(replies)
         self.requests: list[GenerationRequest] = []
         self.model_name = model_name
         self.generation_s = generation_s
         """Reported to the call's control as the seconds the engine worked (for ledger tests)."""
+        self.delay_s = delay_s
+        """How long each reply takes."""
 
     async def generate(self, request: GenerationRequest, control=None) -> Completion:  # noqa: ANN001
         self.requests.append(request)
+        if self.delay_s:
+            await anyio.sleep(self.delay_s)
         if control is not None:
             control.generation_s = self.generation_s
         reply = self.replies.pop(0)

@@ -185,3 +185,13 @@ async def test_busy_tier_escalates_with_reason_busy() -> None:
 
     result = await Dispatcher(chain([BusyError("tier small is busy")], [answer("from large")])).generate("small", "q")
     assert (result.served_by, [h.reason for h in result.escalations]) == ("large", ["busy"])
+
+
+async def test_no_escalation_once_the_deadline_has_passed_the_partial_answer_stays() -> None:
+    tiers = chain([answer("partial", prob=0.1, finish="deadline")], [answer("never asked")])
+    tiers.get("small").backend.delay_s = 0.2
+    result = await Dispatcher(tiers).generate("small", "q", deadline_s=0.1)
+    assert (result.text, result.served_by, result.finish_reason) == ("partial", "small", "deadline")
+    assert result.escalations == [] and tiers.get("large").backend.requests == []
+    assert result.escalation_note == ("escalation from small to large (low_confidence) was not made: "
+                                      "the call's deadline had passed")
