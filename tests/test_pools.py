@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -217,3 +218,50 @@ async def test_a_call_goes_to_the_free_instance_that_already_processed_its_syste
         await tier.aclose()
     assert held[agent_b].last_request == f"{agent_b}\x00Say maybe."
     assert held[agent_a].last_request == f"{agent_a}\x00Say perhaps."
+
+
+async def test_a_deadline_during_the_model_load_is_busy_and_the_load_goes_on_for_the_next_call(qwen: Path) -> None:
+    tier = backend(qwen, max_tokens=4)
+    try:
+        with capture_logs() as events, anyio.fail_after(120):
+            with pytest.raises(BusyError) as busy:
+                await tier.generate(request(4, "Say yes."), CallControl(deadline_s=0.05))
+            still_loading = tier._instances[0].loading is not None
+            answer = await tier.generate(request(4, "Say yes."))  # waits in the queue for the same load
+    finally:
+        await tier.aclose()
+    assert re.fullmatch(r"tier small is still loading its model \(\d+\.\d s so far\) and the call's deadline has "
+                        r"passed; the load goes on for the next call", str(busy.value))
+    assert still_loading and answer.completion_tokens > 0
+    assert [e["event"] for e in events].count("model_loaded") == 1
+
+
+async def test_a_call_cancelled_during_the_model_load_returns_at_once(qwen: Path) -> None:
+    tier = backend(qwen, max_tokens=4)
+    try:
+        with capture_logs() as events, anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tier.generate, request(4, "Say yes."))
+                while tier._instances[0].loading is None:
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+            still_loading = tier._instances[0].loading is not None
+            answer = await tier.generate(request(4, "Say yes."))
+    finally:
+        await tier.aclose()
+    assert still_loading and answer.completion_tokens > 0
+    assert [e["event"] for e in events].count("model_loaded") == 1
+
+
+async def test_a_call_during_the_preload_waits_for_it_instead_of_loading_again(smollm2: Path) -> None:
+    tier = backend(smollm2, max_tokens=4, preload=True)
+    try:
+        with capture_logs() as events, anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tier.run_background)
+                await anyio.wait_all_tasks_blocked()
+                answer = await tier.generate(request(4, "Say yes."))
+    finally:
+        await tier.aclose()
+    assert answer.completion_tokens > 0
+    assert [e["event"] for e in events].count("model_loaded") == 1

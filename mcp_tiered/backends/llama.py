@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import structlog
 
 from ..config import TierConfig, model_file_problem
-from ..errors import BackendError, PromptTooLongError, RequestError
+from ..errors import BackendError, BusyError, PromptTooLongError, RequestError
 from .base import Backend, Completion, GenerationRequest
 from .pool import CallControl, InstancePool
 from .worker import WorkerThread
@@ -72,6 +76,28 @@ def format_chat(llama: Llama, messages: list[dict[str, str]]) -> FormattedPrompt
     raise BackendError("the chat handler returned without formatting a prompt")
 
 
+class _Load:
+    """A model load running on an instance's thread; any number of calls may wait for it, and none has to."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self._then: list[Callable[[], None]] = []
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the event loop when the load ends (at once if it has)."""
+        if self.done.is_set():
+            callback()
+        else:
+            self._then.append(callback)
+
+    def finish(self) -> None:
+        self.done.set()
+        for callback in self._then:
+            callback()
+
+
 @dataclass(eq=False)
 class _Instance:
     worker: WorkerThread
@@ -79,6 +105,7 @@ class _Instance:
     last_used: float = 0.0
     last_request: str = ""
     """System prompt and prompt of the last call: its tokens are still in the KV cache."""
+    loading: _Load | None = None
 
     def affinity(self, request: str) -> tuple[bool, int]:
         """How well this instance suits `request`: loaded ones first, then the characters of the request
@@ -117,10 +144,28 @@ class LlamaBackend(Backend):
                                                affinity=lambda candidate: candidate.affinity(text))
         finally:
             control.queue_s = time.perf_counter() - queued
+        release = True
         try:
             if instance.llama is None:
                 control.phase = "loading"
-                instance.llama = await instance.worker.run(self._load)
+                load = self._start_load(instance)
+                left = control.seconds_left()
+                try:
+                    with anyio.move_on_after(math.inf if left is None else left):
+                        await load.done.wait()
+                except anyio.get_cancelled_exc_class():
+                    # The load cannot be interrupted: it goes on, and the instance returns to the pool when it ends.
+                    release = False
+                    load.then(lambda: self._release(instance))
+                    raise
+                if not load.done.is_set():
+                    release = False
+                    load.then(lambda: self._release(instance))
+                    raise BusyError(f"tier {self.tier} is still loading its model "
+                                    f"({time.monotonic() - load.started:.1f} s so far) and the call's deadline "
+                                    "has passed; the load goes on for the next call")
+                if load.error is not None:
+                    raise load.error
             control.phase = "prompt"
             started = time.perf_counter()
             try:
@@ -130,14 +175,43 @@ class LlamaBackend(Backend):
                 control.generation_s = time.perf_counter() - started
                 instance.last_request = text
         finally:
-            instance.last_used = time.monotonic()
-            self.pool.release(instance)
+            if release:
+                self._release(instance)
+
+    def _release(self, instance: _Instance) -> None:
+        instance.last_used = time.monotonic()
+        self.pool.release(instance)
+
+    def _start_load(self, instance: _Instance) -> _Load:
+        """The instance's load in progress, or a new one on its thread."""
+        if instance.loading is not None:
+            return instance.loading
+        load = instance.loading = _Load()
+        token = anyio.lowlevel.current_token()
+
+        def finished() -> None:
+            instance.loading = None
+            load.finish()
+
+        def job() -> None:
+            try:
+                instance.llama = self._load()
+            except BaseException as exc:  # handed to the waiting calls
+                load.error = exc
+            try:
+                anyio.from_thread.run_sync(finished, token=token)
+            except RuntimeError:  # the event loop has ended
+                pass
+
+        instance.worker.submit(job)
+        return load
 
     async def run_background(self) -> None:
         if self.config.preload:
             for instance in self._instances:
                 if instance.llama is None:
-                    instance.llama = await instance.worker.run(self._load)
+                    load = self._start_load(instance)
+                    await load.done.wait()
                     instance.last_used = time.monotonic()
         idle_s = self.config.idle_unload_s
         if idle_s is None:
@@ -158,6 +232,8 @@ class LlamaBackend(Backend):
 
     async def aclose(self) -> None:
         for instance in self._instances:
+            if instance.loading is not None:  # free what it is loading, not leave it behind
+                await instance.loading.done.wait()
             await self._unload(instance, reason="shutdown")
             instance.worker.stop()
 

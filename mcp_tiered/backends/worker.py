@@ -27,13 +27,17 @@ class WorkerThread:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue `job` to run on this thread after the jobs already queued; nobody waits for it."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
     async def run(self, fn: Callable[..., T], *args: Any, on_cancel: Callable[[], None] | None = None) -> T:
         """Run `fn(*args)` on this thread. Like `anyio.to_thread.run_sync`, a cancelled caller
         still waits for `fn` to return, so whatever `fn` uses stays consistent; `on_cancel` is
         called first, to ask `fn` to return early."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
-            self._thread.start()
         token = anyio.lowlevel.current_token()
         done = anyio.Event()
         outcome: dict[str, Any] = {}
@@ -48,7 +52,7 @@ class WorkerThread:
             except RuntimeError:  # the event loop is gone: nobody is waiting any more
                 pass
 
-        self._jobs.put(job)
+        self.submit(job)
         try:
             await done.wait()
         except anyio.get_cancelled_exc_class():
