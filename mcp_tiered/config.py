@@ -93,6 +93,8 @@ class TierConfig(BaseModel):
     queue_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     preload: bool = False
     idle_unload_s: Annotated[float, Field(gt=0)] | None = None
+    prompt_cache_mb: Annotated[int, Field(ge=0)] = 0
+    """Memory per instance for the KV states of earlier long prompts (0: only the last prompt is reused)."""
     escalate_to: Annotated[str, Field(min_length=1, json_schema_extra={"expect": 'a tier name or "cloud"'})] | None = None
     local_only: bool = False
     min_confidence: Probability | None = None

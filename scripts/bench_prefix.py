@@ -9,6 +9,10 @@ runs it; the model is loaded before the first round.
 
     .venv/bin/python scripts/bench_prefix.py [--rounds 5] [--prefix-tokens 1200] [--instances 1] [--model qwen]
                                              [--model-path FILE.gguf --n-gpu-layers -1]
+                                             [--interleave [--prompt-cache-mb 256]]
+
+--interleave: two agents take turns on the tier (A, B, A, B), so the second call of agent A comes after
+agent B's call has replaced the instance's KV cache; --prompt-cache-mb keeps the earlier prompts' states.
 """
 
 from __future__ import annotations
@@ -64,12 +68,14 @@ async def main() -> None:
     parser.add_argument("--model", choices=["smollm2", "qwen"], default="smollm2")
     parser.add_argument("--model-path", help="any other GGUF file instead of --model")
     parser.add_argument("--n-gpu-layers", type=int, default=-1)
+    parser.add_argument("--interleave", action="store_true")
+    parser.add_argument("--prompt-cache-mb", type=int, default=0)
     args = parser.parse_args()
     logs.configure("WARNING")
     spec = SMOLLM2 if args.model == "smollm2" else QWEN_CODER_1_5B
     path = Path(args.model_path) if args.model_path else default_models_dir() / spec.filename
     config = TierConfig(model=path, description="bench", n_ctx=4096, max_tokens=8, instances=args.instances,
-                        preload=True, n_gpu_layers=args.n_gpu_layers)
+                        preload=True, n_gpu_layers=args.n_gpu_layers, prompt_cache_mb=args.prompt_cache_mb)
     backend = LlamaBackend("t", config)
     registry = TierRegistry([Tier("t", backend, "bench", 8, 0.0)])
     dispatcher = Dispatcher(registry)
@@ -80,14 +86,18 @@ async def main() -> None:
         tokens = 0
         for r in range(args.rounds):
             system = system_prompt(r, args.prefix_tokens)
+            other = system_prompt(r + 1000, args.prefix_tokens)
             first, tokens = await ttft(dispatcher, system, "What is the capital of France?")
+            if args.interleave:
+                await ttft(dispatcher, other, "What is the capital of France?")
             second, _ = await ttft(dispatcher, system, "Which planet is the largest in the solar system?")
             firsts.append(first)
             seconds.append(second)
             ratios.append(second / first)
             print(f"round {r + 1}: {tokens} prompt tokens, first call {first * 1000:.0f} ms, "
                   f"second call {second * 1000:.0f} ms, ratio {second / first:.3f}")
-    print(f"{path.name}, {args.instances} instance(s), prompts of ~{tokens} tokens sharing a system prompt:")
+    mode = (f", agents interleaved, prompt_cache_mb {args.prompt_cache_mb}" if args.interleave else "")
+    print(f"{path.name}, {args.instances} instance(s){mode}, prompts of ~{tokens} tokens sharing a system prompt:")
     print(f"  time to first token, median: first {statistics.median(firsts) * 1000:.0f} ms, "
           f"second {statistics.median(seconds) * 1000:.0f} ms")
     print(f"  ratio second/first: median {statistics.median(ratios):.3f}, worst {max(ratios):.3f} (goal <= 0.3)")

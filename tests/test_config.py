@@ -24,7 +24,7 @@ MALFORMED = {
         VALID_TIER + "n_ctxx = 4096",
         "tiers.small.n_ctxx: unknown key; valid keys here are model, description, n_ctx, n_gpu_layers, "
         "main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, chat_format, "
-        "instances, max_queue, queue_timeout_s, preload, idle_unload_s, escalate_to, local_only, min_confidence, confidence, "
+        "instances, max_queue, queue_timeout_s, preload, idle_unload_s, prompt_cache_mb, escalate_to, local_only, min_confidence, confidence, "
         "confidence_quantile, escalate_on_truncated",
     ),
     "tier_not_a_table": ('[tiers]\nsmall = "model.gguf"', 'tiers.small: must be a table, got "model.gguf"'),

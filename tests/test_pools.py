@@ -265,3 +265,20 @@ async def test_a_call_during_the_preload_waits_for_it_instead_of_loading_again(s
         await tier.aclose()
     assert answer.completion_tokens > 0
     assert [e["event"] for e in events].count("model_loaded") == 1
+
+
+async def test_prompt_cache_restores_an_agents_prompt_after_another_agent_used_the_instance(smollm2: Path) -> None:
+    tier = backend(smollm2, max_tokens=16, prompt_cache_mb=256)
+    agent_a = "You are agent A. Answer briefly and politely. " * 30
+    agent_b = "You are agent B. Answer in French if you can. " * 30
+    question = "What is the capital of France?"
+    try:
+        with anyio.fail_after(120):
+            first = await tier.generate(GenerationRequest(question, agent_a, 16, 0.0))
+            await tier.generate(GenerationRequest(question, agent_b, 16, 0.0))
+            again = await tier.generate(GenerationRequest(question, agent_a, 16, 0.0))
+        states = tier._states[id(tier._instances[0].llama)]
+    finally:
+        await tier.aclose()
+    assert (states.saves, states.restores) == (2, 1)
+    assert again.text == first.text and again.token_logprobs == pytest.approx(first.token_logprobs, abs=1e-3)

@@ -18,6 +18,7 @@ from ..config import TierConfig, model_file_problem
 from ..errors import BackendError, BusyError, PromptTooLongError, RequestError
 from .base import Backend, Completion, GenerationRequest
 from .pool import CallControl, InstancePool
+from .prompt_states import PromptStates
 from .worker import WorkerThread
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ class LlamaBackend(Backend):
         self.model_name = config.model.stem
         self._instances = [_Instance(WorkerThread(f"llama-{tier}-{i}")) for i in range(config.instances)]
         self._scratch: dict[int, Any] = {}
+        self._states: dict[int, PromptStates] = {}
         self.pool: InstancePool[_Instance] = InstancePool(tier, list(self._instances), config.max_queue,
                                                           config.queue_timeout_s)
 
@@ -195,7 +197,10 @@ class LlamaBackend(Backend):
 
         def job() -> None:
             try:
-                instance.llama = self._load()
+                llama = self._load()
+                if self.config.prompt_cache_mb:
+                    self._states[id(llama)] = PromptStates(self.config.prompt_cache_mb << 20)
+                instance.llama = llama
             except BaseException as exc:  # handed to the waiting calls
                 load.error = exc
             try:
@@ -227,6 +232,7 @@ class LlamaBackend(Backend):
         llama, instance.llama = instance.llama, None
         if llama is not None:
             self._scratch.pop(id(llama), None)
+            self._states.pop(id(llama), None)
             await instance.worker.run(llama.close)
             log.info("model_unloaded", tier=self.tier, model=self.model_name, **why)
 
@@ -303,6 +309,9 @@ class LlamaBackend(Backend):
             # heap fragmented and the server's RSS creeping up a few KB per call.
             scratch = self._scratch[id(llama)] = np.empty(n_vocab, dtype=np.float32)
         finish: str = "length"
+        states = self._states.get(id(llama))
+        if states is not None:
+            states.restore_best(llama, prompt.tokens)
         generator = llama.generate(
             prompt.tokens, temp=request.temperature, reset=True, **SAMPLING
         )
@@ -331,6 +340,8 @@ class LlamaBackend(Backend):
             if len(tokens) >= request.max_tokens:
                 break
         generator.close()
+        if states is not None:
+            states.save(llama, len(prompt.tokens))
         text = llama.detokenize(tokens, prev_tokens=prompt.tokens).decode("utf-8", errors="ignore")
         if finish == "stop" and stops:
             cut = min((i for s in stops if (i := text.find(s.decode(errors="ignore"))) >= 0), default=len(text))
