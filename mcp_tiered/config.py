@@ -66,6 +66,7 @@ class EscalationConfig(BaseModel):
     confidence: ConfidenceStatistic = "mean"
     confidence_quantile: Quantile = 0.1
     escalate_on_truncated: bool = False
+    escalate_on_repetition: bool = True
 
 
 class TierConfig(BaseModel):
@@ -101,6 +102,7 @@ class TierConfig(BaseModel):
     confidence: ConfidenceStatistic | None = None
     confidence_quantile: Quantile | None = None
     escalate_on_truncated: bool | None = None
+    escalate_on_repetition: bool | None = None
 
     @field_validator("model", mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from .backends import Completion, GenerationRequest
 from .budget import BudgetExceeded, Reservation
 from .cache import ResponseCache
 from .config import CLOUD
-from .confidence import confidence
+from .confidence import confidence, is_repetitive
 from .costs import CostModel
 from .ledger import CallRecord, HopRecord, Ledger
 from .backends.pool import CallControl
@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 MAX_STOP_SEQUENCES = 4
 
 
-Reason = Literal["context", "low_confidence", "empty", "truncated", "error", "busy", "requested"]
+Reason = Literal["context", "low_confidence", "empty", "repetitive", "truncated", "error", "busy", "requested"]
 
 
 class GenerateOptions(BaseModel):
@@ -64,8 +64,8 @@ class Escalation(BaseModel):
 
     from_: str = Field(alias="from", description="The tier that handed the call on.")
     to: str = Field(description="The tier it was handed to.")
-    reason: Reason = Field(description="context: did not fit; low_confidence / empty / truncated: the answer "
-                           "was not good enough; error: the tier failed; busy: no instance was free in time; "
+    reason: Reason = Field(description="context: did not fit; low_confidence / empty / repetitive / truncated: "
+                           "the answer was not good enough; error: the tier failed; busy: no instance was free in time; "
                            "requested: escalate=always.")
     confidence: float | None = Field(description="The handing tier's confidence in its answer, if it answered.")
 
@@ -173,6 +173,8 @@ def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | No
     value = None if tier.is_cloud else confidence(completion.token_logprobs, policy.statistic, policy.quantile)
     if not completion.text.strip():
         return "empty", value
+    if policy.escalate_on_repetition and not tier.is_cloud and is_repetitive(completion.text):
+        return "repetitive", value
     if completion.finish_reason == "length" and policy.escalate_on_truncated:
         return "truncated", value
     if value is not None and value < policy.min_confidence:
@@ -399,7 +401,8 @@ class Dispatcher:
 
 def _request_for(tier: Tier, call: _Call) -> GenerationRequest:
     """The call's request within the limits of `tier` (an escalation target may allow fewer tokens)."""
-    return replace(call.request, max_tokens=min(call.request.max_tokens, tier.max_tokens))
+    return replace(call.request, max_tokens=min(call.request.max_tokens, tier.max_tokens),
+                   stop_on_loop=tier.policy.escalate_on_repetition and not tier.is_cloud)
 
 
 def _ms_since(started: float) -> float:

@@ -30,6 +30,7 @@ class Policy:
     statistic: ConfidenceStatistic = "mean"
     quantile: float = 0.1
     escalate_on_truncated: bool = False
+    escalate_on_repetition: bool = True
 
     @classmethod
     def for_tier(cls, config: Config, tier: TierConfig) -> Policy:
@@ -45,6 +46,7 @@ class Policy:
             statistic=pick(tier.confidence, defaults.confidence),
             quantile=pick(tier.confidence_quantile, defaults.confidence_quantile),
             escalate_on_truncated=pick(tier.escalate_on_truncated, defaults.escalate_on_truncated),
+            escalate_on_repetition=pick(tier.escalate_on_repetition, defaults.escalate_on_repetition),
         )
 
 

@@ -25,7 +25,7 @@ MALFORMED = {
         "tiers.small.n_ctxx: unknown key; valid keys here are model, description, n_ctx, n_gpu_layers, "
         "main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, chat_format, "
         "instances, max_queue, queue_timeout_s, preload, idle_unload_s, prompt_cache_mb, escalate_to, local_only, min_confidence, confidence, "
-        "confidence_quantile, escalate_on_truncated",
+        "confidence_quantile, escalate_on_truncated, escalate_on_repetition",
     ),
     "tier_not_a_table": ('[tiers]\nsmall = "model.gguf"', 'tiers.small: must be a table, got "model.gguf"'),
     "wrong_type_n_ctx": (VALID_TIER + 'n_ctx = "big"', 'tiers.small.n_ctx: must be an integer ≥ 256, got "big"'),

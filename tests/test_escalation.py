@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import anyio
 import pytest
@@ -195,3 +196,30 @@ async def test_no_escalation_once_the_deadline_has_passed_the_partial_answer_sta
     assert result.escalations == [] and tiers.get("large").backend.requests == []
     assert result.escalation_note == ("escalation from small to large (low_confidence) was not made: "
                                       "the call's deadline had passed")
+
+
+LOOP = "L'Étoile, la Cité, la Nation, " + "la Femme, " * 60
+
+
+async def test_an_answer_stuck_in_a_loop_escalates_as_repetitive_despite_high_confidence() -> None:
+    result = await Dispatcher(chain([answer(LOOP, prob=0.95, finish="length")], [answer("Paris")])).generate("small", "q")
+    assert result.text == "Paris"
+    assert [(e.from_, e.reason) for e in result.escalations] == [("small", "repetitive")]
+
+
+async def test_long_answers_that_merely_have_structure_are_not_repetitive() -> None:
+    counting = ", ".join(str(i) for i in range(1, 200))
+    prose = Path(__file__).with_name("test_escalation.py").read_text()[:2000]
+    for text in (counting, prose):
+        result = await Dispatcher(chain([answer(text, prob=0.95)], [answer("never asked")])).generate("small", "q")
+        assert result.served_by == "small" and result.escalations == []
+
+
+async def test_escalate_on_repetition_false_keeps_the_loop() -> None:
+    tiers = TierRegistry([
+        Tier("small", ScriptedBackend([answer(LOOP, prob=0.95)]), "small", 100, 0.2,
+             Policy("large", escalate_on_repetition=False)),
+        Tier("large", ScriptedBackend([answer("Paris")]), "large", 100, 0.2),
+    ])
+    result = await Dispatcher(tiers).generate("small", "q")
+    assert result.served_by == "small" and result.text == LOOP

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -106,3 +107,20 @@ async def test_token_logprobs_match_llama_cpp_own_logprobs(smollm2: Path) -> Non
     assert completion.completion_tokens == len(expected)
     assert completion.token_logprobs == pytest.approx(expected, abs=1e-3)
     reference_model.close()
+
+
+async def test_generation_stuck_in_a_loop_stops_early_when_asked(smollm2: Path) -> None:
+    from mcp_tiered.confidence import is_repetitive
+
+    # SmolLM2 at temperature 0 answers this with "L'Étoile, la Cité, ..., la Femme, la Femme, ..." until max_tokens.
+    engine = backend(smollm2, n_ctx=1024, max_tokens=512)
+    question = GenerationRequest("What is the capital of France?", "", 512, 0.0)
+    try:
+        with anyio.fail_after(120):
+            looping = await engine.generate(question)
+            cut = await engine.generate(replace(question, stop_on_loop=True))
+    finally:
+        await engine.aclose()
+    assert looping.completion_tokens == 512 and is_repetitive(looping.text)
+    assert cut.finish_reason == "length" and cut.completion_tokens < 512 and is_repetitive(cut.text)
+    assert looping.text.startswith(cut.text)

@@ -21,6 +21,8 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     logprobs: bool = True
     """Record each generated token's log-probability (the confidence signal)."""
+    stop_on_loop: bool = False
+    """Stop generating once the answer's end is a loop (`confidence.is_repetitive`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import structlog
 from ..config import TierConfig, model_file_problem
 from ..errors import BackendError, BusyError, PromptTooLongError, RequestError
 from .base import Backend, Completion, GenerationRequest
+from ..confidence import is_repetitive
 from .pool import CallControl, InstancePool
 from .prompt_states import PromptStates
 from .worker import WorkerThread
@@ -29,6 +30,8 @@ log = structlog.get_logger(__name__)
 # The sampling defaults of llama-cpp-python's create_chat_completion, so a tier answers
 # as the model would through that API.
 SAMPLING = {"top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
+LOOP_CHECK_EVERY = 64
+"""Tokens between two looks at whether the answer is stuck in a loop (when the request asks)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +342,9 @@ class LlamaBackend(Backend):
                     break
             if len(tokens) >= request.max_tokens:
                 break
+            if request.stop_on_loop and len(tokens) % LOOP_CHECK_EVERY == 0 and len(tokens) >= 2 * LOOP_CHECK_EVERY:
+                if is_repetitive(llama.detokenize(tokens[-4 * LOOP_CHECK_EVERY:]).decode("utf-8", errors="ignore")):
+                    break  # cut like max_tokens: the rest would be more of the same
         generator.close()
         if states is not None:
             states.save(llama, len(prompt.tokens))
