@@ -173,7 +173,7 @@ def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | No
     value = None if tier.is_cloud else confidence(completion.token_logprobs, policy.statistic, policy.quantile)
     if not completion.text.strip():
         return "empty", value
-    if policy.escalate_on_repetition and not tier.is_cloud and is_repetitive(completion.text):
+    if policy.escalate_on_repetition and is_repetitive(completion.text):
         return "repetitive", value
     if completion.finish_reason == "length" and policy.escalate_on_truncated:
         return "truncated", value
@@ -214,18 +214,15 @@ class Dispatcher:
             event.warning("tool_call", outcome="error", error=type(exc).__name__, reason=str(exc),
                           latency_ms=_ms_since(started))
             outcome = "busy" if isinstance(exc, BusyError) else "error"
-            self._record(tier_name, outcome, started)
-            self._book(tool, tier_name, outcome, started, trace)
+            self._account(tool, tier_name, outcome, started, trace)
             raise
         except anyio.get_cancelled_exc_class():
             event.info("tool_call", outcome="cancelled", completion_tokens=control.tokens, latency_ms=_ms_since(started))
-            self._record(tier_name, "cancelled", started)
-            self._book(tool, tier_name, "cancelled", started, trace)
+            self._account(tool, tier_name, "cancelled", started, trace)
             raise
         except Exception as exc:
             event.exception("tool_call", outcome="error", error=type(exc).__name__, latency_ms=_ms_since(started))
-            self._record(tier_name, "error", started)
-            self._book(tool, tier_name, "error", started, trace)
+            self._account(tool, tier_name, "error", started, trace)
             raise BackendError(f"tier {tier_name}: unexpected {type(exc).__name__} in the backend; "
                                "see the server log") from exc
         event.info("tool_call", outcome="ok", cache_hit=result.cache_hit, served_by=result.served_by,
@@ -234,18 +231,15 @@ class Dispatcher:
                    escalations=[f"{e.from_}->{e.to}:{e.reason}" for e in result.escalations],
                    escalation_note=result.escalation_note)
         outcome = "cache_hit" if result.cache_hit else "ok"
-        self._record(tier_name, outcome, started, None if result.cache_hit else result)
-        self._book(tool, tier_name, outcome, started, trace, result)
+        self._account(tool, tier_name, outcome, started, trace, result)
         return result
 
-    def _record(self, tier: str, outcome: str, started: float, result: GenerateResult | None = None) -> None:
+    def _account(self, tool: str, tier: str, outcome: str, started: float, trace: _Trace,
+                 result: GenerateResult | None = None) -> None:
+        """Record the call in the metrics and queue its ledger row (the writer thread commits it)."""
         if self.metrics is not None:
-            self.metrics.record(tier, outcome, time.perf_counter() - started, result)
-
-    def _book(self, tool: str, tier: str, outcome: str, started: float, trace: _Trace,
-              result: GenerateResult | None = None) -> None:
-        """Count the call's hops in the metrics and queue its ledger row (the writer thread commits it)."""
-        if self.metrics is not None:
+            answered = None if result is None or result.cache_hit else result
+            self.metrics.record(tier, outcome, time.perf_counter() - started, answered)
             self.metrics.record_hops(trace.hops, self.costs.currency)
         if self.ledger is None:
             return
@@ -402,7 +396,7 @@ class Dispatcher:
 def _request_for(tier: Tier, call: _Call) -> GenerationRequest:
     """The call's request within the limits of `tier` (an escalation target may allow fewer tokens)."""
     return replace(call.request, max_tokens=min(call.request.max_tokens, tier.max_tokens),
-                   stop_on_loop=tier.policy.escalate_on_repetition and not tier.is_cloud)
+                   stop_on_loop=tier.policy.escalate_on_repetition)
 
 
 def _ms_since(started: float) -> float:

@@ -212,27 +212,18 @@ class Ledger:
             log.info("ledger_pruned", calls=deleted, keep_days=self.keep_days)
 
     def _write_forever(self) -> None:
-        while True:
+        stop = False
+        while not stop:
             self._prune_if_due()
-            batch: list[CallRecord] = []
-            markers: list[threading.Event] = []
-            item = self._queue.get()
-            stop = item is None
-            while True:
-                if isinstance(item, CallRecord):
-                    batch.append(item)
-                elif isinstance(item, threading.Event):
-                    markers.append(item)
-                if stop or self._queue.empty() or len(batch) >= 256:
-                    break
-                item = self._queue.get()
-                stop = item is None
-            if batch:
-                self._commit(batch)
-            for marker in markers:
-                marker.set()
-            if stop:
-                return
+            items = [self._queue.get()]  # wait for work, then take what has queued up meanwhile
+            while len(items) < 256 and not self._queue.empty():
+                items.append(self._queue.get())
+            stop = any(item is None for item in items)
+            if calls := [item for item in items if isinstance(item, CallRecord)]:
+                self._commit(calls)
+            for item in items:
+                if isinstance(item, threading.Event):
+                    item.set()
 
     def _commit(self, batch: list[CallRecord]) -> None:
         for attempt in range(1, self.RETRIES + 1):

@@ -90,8 +90,9 @@ class TierRegistry:
             if key := environ.get(config.cloud.api_key_env):
                 from .backends.cloud import CloudBackend
 
+                # The last tier: its answers are final, and Claude does not loop like a small model.
                 tiers.append(Tier(CLOUD, CloudBackend(config.cloud, key), config.cloud.description,
-                                  config.cloud.max_tokens, 1.0))
+                                  config.cloud.max_tokens, 1.0, Policy(escalate_on_repetition=False)))
                 budget = CloudBudget(config.cloud)
             else:
                 cloud_disabled = f"the cloud tier is disabled because ${config.cloud.api_key_env} is not set"

@@ -14,10 +14,10 @@ import anyio.from_thread
 import anyio.lowlevel
 import structlog
 
+from ..confidence import is_repetitive
 from ..config import TierConfig, model_file_problem
 from ..errors import BackendError, BusyError, PromptTooLongError, RequestError
 from .base import Backend, Completion, GenerationRequest
-from ..confidence import is_repetitive
 from .pool import CallControl, InstancePool
 from .prompt_states import PromptStates
 from .worker import WorkerThread
@@ -158,14 +158,11 @@ class LlamaBackend(Backend):
                 try:
                     with anyio.move_on_after(math.inf if left is None else left):
                         await load.done.wait()
-                except anyio.get_cancelled_exc_class():
-                    # The load cannot be interrupted: it goes on, and the instance returns to the pool when it ends.
-                    release = False
-                    load.then(lambda: self._release(instance))
-                    raise
+                finally:
+                    if not load.done.is_set():  # cancelled, or past the deadline: the load cannot be
+                        release = False         # interrupted; the instance returns to the pool when it ends
+                        load.then(lambda: self._release(instance))
                 if not load.done.is_set():
-                    release = False
-                    load.then(lambda: self._release(instance))
                     raise BusyError(f"tier {self.tier} is still loading its model "
                                     f"({time.monotonic() - load.started:.1f} s so far) and the call's deadline "
                                     "has passed; the load goes on for the next call")
