@@ -2,12 +2,16 @@
 
 Each request takes the next mode from `script` (then `default`): "ok", "401", "429" (with retry-after),
 "529", "slow" (answers after `slow_s`), "malformed" (200 with a body that is not JSON), "drip" (streams
-one word every `drip_s`). A request with `"stream": true` is answered with server-sent events, word by word.
+one word every `drip_s`). A request with `"stream": true` is answered with server-sent events, word by word;
+two modes break such a stream after `message_start` and two deltas: "reset" (the connection is reset, TCP RST)
+and "cut" (the connection closes cleanly, without `message_stop`).
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -86,7 +90,11 @@ class FakeAnthropic:
                     time.sleep(fake.slow_s)
                 if body.get("stream"):
                     try:
-                        self._stream(body, fake.drip_s if mode == "drip" else 0.0)
+                        self._stream(body, fake.drip_s if mode == "drip" else 0.0,
+                                     break_after=2 if mode in ("reset", "cut") else None)
+                        if mode == "reset":  # SO_LINGER 0: close() sends RST instead of FIN
+                            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                            self.connection.close()
                     except (BrokenPipeError, ConnectionResetError):  # the client stopped reading (deadline)
                         pass
                     return
@@ -101,7 +109,7 @@ class FakeAnthropic:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                     pass
 
-            def _stream(self, body: dict[str, Any], drip_s: float) -> None:
+            def _stream(self, body: dict[str, Any], drip_s: float, break_after: int | None = None) -> None:
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.end_headers()
@@ -117,6 +125,9 @@ class FakeAnthropic:
                     "usage": {"input_tokens": 20, "output_tokens": 1}}})
                 event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
                 for i, word in enumerate(words):
+                    if i == break_after:
+                        self.close_connection = True
+                        return
                     if i and drip_s:
                         time.sleep(drip_s)
                     text = word if i == len(words) - 1 else word + " "

@@ -99,3 +99,18 @@ async def test_deadline_before_any_text_is_one_clear_error() -> None:
         with anyio.fail_after(3), pytest.raises(BackendError) as failed:
             await cloud(fake).generate(REQUEST, CallControl(deadline_s=0.5))
     assert str(failed.value).startswith("cloud: no answer from the Anthropic API before the call's deadline (0.")
+
+
+async def test_a_stream_reset_mid_answer_is_one_clear_backend_error() -> None:
+    with FakeAnthropic(default="reset") as fake:
+        with anyio.fail_after(10), pytest.raises(BackendError) as failed:
+            await cloud(fake, max_retries=0).generate(REQUEST)
+    assert str(failed.value).startswith("cloud: the connection to the Anthropic API broke during the answer (")
+
+
+async def test_a_stream_that_ends_without_message_stop_is_not_taken_as_complete() -> None:
+    with FakeAnthropic(default="cut") as fake:
+        with anyio.fail_after(10), pytest.raises(BackendError) as failed:
+            await cloud(fake, max_retries=0).generate(REQUEST)
+    assert str(failed.value) == ("cloud: the Anthropic API's answer stream ended before the answer was complete "
+                                 "(no message_stop)")

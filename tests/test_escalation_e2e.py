@@ -150,3 +150,17 @@ async def test_cloud_errors_are_error_results_and_the_server_keeps_serving(write
         "cloud: the Anthropic API rejected the API key (HTTP 401); check $ANTHROPIC_API_KEY")
     assert malformed.is_error and "not a valid Messages API answer" in malformed.content[0].text
     assert not fine.is_error and fine.content[0].text == "Paris"
+
+
+@pytest.mark.parametrize("mode", ["reset", "cut"])
+async def test_a_cloud_stream_broken_mid_answer_leaves_the_local_answer_with_a_note(write_config, smollm2: Path,
+                                                                                   mode: str) -> None:
+    with FakeAnthropic(reply="Partial cloud answer", default=mode) as fake:
+        config = small_to_cloud(write_config, smollm2, fake.url)
+        result = await call(config, {"prompt": PARIS, "temperature": 0}, ANTHROPIC_API_KEY="sk-test")
+    content = result.structured_content
+    assert not result.is_error
+    assert (content["served_by"], content["finish_reason"]) == ("small", "stop") and "Paris" in content["text"]
+    assert [(h["to"], h["reason"]) for h in content["escalations"]] == [("cloud", "low_confidence")]
+    assert content["escalation_note"].startswith("cloud failed (cloud: ")
+    assert content["escalation_note"].endswith("this is the answer of small")

@@ -7,6 +7,7 @@ import time
 
 import anthropic
 import anyio
+import httpx2
 
 from ..config import CloudConfig
 from ..errors import BackendError
@@ -15,6 +16,7 @@ from .pool import CallControl
 
 
 MALFORMED = "cloud: the Anthropic API sent a response that is not a valid Messages API answer"
+INCOMPLETE = "cloud: the Anthropic API's answer stream ended before the answer was complete (no message_stop)"
 
 
 class CloudBackend(Backend):
@@ -46,7 +48,7 @@ class CloudBackend(Backend):
             kwargs["stop_sequences"] = list(request.stop)
         parts: list[str] = []
         input_tokens = 0
-        started_message = False
+        started_message = stopped = False
         left = control.seconds_left()
         try:
             with anyio.move_on_after(math.inf if left is None else left) as deadline:
@@ -64,8 +66,12 @@ class CloudBackend(Backend):
                                 control.generating_since, control.phase = time.monotonic(), "generating"
                             parts.append(event.delta.text)
                             control.tokens += 1
+                        elif event.type == "message_stop":
+                            stopped = True
                     if not started_message:
                         raise BackendError(MALFORMED)
+                    if not stopped:
+                        raise BackendError(INCOMPLETE)
                     message = await stream.get_final_message()
             if deadline.cancelled_caught:
                 if not parts:
@@ -97,6 +103,9 @@ class CloudBackend(Backend):
                                f"after {self.config.max_retries} retries ({_error_message(exc)})") from exc
         except (anthropic.APIResponseValidationError, ValueError) as exc:
             raise BackendError(MALFORMED) from exc
+        except httpx2.HTTPError as exc:  # the SDK wraps transport errors of the request, not of the stream's body
+            raise BackendError(f"cloud: the connection to the Anthropic API broke during the answer "
+                               f"({type(exc).__name__}: {exc or 'no detail'})") from exc
 
     async def aclose(self) -> None:
         await self._client.close()
