@@ -214,15 +214,16 @@ class Dispatcher:
             event.warning("tool_call", outcome="error", error=type(exc).__name__, reason=str(exc),
                           latency_ms=_ms_since(started))
             outcome = "busy" if isinstance(exc, BusyError) else "error"
-            self._account(tool, tier_name, outcome, started, trace)
+            await self._commit(self._account(tool, tier_name, outcome, started, trace))
             raise
         except anyio.get_cancelled_exc_class():
             event.info("tool_call", outcome="cancelled", completion_tokens=control.tokens, latency_ms=_ms_since(started))
-            self._account(tool, tier_name, "cancelled", started, trace)
+            if (row := self._account(tool, tier_name, "cancelled", started, trace)) is not None:
+                self.ledger.record(row)  # nothing is answered, so nothing waits for the commit
             raise
         except Exception as exc:
             event.exception("tool_call", outcome="error", error=type(exc).__name__, latency_ms=_ms_since(started))
-            self._account(tool, tier_name, "error", started, trace)
+            await self._commit(self._account(tool, tier_name, "error", started, trace))
             raise BackendError(f"tier {tier_name}: unexpected {type(exc).__name__} in the backend; "
                                "see the server log") from exc
         event.info("tool_call", outcome="ok", cache_hit=result.cache_hit, served_by=result.served_by,
@@ -231,25 +232,31 @@ class Dispatcher:
                    escalations=[f"{e.from_}->{e.to}:{e.reason}" for e in result.escalations],
                    escalation_note=result.escalation_note)
         outcome = "cache_hit" if result.cache_hit else "ok"
-        self._account(tool, tier_name, outcome, started, trace, result)
+        await self._commit(self._account(tool, tier_name, outcome, started, trace, result))
         return result
 
     def _account(self, tool: str, tier: str, outcome: str, started: float, trace: _Trace,
-                 result: GenerateResult | None = None) -> None:
-        """Record the call in the metrics and queue its ledger row (the writer thread commits it)."""
+                 result: GenerateResult | None = None) -> CallRecord | None:
+        """Record the call in the metrics; its ledger row, or None without a ledger."""
         if self.metrics is not None:
             answered = None if result is None or result.cache_hit else result
             self.metrics.record(tier, outcome, time.perf_counter() - started, answered)
             self.metrics.record_hops(trace.hops, self.costs.currency)
         if self.ledger is None:
-            return
-        self.ledger.record(CallRecord(
+            return None
+        return CallRecord(
             time=time.time(), tool=tool, tier=tier, served_by=result.served_by if result else None,
             model=result.model if result else None, outcome=outcome,
             prompt_tokens=result.usage.prompt_tokens if result else 0,
             completion_tokens=result.usage.completion_tokens if result else 0,
             latency_s=time.perf_counter() - started, cache_hit=outcome == "cache_hit", hops=tuple(trace.hops),
-        ))
+        )
+
+    async def _commit(self, row: CallRecord | None) -> None:
+        """The answer (or error) goes out only after its row is committed: a server killed at any moment
+        has recorded every call it answered. A ledger that cannot be written keeps the row and says so."""
+        if row is not None and self.ledger is not None:
+            await self.ledger.commit(row)
 
     def _hop(self, trace: _Trace, position: int, tier: Tier, control: CallControl, completion: Completion | None,
              reason: Reason | str | None, outcome: str) -> None:

@@ -1,20 +1,23 @@
 """The ledger: one SQLite row per call and one per hop (each tier the call went through), with tokens,
 seconds, energy and cost. `mcp-tiered report` and the cloud budget read it.
 
-Writes never wait on the event loop: `record` puts the call on a queue, and one writer thread commits
-what has queued up in a transaction. The database is in WAL mode, so a committed row survives the
-process being killed (`synchronous=NORMAL` gives up only the last transactions on a power loss).
+Writes never block the event loop: a call's row goes on a queue, one writer thread commits what has queued
+up in a transaction, and the dispatcher awaits that commit before the answer goes out. The database is in
+WAL mode, so a committed row survives the process being killed (`synchronous=NORMAL` gives up only the last
+transactions on a power loss).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -137,7 +140,7 @@ def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection
 
 
 def insert(conn: sqlite3.Connection, calls: list[CallRecord]) -> None:
-    """Commit `calls` and their hops in one transaction."""
+    """Commit `calls` and their hops in one transaction; a failure raises the error that caused it."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         for call in calls:
@@ -150,8 +153,18 @@ def insert(conn: sqlite3.Connection, calls: list[CallRecord]) -> None:
             )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Undo an open transaction; SQLite has already rolled back after some errors (disk full, I/O), and a
+    second ROLLBACK would replace the real error with "cannot rollback - no transaction is active"."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
 
 def prune(conn: sqlite3.Connection, before: float) -> int:
@@ -162,32 +175,82 @@ def prune(conn: sqlite3.Connection, before: float) -> int:
         deleted = conn.execute("DELETE FROM calls WHERE time < ?", (before,)).rowcount
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
     return deleted
 
 
-class Ledger:
-    """The server's writer: `record` is cheap and never blocks; a thread commits, and deletes rows older
-    than `keep_days` when it starts and once a day."""
+@dataclass(eq=False, slots=True)
+class _Entry:
+    call: CallRecord
+    waiter: _Waiter | None = None
 
-    RETRIES = 3
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    """A coroutine awaiting its row's commit; woken from the writer thread without blocking it."""
+
+    loop: asyncio.AbstractEventLoop
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    committed: bool = False
+
+    def wake(self, committed: bool) -> None:
+        self.committed = committed
+        try:
+            self.loop.call_soon_threadsafe(self.event.set)
+        except RuntimeError:  # the event loop has closed: nobody waits any more
+            pass
+
+
+class Ledger:
+    """The server's writer. `commit` returns once the call's row is committed (the dispatcher awaits it
+    before the answer goes out); `record` only queues. One thread writes whatever has queued up in one
+    transaction, and deletes rows older than `keep_days` when it starts and once a day.
+
+    The ledger file is checked before each write: deleted or replaced, it is created anew (and said so).
+    Rows that cannot be written (disk full, no permission) stay in memory, up to `MAX_UNWRITTEN`, and are
+    written with the next call or every `RETRY_S`; the error is logged once, and again when writing resumes.
+    """
+
     PRUNE_EVERY_S = 86400.0
+    RETRY_S = 5.0
+    MAX_UNWRITTEN = 100_000
+    """About 25 MB of rows; beyond that, the oldest are dropped (and counted in the log)."""
 
     def __init__(self, path: Path, keep_days: float | None = None):
         self.path = path
         self.keep_days = keep_days
         self._pruned_at = 0.0
-        self._conn = connect(path, check_same_thread=False)
-        self._queue: queue.SimpleQueue[CallRecord | threading.Event | None] = queue.SimpleQueue()
+        self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
+        self._shm = path.with_name(path.name + "-shm")
+        self._shm_size = 0
+        self._open()
+        self._unwritten: list[CallRecord] = []
+        self._failure: str | None = None
+        self._queue: queue.SimpleQueue[_Entry | threading.Event | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write_forever, name="ledger-writer", daemon=True)
         self._thread.start()
 
+    @property
+    def unwritten(self) -> int:
+        """Rows kept in memory because the ledger could not be written."""
+        return len(self._unwritten)
+
     def record(self, call: CallRecord) -> None:
-        self._queue.put(call)
+        """Queue `call`'s row; returns at once."""
+        self._queue.put(_Entry(call))
+
+    async def commit(self, call: CallRecord) -> bool:
+        """Queue `call`'s row and wait until it is committed: True, or False when it could not be written
+        and is kept in memory for a retry. A cancelled wait leaves the row queued."""
+        waiter = _Waiter(asyncio.get_running_loop())
+        self._queue.put(_Entry(call, waiter))
+        await waiter.event.wait()
+        return waiter.committed
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything recorded so far is committed (or dropped after failing)."""
+        """Wait until everything recorded so far is committed (or kept in memory after failing)."""
         done = threading.Event()
         self._queue.put(done)
         return done.wait(timeout)
@@ -196,11 +259,57 @@ class Ledger:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+        if self._unwritten:
+            log.error("ledger_rows_lost", path=str(self.path), calls=len(self._unwritten), error=self._failure)
+
+    def _open(self) -> None:
+        self._conn = connect(self.path, check_same_thread=False)
+        stat = self.path.stat()
+        self._identity = (stat.st_dev, stat.st_ino)
+        self._shm_size = 0
+        self._note_shm_size()
+
+    def _note_shm_size(self) -> None:
+        try:
+            self._shm_size = max(self._shm_size, self._shm.stat().st_size)
+        except OSError:
+            pass
+
+    def _guard_shm(self) -> None:
+        """SQLite maps the -shm file (the WAL index) into memory: if something shrank it (truncated,
+        emptied), touching the mapping would kill the process with SIGBUS. Grow it back to its size; the
+        zeros read as a damaged index, which SQLite rebuilds from the WAL."""
+        try:
+            size = self._shm.stat().st_size
+        except FileNotFoundError:
+            return
+        if size < self._shm_size:
+            log.warning("ledger_index_repaired", path=str(self._shm), size=size, expected=self._shm_size)
+            os.truncate(self._shm, self._shm_size)
+
+    def _ensure_file(self) -> None:
+        """Reconnect when the file is not the one the connection writes to (deleted, replaced) or after
+        a failed write, so the rows land in a file that a report can read."""
+        try:
+            stat = self.path.stat()
+            identity: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
+        except FileNotFoundError:
+            identity = None
+        if self._conn is not None and identity == self._identity:
+            return
+        if self._conn is not None:
+            log.warning("ledger_file_gone", path=str(self.path),
+                        reason="deleted" if identity is None else "replaced by another file",
+                        action="writing the next calls to a new ledger at the same path")
+            self._conn.close()
+            self._conn = None
+        self._open()
 
     def _prune_if_due(self) -> None:
         now = time.time()
-        if self.keep_days is None or now - self._pruned_at < self.PRUNE_EVERY_S:
+        if self.keep_days is None or now - self._pruned_at < self.PRUNE_EVERY_S or self._conn is None:
             return
         self._pruned_at = now
         try:
@@ -215,35 +324,89 @@ class Ledger:
         stop = False
         while not stop:
             self._prune_if_due()
-            items = [self._queue.get()]  # wait for work, then take what has queued up meanwhile
+            try:  # wait for work (or, with rows to retry, for the next retry), then take what has queued up
+                items = [self._queue.get(timeout=self.RETRY_S if self._unwritten else None)]
+            except queue.Empty:
+                items = []
             while len(items) < 256 and not self._queue.empty():
                 items.append(self._queue.get())
             stop = any(item is None for item in items)
-            if calls := [item for item in items if isinstance(item, CallRecord)]:
-                self._commit(calls)
+            entries = [item for item in items if isinstance(item, _Entry)]
+            if batch := [*self._unwritten, *(entry.call for entry in entries)]:
+                committed = self._write(batch)
+                self._unwritten = [] if committed else self._keep(batch)
+                for entry in entries:
+                    if entry.waiter is not None:
+                        entry.waiter.wake(committed)
             for item in items:
                 if isinstance(item, threading.Event):
                     item.set()
 
-    def _commit(self, batch: list[CallRecord]) -> None:
-        for attempt in range(1, self.RETRIES + 1):
-            try:
-                insert(self._conn, batch)
-                return
-            except sqlite3.Error as exc:
-                if attempt == self.RETRIES:
-                    log.error("ledger_write_failed", path=str(self.path), calls=len(batch), error=str(exc))
-                    return
-                time.sleep(0.5 * attempt)
+    def _write(self, batch: list[CallRecord]) -> bool:
+        try:
+            self._ensure_file()
+            assert self._conn is not None
+            self._guard_shm()
+            insert(self._conn, batch)
+            self._note_shm_size()
+        except (sqlite3.Error, OSError, ConfigError) as exc:
+            error = str(exc)
+            if self._failure is None:
+                log.error("ledger_write_failed", path=str(self.path), error=error, kept_in_memory=len(batch),
+                          retry_s=self.RETRY_S)
+            self._failure = error
+            if self._conn is not None:  # start over with a fresh connection at the next try
+                self._conn.close()
+                self._conn = None
+            return False
+        if self._failure is not None:
+            log.warning("ledger_write_resumed", path=str(self.path), calls=len(batch))
+            self._failure = None
+        return True
+
+    def _keep(self, batch: list[CallRecord]) -> list[CallRecord]:
+        if len(batch) <= self.MAX_UNWRITTEN:
+            return batch
+        log.error("ledger_rows_dropped", path=str(self.path), calls=len(batch) - self.MAX_UNWRITTEN,
+                  reason=f"more than {self.MAX_UNWRITTEN} rows could not be written")
+        return batch[-self.MAX_UNWRITTEN:]
 
 
 @contextmanager
 def reading(path: Path) -> Iterator[sqlite3.Connection]:
-    """A connection for reports; the ledger must exist."""
+    """A read-only connection for reports: it never writes, so reading needs no write access to the
+    ledger or its folder. The ledger must exist."""
     if not path.exists():
         raise ConfigError(f"ledger.path: no ledger at {path} yet (the server creates it with its first call)")
-    with closing(connect(path)) as conn:
+    if path.is_dir():
+        raise ConfigError(f"ledger.path: {path} is a folder; name a file, such as {path / 'ledger.sqlite3'}")
+    with closing(_connect_read_only(path)) as conn:
         yield conn
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    uri = path.resolve().as_uri()
+    try:
+        try:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+                raise
+            # A WAL database whose -wal/-shm files are absent and cannot be created here (a folder we may
+            # not write to): with no writer running, the file alone is the whole ledger.
+            conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=10)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise ConfigError(f"ledger.path: {path} was written by a newer mcp-tiered (schema {version}); upgrade")
+        if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name IN ('calls', 'hops')").fetchone()[0] != 2:
+            conn.close()
+            raise ConfigError(f"ledger.path: {path} is not an mcp-tiered ledger (no calls and hops tables)")
+    except sqlite3.Error as exc:
+        raise ConfigError(f"ledger.path: cannot read the ledger {path} ({exc})") from exc
+    conn.row_factory = sqlite3.Row
+    return conn
 
 
 def cloud_spend_since(conn: sqlite3.Connection, since: float) -> float:

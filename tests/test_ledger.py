@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -270,3 +271,110 @@ def test_rows_older_than_keep_days_are_deleted_when_the_ledger_opens(tmp_path: P
     assert [c["prompt_tokens"] for c in rows(path, "calls")] == [2]
     assert len(rows(path, "hops")) == 1
     assert {"event": "ledger_pruned", "calls": 1, "keep_days": 31, "log_level": "info"} in events
+
+
+def test_a_write_that_fills_the_disk_raises_the_real_error(tmp_path: Path) -> None:
+    # SQLite rolls a transaction back itself on a full disk; a second ROLLBACK used to hide why.
+    conn = connect(tmp_path / "ledger.sqlite3")
+    conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+    hop = HopRecord(0, "small", "m", "answered", None, 1, 1)
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        for _ in range(1000):
+            insert(conn, [CallRecord(time.time(), "generate_small" * 20, "small", "small", "m", "ok", 1, 1, 0.1,
+                                     hops=(hop,) * 5)])
+    conn.close()
+    assert str(caught.value) == "database or disk is full"
+
+
+def _call(n: int) -> CallRecord:
+    return CallRecord(time.time(), "generate_small", "small", "small", "m", "ok", n, n, 0.1)
+
+
+async def test_rows_that_cannot_be_written_are_kept_and_written_once_the_ledger_can_be_again(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(path)
+    with capture_logs() as events:
+        assert await ledger.commit(_call(1))
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        path.mkdir()  # the path can no longer hold a database
+        with anyio.fail_after(10):
+            assert [await ledger.commit(_call(n)) for n in (2, 3)] == [False, False]
+        assert ledger.unwritten == 2
+        path.rmdir()
+        with anyio.fail_after(10):
+            assert await ledger.commit(_call(4))
+    ledger.close()
+    assert [c["prompt_tokens"] for c in rows(path, "calls")] == [2, 3, 4]
+    failures = [e for e in events if e["event"] == "ledger_write_failed"]
+    assert len(failures) == 1 and "is a folder" in failures[0]["error"]
+    assert {"event": "ledger_write_resumed", "path": str(path), "calls": 3, "log_level": "warning"} in events
+
+
+async def test_a_deleted_ledger_is_created_anew_and_said_so(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(path)
+    with capture_logs() as events, anyio.fail_after(10):
+        assert await ledger.commit(_call(1))
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        assert await ledger.commit(_call(2)) and await ledger.commit(_call(3))
+    ledger.close()
+    assert [c["prompt_tokens"] for c in rows(path, "calls")] == [2, 3]
+    assert [e["reason"] for e in events if e["event"] == "ledger_file_gone"] == ["deleted"]
+
+
+async def test_a_truncated_wal_index_is_grown_back_instead_of_killing_the_process(tmp_path: Path) -> None:
+    # The writer runs in a child process: touching a shrunken mapping is SIGBUS, fatal to the test run.
+    script = """
+import anyio, os, sys, time
+from pathlib import Path
+from mcp_tiered.ledger import CallRecord, Ledger
+from mcp_tiered.logs import configure
+configure()
+async def main():
+    path = Path(sys.argv[1]); ledger = Ledger(path)
+    row = lambda n: CallRecord(time.time(), "generate_small", "small", "small", "m", "ok", n, n, 0.1)
+    assert await ledger.commit(row(1))
+    os.truncate(str(path) + "-shm", 0)
+    assert await ledger.commit(row(2))
+    ledger.close()
+anyio.run(main)
+"""
+    path = tmp_path / "ledger.sqlite3"
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [c["prompt_tokens"] for c in rows(path, "calls")] == [1, 2]
+    assert '"event": "ledger_index_repaired"' in done.stderr
+
+
+def test_report_reads_a_ledger_that_its_user_may_not_write(tmp_path: Path) -> None:
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the report as another user")
+    folder = Path(tempfile.mkdtemp(prefix="mcp-tiered-ro-"))
+    try:
+        model = folder / "m.gguf"
+        model.write_bytes(b"GGUF" + b"\0" * 64)
+        config = folder / "models.toml"
+        config.write_text(f'[tiers.small]\nmodel = "{model}"\ndescription = "s"\n[ledger]\npath = "ledger.sqlite3"\n')
+        conn = connect(folder / "ledger.sqlite3")
+        insert(conn, [_call(7)])
+        conn.close()
+        for item in (config, model, folder / "ledger.sqlite3"):
+            item.chmod(0o444)
+        folder.chmod(0o555)
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", MCP_TIERED, "report",
+                               "--config", str(config), "--format", "json"],
+                              capture_output=True, text=True, timeout=60, env=server_env(HOME=str(folder)))
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["totals"]["calls"] == 1

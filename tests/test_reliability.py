@@ -1,0 +1,95 @@
+"""What the server guarantees when things go wrong around it: the process killed mid-answer, the ledger
+deleted under it, hostile caller text, broken peers (README, Reliability)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conftest import MCP_TIERED, REPO, server_env, smollm2_tier, stdio_server
+
+pytestmark = [pytest.mark.anyio]
+
+LEDGER = '\n[ledger]\npath = "ledger.sqlite3"\n'
+
+
+def count_calls(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    finally:
+        conn.close()
+
+
+class RawStdio:
+    """The server over stdio, spoken to line by line (no SDK client in between), so that a test can kill
+    it the moment an answer arrives."""
+
+    def __init__(self, config: Path, stderr: Path):
+        self._errlog = stderr.open("w")
+        self.process = subprocess.Popen([MCP_TIERED, "serve", "--config", str(config)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self._errlog, env=server_env(), cwd=str(REPO))
+        self.send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
+        assert "result" in self.receive()
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def send(self, message: dict | str) -> None:
+        line = message if isinstance(message, str) else json.dumps(message)
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
+
+    def receive(self) -> dict:
+        line = self.process.stdout.readline()
+        assert line, "the server closed stdout"
+        return json.loads(line)
+
+    def kill_at_answer(self, n: int) -> list[dict]:
+        """SIGKILL the moment the `n`-th message arrives (read straight from the pipe, no buffering in
+        between); every message the server had written until then."""
+        fd = self.process.stdout.fileno()
+        data = b""
+        while data.count(b"\n") < n:
+            chunk = os.read(fd, 1 << 16)
+            assert chunk, "the server closed stdout"
+            data += chunk
+        self.process.send_signal(signal.SIGKILL)
+        while chunk := os.read(fd, 1 << 16):
+            data += chunk
+        self.close()
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(30)
+        self._errlog.close()
+
+
+@pytest.mark.model
+def test_every_answer_received_before_a_sigkill_has_its_ledger_row(write_config, smollm2: Path) -> None:
+    config = write_config(smollm2_tier(smollm2, 16) + LEDGER)
+    ledger = config.with_name("ledger.sqlite3")
+    rng = random.Random(11)
+    answered = rows = 0
+    for round_ in range(10):
+        server = RawStdio(config, config.with_name(f"stderr-{round_}.log"))
+        # One generation, then answers from the response cache: the fastest answers give the writer the least time.
+        calls = 40
+        for i in range(calls):
+            server.send({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call", "params": {
+                "name": "generate_small", "arguments": {"prompt": "Say hello.", "temperature": 0}}})
+        received = server.kill_at_answer(rng.randint(1, calls))
+        answers = sum(1 for message in received if "result" in message)
+        new_rows = count_calls(ledger) - rows
+        assert new_rows >= answers, f"round {round_}: {answers} answers received, {new_rows} rows"
+        answered, rows = answered + answers, rows + new_rows
+    assert answered >= 10
