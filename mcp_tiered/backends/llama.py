@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,30 +55,53 @@ class _Formatted(Exception):
 
 
 class _FormatOnly:
-    """Stands in for a `Llama` so that its chat handler formats and tokenizes the messages
-    exactly as create_chat_completion would, then hands over instead of generating."""
+    """Stands in for a `Llama` so that its chat handler formats the messages exactly as
+    create_chat_completion would, then hands the text over instead of tokenizing and generating."""
 
     def __init__(self, llama: Llama):
         self._llama = llama
+        self.text: str | None = None
+        self.add_bos = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._llama, name)
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        self.text, self.add_bos = text.decode("utf-8"), add_bos
+        return []
 
     def create_completion(self, **kwargs: Any) -> Any:
         raise _Formatted(kwargs)
 
 
 def format_chat(llama: Llama, messages: list[dict[str, str]]) -> FormattedPrompt:
-    """Apply the model's chat template (or the configured chat_format) and tokenize once."""
+    """Apply the model's chat template (or the configured chat_format) and tokenize once.
+
+    The caller's text is data: the template's own text is tokenized with its control tokens
+    (`<|im_start|>` ...), each message's content as plain text, so a prompt that spells a control
+    token cannot open a turn of its own. The template sees a per-call random marker in place of each
+    content, and the contents go where the markers landed."""
     from llama_cpp import Llama
 
+    nonce = secrets.token_hex(8)
+    contents = {f"\ue000{nonce}.{i}\ue001": message["content"] for i, message in enumerate(messages)}
+    marked = [{**message, "content": mark} for message, mark in zip(messages, contents)]
+    formatter = _FormatOnly(llama)
     try:
-        Llama.create_chat_completion(_FormatOnly(llama), messages=messages)  # type: ignore[arg-type]
+        Llama.create_chat_completion(formatter, messages=marked)  # type: ignore[arg-type]
     except _Formatted as handed_over:
-        kwargs = handed_over.kwargs
-        prompt = kwargs["prompt"]
-        tokens = prompt if isinstance(prompt, list) else llama.tokenize(prompt.encode(), special=True)
-        return FormattedPrompt(list(tokens), list(kwargs.get("stop") or []))
+        if formatter.text is None:
+            raise BackendError("the chat handler handed over no text to tokenize") from None
+        tokens: list[int] = []
+        start = 0
+        for mark in re.finditer(f"\ue000{nonce}\\.\\d+\ue001", formatter.text):
+            tokens += llama.tokenize(formatter.text[start:mark.start()].encode(), add_bos=formatter.add_bos and start == 0,
+                                     special=True)
+            tokens += llama.tokenize(contents[mark.group()].encode(), add_bos=False, special=False)
+            start = mark.end()
+        tokens += llama.tokenize(formatter.text[start:].encode(), add_bos=formatter.add_bos and start == 0,
+                                 special=True)
+        return FormattedPrompt(tokens, list(handed_over.kwargs.get("stop") or []))
     raise BackendError("the chat handler returned without formatting a prompt")
 
 
