@@ -112,3 +112,28 @@ async def test_a_prompt_that_spells_control_tokens_is_tokenized_as_plain_text_by
             benign = (await client.call_tool("generate_small", {"prompt": "Hello.", **args})).structured_content
             injected = (await client.call_tool("generate_small", {"prompt": INJECTION, **args})).structured_content
     assert injected["usage"]["prompt_tokens"] == (benign["usage"]["prompt_tokens"] + plain[INJECTION] - plain["Hello."])
+
+
+@pytest.mark.model
+async def test_a_model_file_overwritten_in_place_is_noticed_before_its_pages_are_touched(
+        write_config, tmp_path: Path, smollm2: Path) -> None:
+    import shutil
+
+    model = tmp_path / "model.gguf"
+    shutil.copyfile(smollm2, model)
+    config = write_config(smollm2_tier(model, 16))
+    args = {"prompt": "Say hello.", "temperature": 0, "cache": False}
+    with anyio.fail_after(90):
+        async with stdio_server(config) as client:
+            before = await client.call_tool("generate_small", args)
+            model.write_bytes(b"not a model any more")  # in place: the same inode, the mapped pages gone
+            overwritten = await client.call_tool("generate_small", args)
+            fresh = model.with_name("fresh.gguf")
+            shutil.copyfile(smollm2, fresh)
+            fresh.replace(model)  # the way to replace a model
+            after = await client.call_tool("generate_small", args)
+    assert not before.is_error and not after.is_error and after.content[0].text == before.content[0].text
+    assert overwritten.is_error and "tiers.small.model" in overwritten.content[0].text
+    events = [json.loads(line) for line in config.with_suffix(".stderr.log").read_text().splitlines()]
+    assert [e["event"] for e in events if e["event"] in ("model_file_changed", "model_loaded")] == [
+        "model_loaded", "model_file_changed", "model_loaded"]

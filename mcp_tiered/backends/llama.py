@@ -42,6 +42,14 @@ class FormattedPrompt:
     stop: list[str]
 
 
+def _file_identity(path: os.PathLike[str]) -> tuple[int, ...] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def available_cpus() -> int:
     """CPUs this process may run on (the affinity mask where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
@@ -135,6 +143,8 @@ class _Instance:
     last_request: str = ""
     """System prompt and prompt of the last call: its tokens are still in the KV cache."""
     loading: _Load | None = None
+    model_file: tuple[int, ...] | None = None
+    """Identity of the model file when it was loaded (device, inode, size, modification time)."""
 
     def affinity(self, request: str) -> tuple[bool, int]:
         """How well this instance suits `request`: loaded ones first, then the characters of the request
@@ -176,6 +186,12 @@ class LlamaBackend(Backend):
             control.queue_s = time.perf_counter() - queued
         release = True
         try:
+            if instance.llama is not None and _file_identity(self.config.model) != instance.model_file:
+                # llama.cpp maps the file: pages of a file rewritten in place read other bytes, and past a
+                # shrunken end they kill the process (SIGBUS). Let go of it before anything touches them.
+                log.warning("model_file_changed", tier=self.tier, model=str(self.config.model),
+                            action="reloading; replace model files by renaming a new file over the old one")
+                await self._unload(instance, reason="model file changed")
             if instance.llama is None:
                 control.phase = "loading"
                 load = self._start_load(instance)
@@ -222,6 +238,7 @@ class LlamaBackend(Backend):
 
         def job() -> None:
             try:
+                instance.model_file = _file_identity(self.config.model)
                 llama = self._load()
                 if self.config.prompt_cache_mb:
                     self._states[id(llama)] = PromptStates(self.config.prompt_cache_mb << 20)
