@@ -37,9 +37,10 @@ Reason = Literal["context", "low_confidence", "empty", "repetitive", "truncated"
 
 
 class GenerateOptions(BaseModel):
-    """The optional tool arguments, checked here so that each problem reads as one sentence."""
+    """The optional tool arguments, checked here so that each problem reads as one sentence. Strict: a
+    client that sends "10" or true for a number has a bug worth hearing about, not a silent 10 or 1."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None

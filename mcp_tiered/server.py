@@ -26,6 +26,7 @@ from .errors import TieredError
 from .ledger import Ledger
 from .metrics import Metrics
 from .tiers import Tier, TierRegistry
+from .validation import describe_value
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +44,18 @@ async def _report_progress(ctx: Context, control: CallControl, interval_s: float
         count += 1
         await ctx.report_progress(count, None, control.describe())
         await anyio.sleep(interval_s)
+
+
+class _GenerateTool(Tool):
+    """`prompt` and `system` are declared `str` (so that the SDK never JSON-decodes them); a value of
+    another type gets one sentence here instead of the SDK's validation report."""
+
+    async def run(self, arguments: dict[str, Any], context: Context, convert_result: bool = False) -> Any:
+        for name in ("prompt", "system"):
+            if name in arguments and not isinstance(arguments[name], str):
+                raise ToolError(f"Error executing tool {self.name}: {name}: must be a string, got "
+                                f"{describe_value(arguments[name])}")
+        return await super().run(arguments, context, convert_result)
 
 
 def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
@@ -78,7 +91,7 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
             structured_content=result.model_dump(mode="json", by_alias=True),
         )
 
-    tool = Tool.from_function(
+    tool = _GenerateTool.from_function(
         generate,
         name=tier.tool_name,
         title=f"Generate with the {tier.name} tier",

@@ -48,6 +48,11 @@ async def test_caller_arguments_reach_the_backend() -> None:
         ({"temperature": 2.5}, "temperature: must be a number between 0 and 2, got 2.5"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop: must be a list of at most 4 strings, got a list of 5"),
         ({"stop": [1]}, "stop[0]: must be a string, got 1"),
+        ({"max_tokens": "10"}, 'max_tokens: must be an integer ≥ 1, got "10"'),
+        ({"max_tokens": True}, "max_tokens: must be an integer ≥ 1, got true"),
+        ({"temperature": "0.5"}, 'temperature: must be a number between 0 and 2, got "0.5"'),
+        ({"local_only": "yes"}, 'local_only: must be true or false, got "yes"'),
+        ({"cache": 0}, "cache: must be true or false, got 0"),
     ],
 )
 async def test_bad_argument_is_refused_in_one_sentence_before_the_backend(options: dict, sentence: str) -> None:

@@ -109,3 +109,20 @@ async def test_server_logs_one_json_event_per_call_on_stderr_without_prompt_text
     assert calls[0]["tool"] == "generate_small" and calls[0]["tier"] == "small"
     assert {"prompt_tokens", "completion_tokens", "latency_ms", "finish_reason"} <= set(calls[0])
     assert secret not in errlog.read_text()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "sentence"),
+    [
+        ({"prompt": 123}, "prompt: must be a string, got 123"),
+        ({"prompt": "Hi.", "system": ["a"]}, "system: must be a string, got a list of 1"),
+        ({"prompt": "Hi.", "max_tokens": "10"}, 'max_tokens: must be an integer ≥ 1, got "10"'),
+        ({"prompt": "Hi.", "max_tokens": True}, "max_tokens: must be an integer ≥ 1, got true"),
+    ],
+)
+async def test_a_wrongly_typed_argument_is_one_sentence(small_config: Path, arguments: dict, sentence: str) -> None:
+    with anyio.fail_after(60):
+        async with stdio_server(small_config) as client:
+            result = await client.call_tool("generate_small", arguments)
+    assert result.is_error
+    assert result.content[0].text == f"Error executing tool generate_small: {sentence}"
