@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .config import ServerConfig
 from .errors import ConfigError
 from .metrics import Metrics
+from .stdio import run_stdio
 from .tiers import TierRegistry
 
 log = structlog.get_logger(__name__)
@@ -112,7 +113,7 @@ async def serve(mcp: MCPServer, tiers: TierRegistry, metrics: Metrics, server: S
     calls finish, then the models are freed and the port released)."""
     async with tiers.running():
         if transport == "stdio":
-            await mcp.run_stdio_async()
+            await run_stdio(mcp)
             return
         token = auth_token(server, host)
         app = http_app(mcp, tiers, metrics, server, transport, host, port, token)

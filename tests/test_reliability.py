@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import sqlite3
 import subprocess
@@ -35,6 +36,7 @@ class RawStdio:
 
     def __init__(self, config: Path, stderr: Path):
         self._errlog = stderr.open("w")
+        self._buffer = b""
         self.process = subprocess.Popen([MCP_TIERED, "serve", "--config", str(config)], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=self._errlog, env=server_env(), cwd=str(REPO))
         self.send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
@@ -47,22 +49,29 @@ class RawStdio:
         self.process.stdin.write(line.encode() + b"\n")
         self.process.stdin.flush()
 
-    def receive(self) -> dict:
-        line = self.process.stdout.readline()
-        assert line, "the server closed stdout"
+    def _read(self, timeout: float) -> bytes:
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        assert ready, f"no message from the server within {timeout} s"
+        return os.read(self.process.stdout.fileno(), 1 << 16)
+
+    def receive(self, timeout: float = 30.0) -> dict:
+        while b"\n" not in self._buffer:
+            chunk = self._read(timeout)
+            assert chunk, "the server closed stdout"
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)
 
     def kill_at_answer(self, n: int) -> list[dict]:
         """SIGKILL the moment the `n`-th message arrives (read straight from the pipe, no buffering in
         between); every message the server had written until then."""
-        fd = self.process.stdout.fileno()
-        data = b""
+        data = self._buffer
         while data.count(b"\n") < n:
-            chunk = os.read(fd, 1 << 16)
+            chunk = self._read(60.0)
             assert chunk, "the server closed stdout"
             data += chunk
         self.process.send_signal(signal.SIGKILL)
-        while chunk := os.read(fd, 1 << 16):
+        while chunk := os.read(self.process.stdout.fileno(), 1 << 16):
             data += chunk
         self.close()
         return [json.loads(line) for line in data.splitlines() if line.strip()]
@@ -137,3 +146,29 @@ async def test_a_model_file_overwritten_in_place_is_noticed_before_its_pages_are
     events = [json.loads(line) for line in config.with_suffix(".stderr.log").read_text().splitlines()]
     assert [e["event"] for e in events if e["event"] in ("model_file_changed", "model_loaded")] == [
         "model_loaded", "model_file_changed", "model_loaded"]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        ('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "generate_small", '
+         '"arguments": {"prompt": "a\\ud800b"}}}', -32700),
+        ('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": ["generate_small"]}', -32600),
+        ('{"jsonrpc": "1.0", "id": 7, "method": "ping"}', -32600),
+        ('{"jsonrpc": "2.0", "id": 7, "method": "ping", "params": {}', -32700),
+    ],
+)
+def test_a_request_line_the_sdk_cannot_read_is_answered_and_the_server_goes_on(small_config: Path, line: str,
+                                                                               code: int) -> None:
+    server = RawStdio(small_config, small_config.with_name("stderr.log"))
+    try:
+        server.send(line)
+        refused = server.receive()
+        server.send({"jsonrpc": "2.0", "id": 8, "method": "ping"})
+        pong = server.receive()
+    finally:
+        server.close()
+    assert refused["error"]["code"] == code
+    assert refused["id"] == (None if code == -32700 and not line.endswith("}}}") else 7)
+    assert pong == {"jsonrpc": "2.0", "id": 8, "result": {}}
