@@ -125,6 +125,9 @@ class ServerConfig(BaseModel):
     allowed_hosts: list[str] = []
     allowed_origins: list[str] = []
     max_request_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    max_connections: Annotated[int, Field(ge=1)] = 1000
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
 
 
 class CacheConfig(BaseModel):

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import ServerConfig
 from .errors import ConfigError
+from .http_guard import ConnectionLimits, HostOriginGuard, connection_cap, guarded_protocol, install_log_filters
 from .metrics import Metrics
 from .stdio import run_stdio
 from .tiers import TierRegistry
@@ -79,6 +80,7 @@ class BearerAuth:
 
 
 def security_settings(server: ServerConfig, host: str, port: int) -> TransportSecuritySettings:
+    """The Host and Origin values allowed (`"host:*"`: any port)."""
     hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", *server.allowed_hosts]
     origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*", *server.allowed_origins]
     if not is_loopback(host) and host not in ("0.0.0.0", "::"):
@@ -104,7 +106,7 @@ def http_app(mcp: MCPServer, tiers: TierRegistry, metrics: Metrics, server: Serv
         app = mcp.sse_app(transport_security=security, max_request_body_size=limit, host=host)
     else:
         app = mcp.streamable_http_app(transport_security=security, max_request_body_size=limit, host=host)
-    return BearerAuth(app, token) if token else app
+    return HostOriginGuard(BearerAuth(app, token) if token else app, security.allowed_hosts, security.allowed_origins)
 
 
 async def serve(mcp: MCPServer, tiers: TierRegistry, metrics: Metrics, server: ServerConfig, transport: Transport,
@@ -117,8 +119,11 @@ async def serve(mcp: MCPServer, tiers: TierRegistry, metrics: Metrics, server: S
             return
         token = auth_token(server, host)
         app = http_app(mcp, tiers, metrics, server, transport, host, port, token)
+        install_log_filters()
+        limits = ConnectionLimits(connection_cap(server.max_connections), server.header_timeout_s,
+                                  server.body_timeout_s)
         config = uvicorn.Config(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10,
-                                lifespan="on")
+                                lifespan="on", http=guarded_protocol(limits))
         http = _Server(config)
         log.info("serving", transport=transport, url=f"http://{host}:{port}" + ("/sse" if transport == "sse" else "/mcp"),
                  auth="bearer" if token else "none")

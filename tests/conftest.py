@@ -127,13 +127,15 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def http_server(config: Path, transport: str = "http", started: list | None = None, **env: str) -> AsyncIterator[str]:
+async def http_server(config: Path, transport: str = "http", started: list | None = None, prefix: tuple[str, ...] = (),
+                      **env: str) -> AsyncIterator[str]:
     """`mcp-tiered serve --transport http|sse` on a free port; stopped with SIGTERM (unless a test stopped it
-    already), then checked for a clean exit and a released port. `started` receives the process."""
+    already), then checked for a clean exit and a released port. `started` receives the process; `prefix`
+    is a command that runs it (such as prlimit with its options)."""
     port = free_port()
     errlog = (config.parent / f"{transport}.stderr").open("w")
     process = await anyio.open_process(
-        [MCP_TIERED, "serve", "--config", str(config), "--transport", transport, "--port", str(port)],
+        [*prefix, MCP_TIERED, "serve", "--config", str(config), "--transport", transport, "--port", str(port)],
         env=server_env(**env), cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog)
     base = f"http://127.0.0.1:{port}"
     if started is not None:

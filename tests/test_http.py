@@ -135,3 +135,87 @@ async def test_sigint_lets_the_call_in_flight_finish_then_exits_cleanly(small_ti
     names = [(e["event"], e.get("outcome"), e.get("completion_tokens")) for e in events]
     stop = names.index(("shutting_down", None, None))
     assert ("tool_call", "ok", 200) in names[stop:]  # the call in flight finished after the signal
+
+
+HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+async def test_host_and_origin_must_match_exactly_not_by_prefix(small_tier_config: Path) -> None:
+    with anyio.fail_after(60):
+        async with http_server(small_tier_config) as base, httpx2.AsyncClient() as http:
+            port = base.rsplit(":", 1)[1]
+            host = await http.post(f"{base}/mcp", json=INIT, headers={**HEADERS, "host": f"127.0.0.1:{port}@evil.com"})
+            origin = await http.post(f"{base}/mcp", json=INIT,
+                                     headers={**HEADERS, "origin": f"http://127.0.0.1:{port}.evil.com"})
+            exact = await http.post(f"{base}/mcp", json=INIT, headers={**HEADERS, "origin": f"http://127.0.0.1:{port}"})
+    assert (host.status_code, origin.status_code, exact.status_code) == (421, 403, 200)
+
+
+async def test_a_token_sent_in_the_query_string_never_reaches_the_log(write_config, smollm2: Path) -> None:
+    config = write_config(f'[server]\nauth_token_env = "MCP_TEST_TOKEN"\n[tiers.small]\nmodel = "{smollm2}"\n'
+                          'description = "s"\n')
+    with anyio.fail_after(60):
+        async with http_server(config, MCP_TEST_TOKEN=TOKEN) as base, httpx2.AsyncClient() as http:
+            refused = await http.post(f"{base}/mcp?token={TOKEN}", json=INIT, headers=HEADERS)
+    log = (config.parent / "http.stderr").read_text()
+    assert refused.status_code == 401
+    assert TOKEN not in log
+    assert '"POST /mcp HTTP/1.1\\" 401' in log  # the access log line is there, without its query
+
+
+def limited_config(write_config, smollm2: Path) -> Path:  # noqa: ANN001
+    return write_config(f'[server]\nheader_timeout_s = 1\nbody_timeout_s = 2\n[tiers.small]\nmodel = "{smollm2}"\n'
+                        'description = "s"\n')
+
+
+async def test_idle_connections_beyond_the_open_file_limit_do_not_starve_the_server(write_config, smollm2: Path) -> None:
+    config = limited_config(write_config, smollm2)
+    idle: list[anyio.abc.SocketStream] = []
+    with anyio.fail_after(90):
+        async with http_server(config, prefix=("prlimit", "--nofile=1024:1024", "--")) as base:
+            port = int(base.rsplit(":", 1)[1])
+            try:
+                for _ in range(1100):
+                    idle.append(await anyio.connect_tcp("127.0.0.1", port))
+                async with Client(streamable_http_client(f"{base}/mcp")) as client:
+                    tools = [t.name for t in (await client.list_tools()).tools]
+            finally:
+                for stream in idle:
+                    await stream.aclose()
+    log = (config.parent / "http.stderr").read_text().splitlines()
+    assert tools == ["generate_small"]
+    assert len(log) < 50, f"{len(log)} log lines"
+
+
+async def _closed_within(stream: anyio.abc.SocketStream, seconds: float, drip: bytes) -> float:
+    """Send `drip` one byte every 0.3 s until the server closes the connection; the seconds that took."""
+    started = anyio.current_time()
+    with anyio.fail_after(seconds):
+        for byte in drip:
+            try:
+                await stream.send(bytes([byte]))
+                with anyio.move_on_after(0.3):
+                    if not await stream.receive():
+                        break
+            except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError, OSError):
+                break
+        else:
+            raise AssertionError("the server kept the connection open")
+    return anyio.current_time() - started
+
+
+@pytest.mark.parametrize("phase", ["header", "body"])
+async def test_a_slow_request_is_cut_off(write_config, smollm2: Path, phase: str) -> None:
+    config = limited_config(write_config, smollm2)
+    with anyio.fail_after(60):
+        async with http_server(config) as base:
+            port = int(base.rsplit(":", 1)[1])
+            head = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json, text/event-stream\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n").encode()
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                if phase == "header":
+                    took = await _closed_within(stream, 10, head + b"x" * 1000)
+                else:
+                    await stream.send(head)
+                    took = await _closed_within(stream, 10, b"x" * 1000)
+    assert took < (1 if phase == "header" else 2) + 1.5
