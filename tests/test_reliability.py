@@ -172,3 +172,20 @@ def test_a_request_line_the_sdk_cannot_read_is_answered_and_the_server_goes_on(s
     assert refused["error"]["code"] == code
     assert refused["id"] == (None if code == -32700 and not line.endswith("}}}") else 7)
     assert pong == {"jsonrpc": "2.0", "id": 8, "result": {}}
+
+
+@pytest.mark.model
+async def test_calls_after_the_ledger_is_deleted_are_recorded_in_a_new_one(write_config, smollm2: Path) -> None:
+    config = write_config(smollm2_tier(smollm2, 8) + LEDGER)
+    ledger = config.with_name("ledger.sqlite3")
+    args = {"prompt": "Say hello.", "temperature": 0}
+    with anyio.fail_after(60):
+        async with stdio_server(config) as client:
+            assert not (await client.call_tool("generate_small", args)).is_error
+            for path in config.parent.glob("ledger.sqlite3*"):
+                path.unlink()
+            later = [await client.call_tool("generate_small", args) for _ in range(3)]
+    assert not any(result.is_error for result in later)
+    assert count_calls(ledger) == 3
+    events = [json.loads(line) for line in config.with_suffix(".stderr.log").read_text().splitlines()]
+    assert [e["reason"] for e in events if e["event"] == "ledger_file_gone"] == ["deleted"]
