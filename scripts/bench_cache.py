@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Response cache: server-side latency of a temperature-0 call answered by SmolLM2 (miss) and of the
 same call again (hit), through the dispatcher as a tool call runs it (the ledger recording both, in a
-temporary file); medians of --runs distinct prompts.
+temporary file), and of the hit until the call returns (its ledger row committed); medians of --runs
+distinct prompts.
 
     .venv/bin/python scripts/bench_cache.py [--runs 20]
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import anyio
@@ -34,12 +36,14 @@ async def main() -> None:
     registry = TierRegistry([Tier("small", LlamaBackend("small", config), "bench", 32, 0.0)])
     ledger = Ledger(Path(tempfile.mkdtemp()) / "ledger.sqlite3")
     dispatcher = Dispatcher(registry, cache=ResponseCache(), ledger=ledger)
-    misses, hits = [], []
+    misses, hits, returned = [], [], []
     await dispatcher.generate("small", "warm up", temperature=0)
     for i in range(args.runs):
         prompt = f"What is {i} + {i}? Answer with the number only."
         miss = await dispatcher.generate("small", prompt, temperature=0)
+        started = time.perf_counter()
         hit = await dispatcher.generate("small", prompt, temperature=0)
+        returned.append((time.perf_counter() - started) * 1000)
         assert hit.cache_hit and not miss.cache_hit
         misses.append(miss.latency_ms)
         hits.append(hit.latency_ms)
@@ -48,6 +52,8 @@ async def main() -> None:
     print(f"{args.runs} prompts, server-side latency_ms, median (max):")
     print(f"  miss (SmolLM2 answers): {statistics.median(misses):.1f} ms ({max(misses):.1f})")
     print(f"  hit (from the cache):   {statistics.median(hits):.3f} ms ({max(hits):.3f})  (goal <= 2 ms)")
+    print(f"  hit, until the call returns with its ledger row committed: {statistics.median(returned):.3f} ms "
+          f"({max(returned):.3f})")
 
 
 if __name__ == "__main__":
