@@ -30,6 +30,7 @@ def _load(args: argparse.Namespace) -> Config | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    logs.enable_crash_traces()
     config = _load(args)
     if config is None:
         return 1

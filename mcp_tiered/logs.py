@@ -5,8 +5,11 @@ Records from the standard `logging` module (the MCP SDK, uvicorn) go through the
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import os
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -44,3 +47,16 @@ def configure(level: str = "INFO") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,  # lets structlog.testing.capture_logs() see every event
     )
+
+
+_crash_stream: TextIO | None = None
+
+
+def enable_crash_traces() -> None:
+    """On a fatal signal (SIGSEGV, SIGBUS, SIGABRT, ...) print every thread's Python stack to stderr, even
+    while llama-cpp-python points fd 2 at /dev/null (it does while a model loads): faulthandler writes to a
+    duplicate of stderr taken now, which that redirection does not touch."""
+    global _crash_stream
+    if _crash_stream is None:
+        _crash_stream = os.fdopen(os.dup(2), "w")
+    faulthandler.enable(file=_crash_stream, all_threads=True)

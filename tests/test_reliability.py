@@ -189,3 +189,23 @@ async def test_calls_after_the_ledger_is_deleted_are_recorded_in_a_new_one(write
     assert count_calls(ledger) == 3
     events = [json.loads(line) for line in config.with_suffix(".stderr.log").read_text().splitlines()]
     assert [e["reason"] for e in events if e["event"] == "ledger_file_gone"] == ["deleted"]
+
+
+def test_a_crash_while_llama_cpp_silences_stderr_still_prints_the_python_stacks() -> None:
+    # llama-cpp-python points fd 2 at /dev/null while a model loads; a crash there used to leave no trace.
+    script = """
+import ctypes
+from llama_cpp._utils import suppress_stdout_stderr
+from mcp_tiered.logs import enable_crash_traces
+enable_crash_traces()
+def load_the_model():
+    with suppress_stdout_stderr(disable=False):
+        ctypes.string_at(0)
+load_the_model()
+"""
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in done.stderr
+    assert "in load_the_model" in done.stderr
