@@ -10,11 +10,10 @@ from pathlib import Path
 import structlog
 
 from . import __version__, logs
-from .budget import CloudBudget
 from .config import CONFIG_ENV, Config, load_config, model_file_problem, resolve_config_path
 from .costs import CostModel
 from .errors import ConfigError
-from .ledger import Ledger, cloud_spend_since, reading
+from .ledger import reading
 
 log = structlog.get_logger(__name__)
 
@@ -36,10 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     import anyio
 
-    from .cache import ResponseCache
-    from .metrics import Metrics
-    from .server import build_server
-    from .tiers import TierRegistry
+    from .app import build_app
     from .transports import auth_token, serve
 
     if args.transport != "stdio":
@@ -54,40 +50,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.warning("tier_unavailable", tier=name, reason=problem)
     log.info("starting", transport=args.transport, config=str(resolve_config_path(args.config).resolve()),
              tiers=list(config.tiers))
-    ledger = None
-    if config.ledger.enabled:
-        try:
-            ledger = open_ledger(config)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    tiers = TierRegistry.from_config(config)
-    if ledger is not None and tiers.budget is not None:
-        restore_cloud_spend(ledger, tiers.budget)
-    metrics = Metrics(tiers)
-    cache = ResponseCache(config.cache.max_entries, config.cache.ttl_s) if config.cache.enabled else None
-    mcp = build_server(tiers, config.server, metrics, cache, ledger, CostModel.from_config(config))
     try:
-        anyio.run(serve, mcp, tiers, metrics, config.server, args.transport, args.host, args.port)
+        app = build_app(config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        anyio.run(serve, app.mcp, app.tiers, app.metrics, config.server, args.transport, args.host, args.port)
     finally:
-        if ledger is not None:
-            ledger.close()
+        app.close()
     return 0
-
-
-def open_ledger(config: Config) -> Ledger:
-    path = config.ledger.resolved_path
-    ledger = Ledger(path, config.ledger.keep_days)
-    log.info("ledger", path=str(path))
-    return ledger
-
-
-def restore_cloud_spend(ledger: Ledger, budget: CloudBudget) -> None:
-    """The budget counts what earlier runs spent today and this month."""
-    day, month = budget.period_starts()
-    with reading(ledger.path) as conn:
-        budget.restore(cloud_spend_since(conn, day), cloud_spend_since(conn, month))
-    log.info("cloud_spend_restored", **{k: round(v, 6) for k, v in budget.spent().items()})
 
 
 def parse_since(text: str) -> float:

@@ -69,6 +69,10 @@ class EscalationConfig(BaseModel):
     escalate_on_repetition: bool = True
 
 
+EngineKind = Literal["llama-cpp"]
+"""The `engine` of a tier (engines.ENGINES has the backend of each)."""
+
+
 class TierConfig(BaseModel):
     """One `[tiers.<name>]` table: a local GGUF model served as the tool `generate_<name>`."""
 
@@ -76,6 +80,8 @@ class TierConfig(BaseModel):
 
     model: Annotated[Path, Field(json_schema_extra={"expect": "a path to a .gguf file"})]
     description: Annotated[str, Field(min_length=1, json_schema_extra={"expect": "a non-empty string"})]
+    engine: EngineKind = "llama-cpp"
+    """llama-cpp: in-process llama.cpp (llama-cpp-python)."""
     n_ctx: Annotated[int, Field(ge=256)] = 4096
     n_gpu_layers: Annotated[int, Field(ge=-1)] = -1
     main_gpu: Annotated[int, Field(ge=0)] = 0

@@ -160,7 +160,7 @@ def build_call(tier: Tier, prompt: str, system: str, options: dict[str, Any]) ->
             f"max_tokens: must be an integer between 1 and {limit} (the limit of tier {tier.name}), got {max_tokens}"
         )
     local_only = bool(opts.local_only) or tier.policy.local_only
-    if local_only and tier.is_cloud:
+    if local_only and tier.capabilities.prompt_leaves_machine:
         raise RequestError(f"local_only: {tier.tool_name} sends the prompt to the cloud; call a local tier instead")
     temperature = opts.temperature if opts.temperature is not None else tier.temperature
     request = GenerationRequest(prompt, system, max_tokens, temperature, tuple(opts.stop or ()))
@@ -171,7 +171,8 @@ def build_call(tier: Tier, prompt: str, system: str, options: dict[str, Any]) ->
 def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | None]:
     """Is a local answer good enough? The reason to escalate (or None) and the confidence."""
     policy = tier.policy
-    value = None if tier.is_cloud else confidence(completion.token_logprobs, policy.statistic, policy.quantile)
+    value = (confidence(completion.token_logprobs, policy.statistic, policy.quantile)
+             if tier.capabilities.token_logprobs else None)
     if not completion.text.strip():
         return "empty", value
     if policy.escalate_on_repetition and is_repetitive(completion.text):
@@ -261,10 +262,11 @@ class Dispatcher:
 
     def _hop(self, trace: _Trace, position: int, tier: Tier, control: CallControl, completion: Completion | None,
              reason: Reason | str | None, outcome: str) -> None:
+        billed_per_token = tier.capabilities.billing == "tokens"
         prompt_tokens = completion.prompt_tokens if completion else 0
-        completion_tokens = completion.completion_tokens if completion else 0 if tier.is_cloud else control.tokens
+        completion_tokens = completion.completion_tokens if completion else 0 if billed_per_token else control.tokens
         energy = cost = cloud = 0.0
-        if not tier.is_cloud:
+        if not billed_per_token:
             energy = self.costs.energy_wh(tier.name, control.generation_s)
             cost = self.costs.energy_cost(energy)
         elif completion is not None:
@@ -370,19 +372,20 @@ class Dispatcher:
         )
 
     def _blocked(self, target: str, call: _Call) -> str | None:
-        """Why the call may not go to `target`, or None."""
-        if target == CLOUD:
-            if call.local_only:
-                return "the call is local_only"
-            if self.tiers.cloud_disabled:
-                return self.tiers.cloud_disabled
-        if target not in self.tiers:
-            return f"tier {target} is not available"
+        """Why the call may not go to `target`, or None. (A configured cloud tier without its API key is
+        not in the registry; its prompt would leave the machine all the same.)"""
+        available = target in self.tiers
+        if call.local_only and (self.tiers.get(target).capabilities.prompt_leaves_machine if available
+                                else target == CLOUD):
+            return "the call is local_only"
+        if not available:
+            return (self.tiers.cloud_disabled if target == CLOUD and self.tiers.cloud_disabled
+                    else f"tier {target} is not available")
         return None
 
     def _reserve(self, tier: Tier, call: _Call) -> Reservation | None:
         """Hold the worst-case cost of a cloud call (raises BudgetExceeded); None for local tiers."""
-        if not tier.is_cloud or self.tiers.budget is None:
+        if tier.capabilities.billing != "tokens" or self.tiers.budget is None:
             return None
         request = _request_for(tier, call)
         return self.tiers.budget.reserve(request.prompt, request.system, request.max_tokens)

@@ -101,7 +101,7 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
             read_only_hint=True,
             destructive_hint=False,
             idempotent_hint=False,
-            open_world_hint=not tier.backend.is_local,
+            open_world_hint=tier.capabilities.prompt_leaves_machine,
         ),
         structured_output=True,
     )

@@ -11,7 +11,8 @@ import anyio
 
 from . import memory
 from .backends import Backend
-from .backends.llama import LlamaBackend
+from .backends.base import Capabilities
+from .engines import engine_backend
 from .budget import CloudBudget
 from .config import CLOUD, Config, ConfidenceStatistic, TierConfig
 
@@ -64,8 +65,8 @@ class Tier:
         return TOOL_PREFIX + self.name
 
     @property
-    def is_cloud(self) -> bool:
-        return not self.backend.is_local
+    def capabilities(self) -> Capabilities:
+        return self.backend.capabilities
 
 
 class TierRegistry:
@@ -78,7 +79,7 @@ class TierRegistry:
         self.budget = budget
 
     @classmethod
-    def from_config(cls, config: Config, backend_factory: BackendFactory = LlamaBackend,
+    def from_config(cls, config: Config, backend_factory: BackendFactory = engine_backend,
                     environ: Mapping[str, str] = os.environ) -> TierRegistry:
         tiers = [
             Tier(name, backend_factory(name, tc), tc.description, tc.max_tokens, tc.temperature,

@@ -94,7 +94,7 @@ def http_app(mcp: MCPServer, tiers: TierRegistry, metrics: Metrics, server: Serv
     @mcp.custom_route("/healthz", methods=["GET"])
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok", "tiers": {
-            tier.name: {"loaded": tier.backend.loaded, "local": tier.backend.is_local} for tier in tiers}})
+            tier.name: {"loaded": tier.backend.loaded, "local": not tier.capabilities.prompt_leaves_machine} for tier in tiers}})
 
     @mcp.custom_route("/metrics", methods=["GET"])
     async def prometheus(_: Request) -> Response:

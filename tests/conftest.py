@@ -17,6 +17,7 @@ from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from mcp_tiered.backends import Backend, Completion, GenerationRequest
+from mcp_tiered.backends.base import CLOUD_API, LOCAL
 from mcp_tiered.config import default_models_dir
 from mcp_tiered.default_models import QWEN_CODER_1_5B, SMOLLM2, ModelSpec
 
@@ -73,7 +74,7 @@ class ScriptedBackend(Backend):
 
     def __init__(self, replies: list[Completion | Exception], model_name: str = "scripted", is_local: bool = True,
                  generation_s: float = 0.0, delay_s: float = 0.0):
-        self.is_local = is_local
+        self.capabilities = LOCAL if is_local else CLOUD_API
         self.replies = list(replies)
         self.requests: list[GenerationRequest] = []
         self.model_name = model_name

@@ -22,11 +22,12 @@ MALFORMED = {
     "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers, escalation, server, cache, ledger, costs, cloud"),
     "unknown_tier_key": (
         VALID_TIER + "n_ctxx = 4096",
-        "tiers.small.n_ctxx: unknown key; valid keys here are model, description, n_ctx, n_gpu_layers, "
+        "tiers.small.n_ctxx: unknown key; valid keys here are model, description, engine, n_ctx, n_gpu_layers, "
         "main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, chat_format, "
         "instances, max_queue, queue_timeout_s, preload, idle_unload_s, prompt_cache_mb, escalate_to, local_only, min_confidence, confidence, "
         "confidence_quantile, escalate_on_truncated, escalate_on_repetition",
     ),
+    "unknown_engine": (VALID_TIER + 'engine = "vllm"', 'tiers.small.engine: must be one of "llama-cpp", got "vllm"'),
     "tier_not_a_table": ('[tiers]\nsmall = "model.gguf"', 'tiers.small: must be a table, got "model.gguf"'),
     "wrong_type_n_ctx": (VALID_TIER + 'n_ctx = "big"', 'tiers.small.n_ctx: must be an integer ≥ 256, got "big"'),
     "n_ctx_too_small": (VALID_TIER + "n_ctx = 128", "tiers.small.n_ctx: must be an integer ≥ 256, got 128"),

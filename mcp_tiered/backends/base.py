@@ -35,15 +35,40 @@ class Completion:
     """Natural-log probability of each generated token under the model, when recorded."""
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a kind of engine does with a call, declared once per backend class; the dispatcher, the
+    ledger and the MCP face ask these instead of which engine it is."""
+
+    prompt_leaves_machine: bool = False
+    """The prompt goes to another party: `local_only` calls never reach the tier, its tool is open-world."""
+    billing: Literal["energy", "tokens"] = "energy"
+    """energy: a hop costs the power drawn for its generation seconds ([costs.tiers.<name>]); tokens: it is
+    billed per token at the cloud prices and counts against the cloud budget."""
+    token_logprobs: bool = True
+    """Completions carry each generated token's log-probability, so confidence and min_confidence apply."""
+
+
+LOCAL = Capabilities()
+CLOUD_API = Capabilities(prompt_leaves_machine=True, billing="tokens", token_logprobs=False)
+
+
 class Backend(ABC):
     """An engine that answers generation requests for one tier.
 
-    Implementations raise `RequestError` for a request they cannot serve as given and
-    `BackendError` for their own failures; both carry one sentence for the caller.
+    The per-call contract of `generate(request, control)`:
+    - return a `Completion` with the prompt and completion tokens the engine counted (the ledger and the
+      cloud budget bill them) and, with `token_logprobs`, one log-probability per generated token;
+    - set `control.queue_s` (waiting for a slot or instance) and `control.generation_s` (the engine at work,
+      prompt included), and keep `control.phase` and `control.tokens` current for progress reports;
+    - stop when `control.stop_reason()` says so: past the deadline, return the text so far with
+      finish_reason "deadline"; cancelled, return or raise promptly (a cancelled caller waits for it);
+    - raise `RequestError` for a request it cannot serve as given (`PromptTooLongError` when it does not
+      fit), `BusyError` when no slot frees in time, `BackendError` for its own failures; each carries one
+      sentence for the caller, and the dispatcher escalates on them.
     """
 
-    is_local: ClassVar[bool] = True
-    """False for engines that send the prompt off this machine (the cloud)."""
+    capabilities: ClassVar[Capabilities] = LOCAL
 
     model_name: str
     """What the result's `model` field reports."""

@@ -11,7 +11,7 @@ import httpx2
 
 from ..config import CloudConfig
 from ..errors import BackendError
-from .base import Backend, Completion, GenerationRequest
+from .base import CLOUD_API, Backend, Completion, GenerationRequest
 from .pool import CallControl
 
 
@@ -20,7 +20,7 @@ INCOMPLETE = "cloud: the Anthropic API's answer stream ended before the answer w
 
 
 class CloudBackend(Backend):
-    is_local = False
+    capabilities = CLOUD_API
 
     def __init__(self, config: CloudConfig, api_key: str):
         self.config = config
