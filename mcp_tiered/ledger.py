@@ -20,6 +20,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import structlog
 
 from .errors import ConfigError
@@ -214,6 +215,8 @@ class Ledger:
 
     PRUNE_EVERY_S = 86400.0
     RETRY_S = 5.0
+    COMMIT_WAIT_S = 15.0
+    """Longer than SQLite's busy timeout (10 s), so a commit that fails says why before the wait gives up."""
     MAX_UNWRITTEN = 100_000
     """About 25 MB of rows; beyond that, the oldest are dropped (and counted in the log)."""
 
@@ -242,12 +245,17 @@ class Ledger:
         self._queue.put(_Entry(call))
 
     async def commit(self, call: CallRecord) -> bool:
-        """Queue `call`'s row and wait until it is committed: True, or False when it could not be written
-        and is kept in memory for a retry. A cancelled wait leaves the row queued."""
+        """Queue `call`'s row and wait until it is committed: True; False when it could not be written (it
+        is kept in memory for a retry) or the writer took longer than `COMMIT_WAIT_S` (a ledger locked by
+        another program): the answer is not held longer than that. A cancelled wait leaves the row queued."""
         waiter = _Waiter(asyncio.get_running_loop())
         self._queue.put(_Entry(call, waiter))
-        await waiter.event.wait()
-        return waiter.committed
+        with anyio.move_on_after(self.COMMIT_WAIT_S):
+            await waiter.event.wait()
+            return waiter.committed
+        log.warning("ledger_commit_slow", path=str(self.path), waited_s=self.COMMIT_WAIT_S,
+                    action="answering before the row is committed; it stays queued")
+        return False
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything recorded so far is committed (or kept in memory after failing)."""
@@ -333,7 +341,11 @@ class Ledger:
             stop = any(item is None for item in items)
             entries = [item for item in items if isinstance(item, _Entry)]
             if batch := [*self._unwritten, *(entry.call for entry in entries)]:
-                committed = self._write(batch)
+                try:
+                    committed = self._write(batch)
+                except Exception:  # a bug here must not stop the writer, nor hold the answers waiting on it
+                    log.exception("ledger_writer_error", path=str(self.path), kept_in_memory=len(batch))
+                    committed = False
                 self._unwritten = [] if committed else self._keep(batch)
                 for entry in entries:
                     if entry.waiter is not None:

@@ -378,3 +378,20 @@ def test_report_reads_a_ledger_that_its_user_may_not_write(tmp_path: Path) -> No
         shutil.rmtree(folder)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["totals"]["calls"] == 1
+
+
+async def test_a_commit_the_writer_cannot_finish_in_time_does_not_hold_the_answer(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(path)
+    ledger.COMMIT_WAIT_S = 0.5
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another program holds the write lock (SQLite waits up to 10 s)
+    try:
+        with anyio.fail_after(5):
+            assert await ledger.commit(_call(1)) is False
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert ledger.flush(30)
+    ledger.close()
+    assert [c["prompt_tokens"] for c in rows(path, "calls")] == [1]
