@@ -87,6 +87,30 @@ if [ "$(cat "$MARKER" 2>/dev/null)" != "$WANT" ] || ! "$VENV/bin/python" -c 'imp
   echo "$WANT" > "$MARKER"
 fi
 
+# llama-server, llama.cpp's own HTTP server (engine = "llama-server"), from the same pinned sources with the
+# same flags, linked statically; kept like the wheel, under the hash of version and flags.
+SERVER_KEY=$(printf '%s|%s|server' "$LLAMA_VERSION" "$FLAGS" | sha256sum | cut -c1-16)
+SERVER_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/mcp-tiered/llama-server/$SERVER_KEY"
+if [ ! -x "$SERVER_DIR/llama-server" ]; then
+  say "building llama-server from llama-cpp-python $LLAMA_VERSION's llama.cpp with '$FLAGS' (takes minutes)"
+  BUILD=$(mktemp -d)
+  "${PIP[@]}" download --quiet --no-deps --no-binary :all: --dest "$BUILD" "llama-cpp-python==$LLAMA_VERSION"
+  tar xzf "$BUILD"/llama_cpp_python-"$LLAMA_VERSION".tar.gz -C "$BUILD"
+  # shellcheck disable=SC2086  # $FLAGS is a list of -D options
+  cmake -S "$BUILD"/llama_cpp_python-"$LLAMA_VERSION"/vendor/llama.cpp -B "$BUILD/build" -DCMAKE_BUILD_TYPE=Release \
+    -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $FLAGS > "$BUILD/cmake.log" 2>&1 \
+    || { tail -20 "$BUILD/cmake.log"; exit 1; }
+  cmake --build "$BUILD/build" --target llama-server -j "$(nproc 2>/dev/null || echo 2)" > "$BUILD/build.log" 2>&1 \
+    || { tail -30 "$BUILD/build.log"; exit 1; }
+  mkdir -p "$SERVER_DIR"
+  cp "$BUILD/build/bin/llama-server" "$SERVER_DIR/llama-server.tmp" && mv "$SERVER_DIR/llama-server.tmp" "$SERVER_DIR/llama-server"
+  rm -rf "$BUILD"
+else
+  say "reusing llama-server built with '$FLAGS'"
+fi
+ln -sf "$SERVER_DIR/llama-server" "$VENV/bin/llama-server"
+
 say "installing mcp-tiered and its dependencies"
 if [ "$WITH_TEST" = 1 ]; then TARGET=".[test]"; else TARGET="."; fi
 "${PIP[@]}" install --quiet --editable "$TARGET"
