@@ -112,15 +112,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     failed = False
+    from .backends.llama_server import find_server_binary, server_binary_problem
+    from .config import LlamaServerTierConfig
+
     for name, tier in config.tiers.items():
-        problem = model_file_problem(name, tier)
+        server = isinstance(tier, LlamaServerTierConfig)
+        problem = model_file_problem(name, tier) or (server_binary_problem(name, tier) if server else None)
         if problem:
             failed = True
             print(f"error  {problem}")
-        else:
-            size_mb = tier.model.stat().st_size / 1e6
-            print(f"ok     generate_{name}: {tier.model} ({size_mb:,.1f} MB GGUF, n_ctx {tier.n_ctx}, "
-                  f"max_tokens {tier.max_tokens}, n_gpu_layers {tier.n_gpu_layers})")
+            continue
+        size_mb = tier.model.stat().st_size / 1e6
+        engine = (f"llama-server {find_server_binary(tier)}, {tier.parallel} slots" if server
+                  else "in-process llama.cpp")
+        print(f"ok     generate_{name}: {tier.model} ({size_mb:,.1f} MB GGUF, n_ctx {tier.n_ctx}, "
+              f"max_tokens {tier.max_tokens}, n_gpu_layers {tier.n_gpu_layers}; {engine})")
     if config.cloud is not None:
         env = config.cloud.api_key_env
         state = f"key from ${env}" if os.environ.get(env) else f"disabled until ${env} is set"

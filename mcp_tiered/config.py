@@ -10,9 +10,9 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator
 
 from .errors import ConfigError
 from .validation import describe_value, explain, key_path
@@ -69,19 +69,14 @@ class EscalationConfig(BaseModel):
     escalate_on_repetition: bool = True
 
 
-EngineKind = Literal["llama-cpp"]
-"""The `engine` of a tier (engines.ENGINES has the backend of each)."""
-
-
-class TierConfig(BaseModel):
-    """One `[tiers.<name>]` table: a local GGUF model served as the tool `generate_<name>`."""
+class _TierFields(BaseModel):
+    """The keys every engine of a local model shares."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     model: Annotated[Path, Field(json_schema_extra={"expect": "a path to a .gguf file"})]
     description: Annotated[str, Field(min_length=1, json_schema_extra={"expect": "a non-empty string"})]
-    engine: EngineKind = "llama-cpp"
-    """llama-cpp: in-process llama.cpp (llama-cpp-python)."""
+    engine: str = "llama-cpp"
     n_ctx: Annotated[int, Field(ge=256)] = 4096
     n_gpu_layers: Annotated[int, Field(ge=-1)] = -1
     main_gpu: Annotated[int, Field(ge=0)] = 0
@@ -94,14 +89,10 @@ class TierConfig(BaseModel):
     n_batch: Annotated[int, Field(ge=1)] = 512
     max_tokens: Annotated[int, Field(ge=1)] = 512
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.2
-    chat_format: Annotated[str, Field(min_length=1, json_schema_extra={"expect": "a chat format name"})] | None = None
-    instances: Annotated[int, Field(ge=1)] = 1
     max_queue: Annotated[int, Field(ge=0)] = 8
     queue_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     preload: bool = False
     idle_unload_s: Annotated[float, Field(gt=0)] | None = None
-    prompt_cache_mb: Annotated[int, Field(ge=0)] = 0
-    """Memory per instance for the KV states of earlier long prompts (0: only the last prompt is reused)."""
     escalate_to: Annotated[str, Field(min_length=1, json_schema_extra={"expect": 'a tier name or "cloud"'})] | None = None
     local_only: bool = False
     min_confidence: Probability | None = None
@@ -117,6 +108,66 @@ class TierConfig(BaseModel):
             raise ValueError(f"must be a path to a .gguf file, got {describe_value(value)}")
         base_dir = (info.context or {}).get("base_dir", Path.cwd())
         return expand_path(str(value), base_dir)
+
+    @classmethod
+    def key_of_another_kind(cls, key: Any) -> str | None:
+        """The sentence for a key that belongs to another engine (validation.explain asks)."""
+        owners = [kind for kind, config in ENGINE_CONFIGS.items() if key in config.model_fields and config is not cls]
+        if not owners:
+            return None
+        (this,) = get_args(cls.model_fields["engine"].annotation)
+        return (f'a key of engine = {" or ".join(json.dumps(o) for o in owners)}, not of this tier\'s engine '
+                f'"{this}"; set engine or remove the key')
+
+
+class TierConfig(_TierFields):
+    """`engine = "llama-cpp"` (the default): the model runs in this process through llama-cpp-python, one
+    generation at a time per instance."""
+
+    engine: Literal["llama-cpp"] = "llama-cpp"
+    chat_format: Annotated[str, Field(min_length=1, json_schema_extra={"expect": "a chat format name"})] | None = None
+    instances: Annotated[int, Field(ge=1)] = 1
+    prompt_cache_mb: Annotated[int, Field(ge=0)] = 0
+    """Memory per instance for the KV states of earlier long prompts (0: only the last prompt is reused)."""
+
+
+class LlamaServerTierConfig(_TierFields):
+    """`engine = "llama-server"`: mcp-tiered runs llama.cpp's own server for the tier, whose `parallel` slots
+    generate at once on one copy of the weights (continuous batching); `n_ctx` is each slot's."""
+
+    engine: Literal["llama-server"]
+    parallel: Annotated[int, Field(ge=1, le=256)] = 4
+    server_binary: Annotated[Path, Field(json_schema_extra={"expect": "a path to a llama-server program"})] | None = None
+    """None: the llama-server that scripts/setup.sh builds (.venv/bin/llama-server), else the one on PATH."""
+    startup_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+
+    @field_validator("server_binary", mode="before")
+    @classmethod
+    def _expand_binary_path(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"must be a path to a llama-server program, got {describe_value(value)}")
+        return expand_path(value, (info.context or {}).get("base_dir", Path.cwd()))
+
+
+LocalTierConfig = TierConfig | LlamaServerTierConfig
+ENGINE_CONFIGS: dict[str, type[_TierFields]] = {"llama-cpp": TierConfig, "llama-server": LlamaServerTierConfig}
+"""engine kind → the keys its tiers take (engines.ENGINES has the backend of each)."""
+
+
+def _engine_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        engine = value.get("engine", "llama-cpp")
+        return engine if isinstance(engine, str) else "?"
+    return getattr(value, "engine", "llama-cpp")
+
+
+AnyTierConfig = Annotated[
+    Annotated[TierConfig, Tag("llama-cpp")] | Annotated[LlamaServerTierConfig, Tag("llama-server")],
+    Discriminator(_engine_kind, custom_error_type="engine",
+                  custom_error_message=f"must be one of {', '.join(json.dumps(k) for k in ENGINE_CONFIGS)}"),
+]
 
 
 class ServerConfig(BaseModel):
@@ -239,7 +290,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     tiers: Annotated[
-        dict[str, TierConfig],
+        dict[str, AnyTierConfig],
         Field(min_length=1, json_schema_extra={"expect": "a table with at least one [tiers.<name>] entry"}),
     ]
     escalation: EscalationConfig = EscalationConfig()
@@ -270,7 +321,8 @@ def _semantic_problems(config: Config) -> list[str]:
         if tier.max_tokens >= tier.n_ctx:
             path = key_path(["tiers", name, "max_tokens"])
             problems.append(f"{path}: must be less than n_ctx ({tier.n_ctx}), got {tier.max_tokens}")
-        if tier.chat_format is not None and tier.chat_format not in (formats := known_chat_formats()):
+        if isinstance(tier, TierConfig) and tier.chat_format is not None and \
+                tier.chat_format not in (formats := known_chat_formats()):
             path = key_path(["tiers", name, "chat_format"])
             problems.append(f'{path}: unknown chat format "{tier.chat_format}"; valid formats are {", ".join(formats)}')
     valid = ", ".join(json.dumps(n) for n in config.tiers)
@@ -372,7 +424,7 @@ def resolve_config_path(cli_path: str | None) -> Path:
     return Path("models.toml")
 
 
-def model_file_problem(name: str, tier: TierConfig) -> str | None:
+def model_file_problem(name: str, tier: LocalTierConfig) -> str | None:
     """Why the tier's model file cannot be loaded, or None. Cheap: reads 4 bytes."""
     path = key_path(["tiers", name, "model"])
     try:

@@ -6,21 +6,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from typing import Any
+
 from .backends import Backend
-from .config import TierConfig
+from .config import LocalTierConfig
 
 
-def _llama_cpp(name: str, config: TierConfig) -> Backend:
+def _llama_cpp(name: str, config: Any) -> Backend:
     from .backends.llama import LlamaBackend
 
     return LlamaBackend(name, config)
 
 
-ENGINES: dict[str, Callable[[str, TierConfig], Backend]] = {
+def _llama_server(name: str, config: Any) -> Backend:
+    from .backends.llama_server import LlamaServerBackend
+
+    return LlamaServerBackend(name, config)
+
+
+ENGINES: dict[str, Callable[[str, Any], Backend]] = {
     "llama-cpp": _llama_cpp,
+    "llama-server": _llama_server,
 }
-"""engine kind → the backend that serves a tier of that kind."""
+"""engine kind → the backend that serves a tier of that kind (config.ENGINE_CONFIGS has its keys)."""
 
 
-def engine_backend(name: str, config: TierConfig) -> Backend:
+def engine_backend(name: str, config: LocalTierConfig) -> Backend:
     return ENGINES[config.engine](name, config)

@@ -37,6 +37,9 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    # The HTTP clients (the cloud, llama-server) log every request at INFO: one call would be several lines.
+    for name in ("httpx2", "httpcore2"):
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

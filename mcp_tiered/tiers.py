@@ -14,11 +14,11 @@ from .backends import Backend
 from .backends.base import Capabilities
 from .engines import engine_backend
 from .budget import CloudBudget
-from .config import CLOUD, Config, ConfidenceStatistic, TierConfig
+from .config import CLOUD, Config, ConfidenceStatistic, LocalTierConfig
 
 TOOL_PREFIX = "generate_"
 
-BackendFactory = Callable[[str, TierConfig], Backend]
+BackendFactory = Callable[[str, LocalTierConfig], Backend]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Policy:
     escalate_on_repetition: bool = True
 
     @classmethod
-    def for_tier(cls, config: Config, tier: TierConfig) -> Policy:
+    def for_tier(cls, config: Config, tier: LocalTierConfig) -> Policy:
         defaults = config.escalation
 
         def pick(own, default):  # noqa: ANN001, ANN202

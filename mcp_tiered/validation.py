@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 from pydantic.fields import FieldInfo
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -110,39 +110,61 @@ def expectation(annotation: Any, field: FieldInfo | None = None) -> str:
     return "a table"
 
 
-def _locate(model: type[BaseModel], loc: Sequence[str | int]) -> tuple[Any, FieldInfo | None, type[BaseModel] | None]:
-    """The type expected at `loc`, the field declaring it (None for a table entry), the model holding it."""
+def _tagged_member(annotation: Any, tag: str) -> Any:
+    """The member of a tagged union (`Annotated[Model, Tag("x")] | ...`) whose tag is `tag`, or None."""
+    if get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    for member in get_args(annotation):
+        if get_origin(member) is Annotated:
+            base, *extras = get_args(member)
+            if any(isinstance(extra, Tag) and extra.tag == tag for extra in extras):
+                return base
+    return None
+
+
+def _locate(model: type[BaseModel], loc: Sequence[str | int]) -> tuple[Any, FieldInfo | None, type[BaseModel] | None,
+                                                                     list[str | int]]:
+    """The type expected at `loc`, the field declaring it (None for a table entry), the model holding it,
+    and `loc` without the tags pydantic puts in for the member of a tagged union it tried."""
     current: Any = model
     field: FieldInfo | None = None
     holder: type[BaseModel] | None = None
-    for part in loc:
+    path: list[str | int] = []
+    for i, part in enumerate(loc):
         current, _ = _unwrap(current)
+        if isinstance(part, str) and (member := _tagged_member(current, part)) is not None:
+            current = member
+            continue
+        path.append(part)
         if isinstance(current, type) and issubclass(current, BaseModel):
             if not isinstance(part, str) or part not in current.model_fields:
-                return None, None, current
+                return None, None, current, [*path, *loc[i + 1:]]
             holder, field = current, current.model_fields[part]
             current = field.annotation
         elif get_origin(current) in (dict, list):
             current, field = get_args(current)[-1], None
         else:
-            break
-    return current, field, holder
+            return current, field, holder, [*path, *loc[i + 1:]]
+    return current, field, holder, path
 
 
 def explain(exc: ValidationError, model: type[BaseModel], prefix: Sequence[str] = ()) -> list[str]:
     """One sentence per error in `exc`, raised while validating `model` at `prefix`."""
     sentences: list[str] = []
     for err in exc.errors():
-        loc = [*prefix, *err["loc"]]
-        path = key_path(loc) or "(top level)"
-        annotation, field, holder = _locate(model, err["loc"])
+        annotation, field, holder, loc = _locate(model, err["loc"])
+        path = key_path([*prefix, *loc]) or "(top level)"
         kind = err["type"]
         if kind == "extra_forbidden":
+            elsewhere = getattr(holder, "key_of_another_kind", lambda key: None)(loc[-1])
             valid = ", ".join(holder.model_fields) if holder is not None else ""
-            sentences.append(f"{path}: unknown key; valid keys here are {valid}")
+            sentences.append(f"{path}: {elsewhere}" if elsewhere else f"{path}: unknown key; valid keys here are {valid}")
         elif kind == "missing":
             expect = f" ({expectation(annotation, field)})" if annotation is not None else ""
             sentences.append(f"{path}: is required{expect}")
+        elif kind == "engine":  # a tagged union's discriminator (config.AnyTierConfig)
+            given = err["input"].get("engine") if isinstance(err["input"], dict) else err["input"]
+            sentences.append(f"{key_path([*prefix, *loc, 'engine'])}: {err['msg']}, got {describe_value(given)}")
         elif kind in ("value_error", "assertion_error"):
             sentences.append(f"{path}: {err['ctx']['error']}")
         else:

@@ -23,11 +23,34 @@ MALFORMED = {
     "unknown_tier_key": (
         VALID_TIER + "n_ctxx = 4096",
         "tiers.small.n_ctxx: unknown key; valid keys here are model, description, engine, n_ctx, n_gpu_layers, "
-        "main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, chat_format, "
-        "instances, max_queue, queue_timeout_s, preload, idle_unload_s, prompt_cache_mb, escalate_to, local_only, min_confidence, confidence, "
-        "confidence_quantile, escalate_on_truncated, escalate_on_repetition",
+        "main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, max_queue, queue_timeout_s, preload, "
+        "idle_unload_s, escalate_to, local_only, min_confidence, confidence, confidence_quantile, "
+        "escalate_on_truncated, escalate_on_repetition, chat_format, instances, prompt_cache_mb",
     ),
-    "unknown_engine": (VALID_TIER + 'engine = "vllm"', 'tiers.small.engine: must be one of "llama-cpp", got "vllm"'),
+    "unknown_engine": (VALID_TIER + 'engine = "vllm"',
+                       'tiers.small.engine: must be one of "llama-cpp", "llama-server", got "vllm"'),
+    "engine_not_a_string": (VALID_TIER + "engine = 3", 'tiers.small.engine: must be one of "llama-cpp", "llama-server", got 3'),
+    "server_key_on_llama_cpp": (VALID_TIER + "parallel = 4", 'tiers.small.parallel: a key of engine = "llama-server", '
+                                "not of this tier's engine \"llama-cpp\"; set engine or remove the key"),
+    "llama_cpp_key_on_server": (VALID_TIER + 'engine = "llama-server"\ninstances = 2',
+                                'tiers.small.instances: a key of engine = "llama-cpp", not of this tier\'s engine '
+                                '"llama-server"; set engine or remove the key'),
+    "server_parallel_zero": (VALID_TIER + 'engine = "llama-server"\nparallel = 0',
+                             "tiers.small.parallel: must be an integer between 1 and 256, got 0"),
+    "server_parallel_not_a_number": (VALID_TIER + 'engine = "llama-server"\nparallel = "four"',
+                                     'tiers.small.parallel: must be an integer between 1 and 256, got "four"'),
+    "server_binary_not_a_string": (VALID_TIER + 'engine = "llama-server"\nserver_binary = 1',
+                                   "tiers.small.server_binary: must be a path to a llama-server program, got 1"),
+    "server_startup_timeout_negative": (VALID_TIER + 'engine = "llama-server"\nstartup_timeout_s = -1',
+                                        "tiers.small.startup_timeout_s: must be a number > 0, got -1"),
+    "server_without_model": ('[tiers.small]\nengine = "llama-server"\ndescription = "d"',
+                             "tiers.small.model: is required (a path to a .gguf file)"),
+    "server_unknown_key": (VALID_TIER + 'engine = "llama-server"\nslots = 2',
+                           "tiers.small.slots: unknown key; valid keys here are model, description, engine, n_ctx, "
+                           "n_gpu_layers, main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, max_queue, "
+                           "queue_timeout_s, preload, idle_unload_s, escalate_to, local_only, min_confidence, "
+                           "confidence, confidence_quantile, escalate_on_truncated, escalate_on_repetition, parallel, "
+                           "server_binary, startup_timeout_s"),
     "tier_not_a_table": ('[tiers]\nsmall = "model.gguf"', 'tiers.small: must be a table, got "model.gguf"'),
     "wrong_type_n_ctx": (VALID_TIER + 'n_ctx = "big"', 'tiers.small.n_ctx: must be an integer ≥ 256, got "big"'),
     "n_ctx_too_small": (VALID_TIER + "n_ctx = 128", "tiers.small.n_ctx: must be an integer ≥ 256, got 128"),
@@ -172,3 +195,15 @@ def test_config_path_prefers_cli_then_env_then_cwd(monkeypatch) -> None:
 def test_shipped_config_files_load(name: str) -> None:
     config = load_config(Path(__file__).resolve().parent.parent / name)
     assert config.tiers
+
+
+def test_check_says_where_the_llama_server_is_or_that_it_is_missing(write_config, smollm2: Path, capsys) -> None:
+    found = write_config(VALID_TIER.replace("{model}", str(smollm2)) + 'engine = "llama-server"\nparallel = 2\n')
+    missing = write_config(VALID_TIER.replace("{model}", str(smollm2)) + 'engine = "llama-server"\n'
+                           'server_binary = "bin/llama-server"\n', name="missing.toml")
+    assert cli.main(["check", "--config", str(found)]) == 0
+    out, _ = capsys.readouterr()
+    assert "; llama-server " in out and ", 2 slots)" in out
+    assert cli.main(["check", "--config", str(missing)]) == 1
+    out, _ = capsys.readouterr()
+    assert f"error  tiers.small.server_binary: {missing.parent}/bin/llama-server is not an executable file" in out

@@ -87,3 +87,24 @@ class Backend(ABC):
 
     async def aclose(self) -> None:
         """Free what the engine holds (model memory, connections)."""
+
+
+def refuse_if_too_long(tier: str, prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
+    """Raise PromptTooLongError when the prompt and the answer cannot fit the tier's context window."""
+    from ..errors import PromptTooLongError
+
+    if prompt_tokens + max_tokens > n_ctx:
+        raise PromptTooLongError(
+            f"prompt is too long for tier {tier}: {prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed "
+            f"its context window of {n_ctx} tokens; shorten the prompt or lower max_tokens",
+            prompt_tokens=prompt_tokens, max_tokens=max_tokens, n_ctx=n_ctx,
+        )
+
+
+def prefix_affinity(processed: str, request: str) -> int:
+    """How much of `request` a slot that last processed `processed` still holds (its KV cache), less what
+    of its cache the request would throw away: the pool gives a call the free slot that scores best."""
+    import os
+
+    shared = len(os.path.commonprefix([processed, request]))
+    return 2 * shared - len(processed)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +16,9 @@ import structlog
 
 from ..confidence import is_repetitive
 from ..config import TierConfig, model_file_problem
-from ..errors import BackendError, BusyError, PromptTooLongError, RequestError
-from .base import Backend, Completion, GenerationRequest
+from ..errors import BackendError, BusyError, RequestError
+from .base import Backend, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
+from .chat_text import chat_messages, mark
 from .pool import CallControl, InstancePool
 from .prompt_states import PromptStates
 from .worker import WorkerThread
@@ -83,32 +82,20 @@ class _FormatOnly:
 
 
 def format_chat(llama: Llama, messages: list[dict[str, str]]) -> FormattedPrompt:
-    """Apply the model's chat template (or the configured chat_format) and tokenize once.
-
-    The caller's text is data: the template's own text is tokenized with its control tokens
-    (`<|im_start|>` ...), each message's content as plain text, so a prompt that spells a control
-    token cannot open a turn of its own. The template sees a per-call random marker in place of each
-    content, and the contents go where the markers landed."""
+    """Apply the model's chat template (or the configured chat_format) and tokenize once, the caller's
+    text as plain text (chat_text)."""
     from llama_cpp import Llama
 
-    nonce = secrets.token_hex(8)
-    contents = {f"\ue000{nonce}.{i}\ue001": message["content"] for i, message in enumerate(messages)}
-    marked = [{**message, "content": mark} for message, mark in zip(messages, contents)]
+    marked = mark(messages)
     formatter = _FormatOnly(llama)
     try:
-        Llama.create_chat_completion(formatter, messages=marked)  # type: ignore[arg-type]
+        Llama.create_chat_completion(formatter, messages=marked.messages)  # type: ignore[arg-type]
     except _Formatted as handed_over:
         if formatter.text is None:
             raise BackendError("the chat handler handed over no text to tokenize") from None
         tokens: list[int] = []
-        start = 0
-        for mark in re.finditer(f"\ue000{nonce}\\.\\d+\ue001", formatter.text):
-            tokens += llama.tokenize(formatter.text[start:mark.start()].encode(), add_bos=formatter.add_bos and start == 0,
-                                     special=True)
-            tokens += llama.tokenize(contents[mark.group()].encode(), add_bos=False, special=False)
-            start = mark.end()
-        tokens += llama.tokenize(formatter.text[start:].encode(), add_bos=formatter.add_bos and start == 0,
-                                 special=True)
+        for i, (piece, callers) in enumerate(marked.pieces(formatter.text)):
+            tokens += llama.tokenize(piece.encode(), add_bos=formatter.add_bos and i == 0, special=not callers)
         return FormattedPrompt(tokens, list(handed_over.kwargs.get("stop") or []))
     raise BackendError("the chat handler returned without formatting a prompt")
 
@@ -149,8 +136,7 @@ class _Instance:
     def affinity(self, request: str) -> tuple[bool, int]:
         """How well this instance suits `request`: loaded ones first, then the characters of the request
         it has already processed, less those of its cached prompt the request would throw away."""
-        shared = len(os.path.commonprefix([self.last_request, request]))
-        return self.llama is not None, 2 * shared - len(self.last_request)
+        return self.llama is not None, prefix_affinity(self.last_request, request)
 
 
 class LlamaBackend(Backend):
@@ -310,22 +296,13 @@ class LlamaBackend(Backend):
         return llama
 
     def _generate(self, llama: Llama, request: GenerationRequest, control: CallControl) -> Completion:
-        messages = [{"role": "system", "content": request.system}] if request.system else []
-        messages.append({"role": "user", "content": request.prompt})
         try:
-            prompt = format_chat(llama, messages)
+            prompt = format_chat(llama, chat_messages(request.system, request.prompt))
         except BackendError:
             raise
         except Exception as exc:
             raise RequestError(f"tier {self.tier}: the model's chat template cannot format this request ({exc})") from exc
-        n_ctx = self.config.n_ctx
-        if len(prompt.tokens) + request.max_tokens > n_ctx:
-            raise PromptTooLongError(
-                f"prompt is too long for tier {self.tier}: {len(prompt.tokens)} prompt tokens + max_tokens "
-                f"{request.max_tokens} exceed its context window of {n_ctx} tokens; shorten the prompt "
-                "or lower max_tokens",
-                prompt_tokens=len(prompt.tokens), max_tokens=request.max_tokens, n_ctx=n_ctx,
-            )
+        refuse_if_too_long(self.tier, len(prompt.tokens), request.max_tokens, self.config.n_ctx)
         try:
             return self._sample(llama, prompt, request, control)
         except Exception as exc:

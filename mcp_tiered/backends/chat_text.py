@@ -1,0 +1,43 @@
+"""Caller text is data, on every engine: the chat template is rendered with a per-call random marker in
+place of each message's content, and the rendered text is cut where the markers landed, so that the
+template's own text can be tokenized with its control tokens (`<|im_start|>` ...) and the caller's text
+as plain text. A prompt that spells a control token cannot open a turn of its own."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class MarkedMessages:
+    messages: list[dict[str, str]]
+    """The messages with a marker in place of each content: what the template renders."""
+    contents: dict[str, str]
+    """Marker → the caller's text it stands for."""
+    pattern: re.Pattern[str]
+
+    def pieces(self, rendered: str) -> list[tuple[str, bool]]:
+        """`rendered` cut into (text, is the caller's) pieces, in order; template pieces may be empty."""
+        out: list[tuple[str, bool]] = []
+        start = 0
+        for mark in self.pattern.finditer(rendered):
+            out.append((rendered[start:mark.start()], False))
+            out.append((self.contents[mark.group()], True))
+            start = mark.end()
+        out.append((rendered[start:], False))
+        return out
+
+
+def mark(messages: list[dict[str, str]]) -> MarkedMessages:
+    nonce = secrets.token_hex(8)
+    contents = {f"\ue000{nonce}.{i}\ue001": message["content"] for i, message in enumerate(messages)}
+    marked = [{**message, "content": marker} for message, marker in zip(messages, contents)]
+    return MarkedMessages(marked, contents, re.compile(f"\ue000{nonce}\\.\\d+\ue001"))
+
+
+def chat_messages(system: str, prompt: str) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": prompt})
+    return messages

@@ -1,0 +1,379 @@
+"""A tier served by llama.cpp's own `llama-server`, which mcp-tiered starts and supervises: its `parallel`
+slots generate at once on one copy of the weights (continuous batching).
+
+The server is private to the tier: bound to 127.0.0.1 on a free port, with a per-process API key (passed
+in its environment, not on its command line), started on the first call (or with `preload`), checked
+healthy before that call, stopped after `idle_unload_s` without calls and at shutdown, and killed by the
+kernel if mcp-tiered dies (PR_SET_PDEATHSIG). A server that exits is started again on the next call, after
+a backoff that doubles with each failure in a row (1 s up to 30 s); the calls it was serving fail with one
+sentence (and escalate, reason `error`).
+
+Each call takes a slot from the tier's pool (the free one that last processed most of its prompt, for
+llama-server's prompt cache), formats with the model's own template (`/apply-template`), tokenizes the
+template's text with control tokens and the caller's text without (`/tokenize`, see chat_text), and
+streams `/completion` from those tokens, with each token's log-probability. The deadline returns the
+text so far; cancellation closes the stream, which stops the slot.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import structlog
+
+from ..confidence import is_repetitive
+from ..config import LlamaServerTierConfig, model_file_problem
+from ..validation import key_path
+from ..errors import BackendError, BusyError
+from .base import Backend, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
+from .chat_text import chat_messages, mark
+from .llama import LOOP_CHECK_EVERY, SAMPLING, available_cpus
+from .pool import CallControl, InstancePool
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_MAX_S = 30.0
+STOP_GRACE_S = 10.0
+
+
+def find_server_binary(config: LlamaServerTierConfig) -> Path | None:
+    """`server_binary`, else the llama-server beside this Python (scripts/setup.sh puts it there), else PATH."""
+    if config.server_binary is not None:
+        return config.server_binary
+    beside = Path(sys.executable).with_name("llama-server")
+    if beside.exists():
+        return beside
+    found = shutil.which("llama-server")
+    return Path(found) if found else None
+
+
+def server_binary_problem(name: str, config: LlamaServerTierConfig) -> str | None:
+    """Why the tier's llama-server cannot be run, or None."""
+    binary = find_server_binary(config)
+    path = key_path(["tiers", name, "server_binary"])
+    if binary is None:
+        return (f"{path}: no llama-server found (not beside {sys.executable}, not on PATH); run scripts/setup.sh, "
+                "which builds it, or name one with server_binary")
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        return f"{path}: {binary} is not an executable file"
+    return None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel kills it when mcp-tiered dies, even by SIGKILL (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(eq=False)
+class _Slot:
+    index: int
+    last_request: str = ""
+
+
+class _Server:
+    """One running llama-server process."""
+
+    def __init__(self, process: subprocess.Popen[bytes], url: str, key: str, log_path: Path):
+        self.process = process
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {key}"}
+        self.log_path = log_path
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text[-lines:])
+
+
+class LlamaServerBackend(Backend):
+    def __init__(self, tier: str, config: LlamaServerTierConfig):
+        self.tier = tier
+        self.config = config
+        self.model_name = config.model.stem
+        self.pool: InstancePool[_Slot] = InstancePool(tier, [_Slot(i) for i in range(config.parallel)],
+                                                      config.max_queue, config.queue_timeout_s)
+        self._server: _Server | None = None
+        self._starting: anyio.Event | None = None
+        self._start_error: BaseException | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._busy = 0
+        self._last_used = time.monotonic()
+        self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=10.0))
+        self._logs = Path(tempfile.mkdtemp(prefix=f"mcp-tiered-{tier}-"))
+
+    @property
+    def loaded(self) -> bool:
+        return self._server is not None and self._server.alive
+
+    async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
+        control = control or CallControl()
+        control.tier, control.phase, control.tokens = self.tier, "queued", 0
+        queued = time.perf_counter()
+        text = f"{request.system}\x00{request.prompt}"
+        try:
+            slot = await self.pool.acquire(control, lambda position: setattr(control, "queue_position", position),
+                                           affinity=lambda candidate: prefix_affinity(candidate.last_request, text))
+        finally:
+            control.queue_s = time.perf_counter() - queued
+        self._busy += 1
+        started = time.perf_counter()
+        try:
+            server = await self._running(control)
+            control.phase = "prompt"
+            tokens = await self._tokens(server, request)
+            refuse_if_too_long(self.tier, len(tokens), request.max_tokens, self.config.n_ctx)
+            completion = await self._complete(server, slot, tokens, request, control)
+            slot.last_request = text
+            return completion
+        finally:
+            control.generation_s = time.perf_counter() - started
+            self._busy -= 1
+            self._last_used = time.monotonic()
+            self.pool.release(slot)
+
+    # The process
+
+    async def _running(self, control: CallControl) -> _Server:
+        """The tier's server, started (once, whoever asks first) if it is not running."""
+        if self._server is not None and self._server.alive:
+            return self._server
+        if self._server is not None:  # it died since the last call
+            code = self._server.process.returncode
+            log.error("llama_server_exited", tier=self.tier, code=code, log=self._server.log_tail())
+            self._server = None
+            self._failures += 1
+            self._retry_at = time.monotonic() + min(2.0 ** (self._failures - 1), BACKOFF_MAX_S)
+        if self._starting is None:
+            wait = self._retry_at - time.monotonic()
+            if wait > 0:
+                raise BackendError(f"tier {self.tier}: llama-server exited; it is started again in {wait:.1f} s")
+            self._starting = anyio.Event()
+            self._start_error = None
+            control.phase = "loading"
+            try:
+                self._server = await self._start()
+                self._failures = 0
+            except BaseException as exc:
+                self._start_error = exc
+                self._failures += 1
+                self._retry_at = time.monotonic() + min(2.0 ** (self._failures - 1), BACKOFF_MAX_S)
+                raise
+            finally:
+                self._starting.set()
+                self._starting = None
+            return self._server
+        control.phase = "loading"
+        starting = self._starting
+        left = control.seconds_left()
+        with anyio.move_on_after(math.inf if left is None else left):
+            await starting.wait()
+        if not starting.is_set():
+            raise BusyError(f"tier {self.tier} is still starting llama-server and the call's deadline has passed")
+        if self._server is None or not self._server.alive:
+            raise BackendError(f"tier {self.tier}: llama-server did not start ({self._start_error})")
+        return self._server
+
+    async def _start(self) -> _Server:
+        if problem := model_file_problem(self.tier, self.config) or server_binary_problem(self.tier, self.config):
+            raise BackendError(problem)
+        binary = find_server_binary(self.config)
+        assert binary is not None
+        c = self.config
+        port, key = _free_port(), secrets.token_urlsafe(24)
+        args = [str(binary), "--model", str(c.model), "--host", "127.0.0.1", "--port", str(port),
+                "--parallel", str(c.parallel), "--ctx-size", str(c.n_ctx * c.parallel), "--no-kv-unified",
+                "--n-gpu-layers", "all" if c.n_gpu_layers == -1 else str(c.n_gpu_layers),
+                "--main-gpu", str(c.main_gpu), "--threads", str(c.n_threads or available_cpus()),
+                "--batch-size", str(c.n_batch), "--no-webui", "--jinja"]
+        if c.tensor_split is not None:
+            args += ["--tensor-split", ",".join(f"{share:g}" for share in c.tensor_split)]
+        log_path = self._logs / "llama-server.log"
+        started = time.perf_counter()
+        with log_path.open("wb") as out:
+            process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "LLAMA_ARG_API_KEY": key}, preexec_fn=_die_with_parent)
+        server = _Server(process, f"http://127.0.0.1:{port}", key, log_path)
+        try:
+            with anyio.fail_after(c.startup_timeout_s):
+                while True:
+                    if not server.alive:
+                        raise BackendError(f"tier {self.tier}: llama-server exited with {process.returncode} while "
+                                           f"starting ({server.log_tail()})")
+                    try:
+                        if (await self._http.get(f"{server.url}/health", headers=server.headers)).status_code == 200:
+                            break
+                    except httpx2.TransportError:
+                        pass
+                    await anyio.sleep(0.1)
+        except TimeoutError:
+            await self._stop(server)
+            raise BackendError(f"tier {self.tier}: llama-server was not ready within {c.startup_timeout_s:g} s "
+                               f"({key_path(['tiers', self.tier, 'startup_timeout_s'])})") from None
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._stop(server)
+            raise
+        log.info("model_loaded", tier=self.tier, model=self.model_name, engine="llama-server", pid=process.pid,
+                 slots=c.parallel, load_s=round(time.perf_counter() - started, 3))
+        return server
+
+    async def _stop(self, server: _Server) -> None:
+        if server.alive:
+            server.process.send_signal(signal.SIGTERM)
+            with anyio.move_on_after(STOP_GRACE_S):
+                while server.alive:
+                    await anyio.sleep(0.05)
+            if server.alive:
+                server.process.kill()
+        await anyio.to_thread.run_sync(server.process.wait)
+
+    async def run_background(self) -> None:
+        if self.config.preload:
+            try:
+                await self._running(CallControl())
+            except BackendError as exc:
+                log.error("preload_failed", tier=self.tier, reason=str(exc))
+        idle_s = self.config.idle_unload_s
+        if idle_s is None:
+            return
+        while True:
+            await anyio.sleep(min(idle_s / 4, 5.0))
+            server = self._server
+            if (server is not None and self._busy == 0 and self._starting is None
+                    and time.monotonic() - self._last_used >= idle_s):
+                self._server = None
+                await self._stop(server)
+                log.info("model_unloaded", tier=self.tier, model=self.model_name, engine="llama-server",
+                         idle_s=round(time.monotonic() - self._last_used, 1))
+
+    async def aclose(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await self._stop(server)
+            log.info("model_unloaded", tier=self.tier, model=self.model_name, engine="llama-server",
+                     reason="shutdown")
+        await self._http.aclose()
+        shutil.rmtree(self._logs, ignore_errors=True)
+
+    # One call
+
+    async def _post(self, server: _Server, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._http.post(f"{server.url}{path}", json=body, headers=server.headers)
+        except httpx2.HTTPError as exc:
+            raise BackendError(f"tier {self.tier}: llama-server failed at {path} ({type(exc).__name__}"
+                               f"{': ' + str(exc) if str(exc) else ''})") from exc
+        if response.status_code != 200:
+            raise BackendError(f"tier {self.tier}: llama-server answered HTTP {response.status_code} at {path} "
+                               f"({_error_text(response.content)})")
+        try:
+            return response.json()
+        except ValueError:
+            raise BackendError(f"tier {self.tier}: llama-server sent a response that is not JSON at {path}") from None
+
+    async def _tokens(self, server: _Server, request: GenerationRequest) -> list[int]:
+        marked = mark(chat_messages(request.system, request.prompt))
+        rendered = (await self._post(server, "/apply-template", {"messages": marked.messages})).get("prompt")
+        if not isinstance(rendered, str):
+            raise BackendError(f"tier {self.tier}: llama-server's /apply-template returned no prompt")
+        tokens: list[int] = []
+        for piece, callers in marked.pieces(rendered):
+            if piece:
+                tokens += (await self._post(server, "/tokenize", {
+                    "content": piece, "add_special": False, "parse_special": not callers}))["tokens"]
+        return tokens
+
+    async def _complete(self, server: _Server, slot: _Slot, tokens: list[int], request: GenerationRequest,
+                        control: CallControl) -> Completion:
+        body = {"prompt": tokens, "n_predict": request.max_tokens, "temperature": request.temperature,
+                **SAMPLING, "stop": list(request.stop), "stream": True, "cache_prompt": True,
+                "id_slot": slot.index, "n_probs": 1 if request.logprobs else 0, "post_sampling_probs": False}
+        parts: list[str] = []
+        logprobs: list[float] = []
+        final: dict[str, Any] | None = None
+        looped = False
+        left = control.seconds_left()
+        try:
+            with anyio.move_on_after(math.inf if left is None else left):
+                async with self._http.stream("POST", f"{server.url}/completion", json=body,
+                                             headers=server.headers) as response:
+                    if response.status_code != 200:
+                        raise BackendError(f"tier {self.tier}: llama-server answered HTTP {response.status_code} "
+                                           f"at /completion ({_error_text(await response.aread())})")
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        chunk = json.loads(line[6:])
+                        if chunk.get("stop"):
+                            final = chunk
+                            break
+                        if not parts and not logprobs:
+                            control.generating_since, control.phase = time.monotonic(), "generating"
+                        parts.append(chunk.get("content", ""))
+                        for prob in chunk.get("completion_probabilities") or ():
+                            logprobs.append(float(prob["logprob"]))
+                        control.tokens = int(chunk.get("tokens_predicted") or control.tokens + 1)
+                        if (request.stop_on_loop and control.tokens % LOOP_CHECK_EVERY == 0
+                                and control.tokens >= 2 * LOOP_CHECK_EVERY and is_repetitive("".join(parts)[-1024:])):
+                            looped = True
+                            break
+        except httpx2.HTTPError as exc:
+            raise BackendError(f"tier {self.tier}: the stream from llama-server broke ({type(exc).__name__}; "
+                               f"{'it exited' if not server.alive else 'it is still running'})") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(f"tier {self.tier}: llama-server sent a stream that is not valid JSON events") from exc
+        text = "".join(parts)
+        if final is None:
+            if not looped and (left is None or control.seconds_left() != 0):
+                raise BackendError(f"tier {self.tier}: llama-server's stream ended before the answer was complete "
+                                   f"({'it exited' if not server.alive else 'no final event'})")
+            finish = "length" if looped else "deadline"
+            return Completion(text.strip(), finish, len(tokens), control.tokens, tuple(logprobs))
+        text += final.get("content", "")
+        for prob in final.get("completion_probabilities") or ():
+            logprobs.append(float(prob["logprob"]))
+        finish = "length" if final.get("stop_type") == "limit" else "stop"
+        return Completion(text.strip(), finish, int(final.get("tokens_evaluated") or len(tokens)),
+                          int(final.get("tokens_predicted") or control.tokens), tuple(logprobs))
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+        message = data.get("error", {}).get("message") if isinstance(data, dict) else None
+    except (ValueError, AttributeError):
+        message = None
+    text = message or body.decode("utf-8", errors="replace").strip() or "no detail"
+    return text[:200]
