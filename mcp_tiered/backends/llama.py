@@ -160,16 +160,10 @@ class LlamaBackend(Backend):
 
     async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
         control = control or CallControl()
-        control.tier, control.phase, control.tokens = self.tier, "queued", 0
-        queued = time.perf_counter()
         # llama.cpp reuses the KV cache for the prompt's prefix that the instance processed last
         # (agents resend the same long system prompt), so prefer the free instance that shares most.
         text = f"{request.system}\x00{request.prompt}"
-        try:
-            instance = await self.pool.acquire(control, lambda position: setattr(control, "queue_position", position),
-                                               affinity=lambda candidate: candidate.affinity(text))
-        finally:
-            control.queue_s = time.perf_counter() - queued
+        instance = await self.pool.acquire_for_call(control, lambda candidate: candidate.affinity(text))
         release = True
         try:
             if instance.llama is not None and _file_identity(self.config.model) != instance.model_file:

@@ -139,14 +139,8 @@ class LlamaServerBackend(Backend):
 
     async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
         control = control or CallControl()
-        control.tier, control.phase, control.tokens = self.tier, "queued", 0
-        queued = time.perf_counter()
         text = f"{request.system}\x00{request.prompt}"
-        try:
-            slot = await self.pool.acquire(control, lambda position: setattr(control, "queue_position", position),
-                                           affinity=lambda candidate: prefix_affinity(candidate.last_request, text))
-        finally:
-            control.queue_s = time.perf_counter() - queued
+        slot = await self.pool.acquire_for_call(control, lambda candidate: prefix_affinity(candidate.last_request, text))
         self._busy += 1
         started = time.perf_counter()
         try:

@@ -118,6 +118,16 @@ class InstancePool(Generic[T]):
                             f"without a free instance (queue_timeout_s {self.queue_timeout_s:g})")
         return waiter.item
 
+    async def acquire_for_call(self, control: CallControl, affinity: Callable[[T], Any]) -> T:
+        """`acquire` for a call: its phase is "queued" meanwhile, with its queue position and queue seconds."""
+        control.tier, control.phase, control.tokens = self.tier, "queued", 0
+        queued = time.perf_counter()
+        try:
+            return await self.acquire(control, lambda position: setattr(control, "queue_position", position),
+                                      affinity=affinity)
+        finally:
+            control.queue_s = time.perf_counter() - queued
+
     def _abandon(self, waiter: _Waiter[T]) -> None:
         if waiter in self._waiters:
             self._waiters.remove(waiter)

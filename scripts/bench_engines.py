@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Aggregate tokens/s of C concurrent calls (distinct prompts, --tokens each, temperature 0.8), same model,
+same run:
+
+  (a) llama-server called directly with --parallel C, over its OpenAI API (/v1/chat/completions);
+  (b) mcp-tiered, engine = "llama-server" with parallel = C, as C concurrent tool calls over stdio (MCP SDK);
+  (c) mcp-tiered, engine = "llama-cpp" (one in-process instance), the same calls.
+
+Each measurement is the median of --rounds rounds; prints b/a and c/a for every C.
+
+    .venv/bin/python scripts/bench_engines.py [--model PATH] [--concurrency 1 4] [--tokens 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import httpx2
+from mcp.client.client import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from mcp_tiered.backends.llama import available_cpus
+from mcp_tiered.config import default_models_dir
+from mcp_tiered.default_models import SMOLLM2
+
+TOPICS = ["the sea", "mountains", "a lighthouse", "autumn", "a city at night", "a library", "rain", "the desert",
+          "a train journey", "a garden", "winter", "the moon", "a market", "a river", "bees", "a storm"]
+BIN = Path(sys.executable).with_name
+
+
+def prompts(c: int, round_: int) -> list[str]:
+    return [f"Write a short poem about {TOPICS[(round_ * c + i) % len(TOPICS)]}." for i in range(c)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def direct(model: Path, c: int, tokens: int, rounds: int, n_ctx: int) -> float:
+    port, key = free_port(), secrets.token_urlsafe(16)
+    process = subprocess.Popen(
+        [str(BIN("llama-server")), "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+         "--parallel", str(c), "--ctx-size", str(n_ctx * c), "--no-kv-unified", "--threads", str(available_cpus()),
+         "--no-webui", "--jinja"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "LLAMA_ARG_API_KEY": key})
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        async with httpx2.AsyncClient(timeout=None) as http:
+            while True:
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/health", headers=headers)).status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    await anyio.sleep(0.1)
+
+            async def one(prompt: str, out: list[int]) -> None:
+                response = await http.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers=headers, json={
+                    "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "temperature": 0.8})
+                out.append(response.json()["usage"]["completion_tokens"])
+
+            return await _rounds(c, rounds, one)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
+async def through_mcp(model: Path, c: int, tokens: int, rounds: int, n_ctx: int, engine: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "models.toml"
+        engine_keys = f'engine = "llama-server"\nparallel = {c}\n' if engine == "llama-server" else ""
+        config.write_text(f'[tiers.bench]\nmodel = "{model}"\ndescription = "benchmark"\nn_ctx = {n_ctx}\n'
+                          f"max_tokens = {tokens}\nmax_queue = 64\nn_threads = {available_cpus()}\n{engine_keys}"
+                          '[ledger]\npath = "ledger.sqlite3"\n[cache]\nenabled = false\n')
+        params = StdioServerParameters(command=str(BIN("mcp-tiered")),
+                                       args=["--log-level", "WARNING", "serve", "--config", str(config)])
+        async with Client(stdio_client(params)) as client:
+            await client.call_tool("generate_bench", {"prompt": "Say hi.", "max_tokens": 4})  # started, loaded
+
+            async def one(prompt: str, out: list[int]) -> None:
+                result = await client.call_tool("generate_bench", {"prompt": prompt, "max_tokens": tokens,
+                                                                   "temperature": 0.8, "escalate": "never"})
+                if result.is_error:
+                    raise SystemExit(f"tool call failed: {result.content[0].text}")
+                out.append(result.structured_content["usage"]["completion_tokens"])
+
+            return await _rounds(c, rounds, one)
+
+
+async def _rounds(c: int, rounds: int, one) -> float:  # noqa: ANN001
+    rates = []
+    for round_ in range(rounds):
+        done: list[int] = []
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for prompt in prompts(c, round_):
+                tg.start_soon(one, prompt, done)
+        rates.append(sum(done) / (time.perf_counter() - started))
+        await anyio.sleep(0.3)
+    return statistics.median(rates)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=default_models_dir() / SMOLLM2.filename)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--n-ctx", type=int, default=1024)
+    args = parser.parse_args()
+    rows = []
+    for c in args.concurrency:
+        a = await direct(args.model, c, args.tokens, args.rounds, args.n_ctx)
+        b = await through_mcp(args.model, c, args.tokens, args.rounds, args.n_ctx, "llama-server")
+        d = await through_mcp(args.model, c, args.tokens, args.rounds, args.n_ctx, "llama-cpp")
+        rows.append((c, a, b, d))
+        print(f"C={c}: direct llama-server {a:.1f} tok/s | engine llama-server {b:.1f} ({b / a:.2f}x) | "
+              f"engine llama-cpp {d:.1f} ({d / a:.2f}x)", flush=True)
+    print(f"\nmodel {args.model.name}, {args.tokens} tokens per call, temperature 0.8, median of {args.rounds} rounds")
+    print("| C | llama-server direct | engine llama-server | ratio | engine llama-cpp | ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for c, a, b, d in rows:
+        print(f"| {c} | {a:.1f} tok/s | {b:.1f} tok/s | {b / a:.2f} | {d:.1f} tok/s | {d / a:.2f} |")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
