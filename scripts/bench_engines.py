@@ -6,7 +6,8 @@ same run:
   (b) mcp-tiered, engine = "llama-server" with parallel = C, as C concurrent tool calls over stdio (MCP SDK);
   (c) mcp-tiered, engine = "llama-cpp" (one in-process instance), the same calls.
 
-Each measurement is the median of --rounds rounds; prints b/a and c/a for every C.
+All three run at once and are measured in turn, round after round; each figure is the median of --rounds
+rounds. Prints b/a and c/a for every C.
 
     .venv/bin/python scripts/bench_engines.py [--model PATH] [--concurrency 1 4] [--tokens 64] [--rounds 3]
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 import secrets
 import signal
 import socket
@@ -37,6 +40,7 @@ from mcp_tiered.default_models import SMOLLM2
 TOPICS = ["the sea", "mountains", "a lighthouse", "autumn", "a city at night", "a library", "rain", "the desert",
           "a train journey", "a garden", "winter", "the moon", "a market", "a river", "bees", "a storm"]
 BIN = Path(sys.executable).with_name
+Call = Callable[[str], Awaitable[int]]
 
 
 def prompts(c: int, round_: int) -> list[str]:
@@ -49,7 +53,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def direct(model: Path, c: int, tokens: int, rounds: int, n_ctx: int) -> float:
+@asynccontextmanager
+async def direct(model: Path, c: int, tokens: int, n_ctx: int) -> AsyncIterator[Call]:
+    """llama-server --parallel C, called over its OpenAI API."""
     port, key = free_port(), secrets.token_urlsafe(16)
     process = subprocess.Popen(
         [str(BIN("llama-server")), "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
@@ -59,7 +65,7 @@ async def direct(model: Path, c: int, tokens: int, rounds: int, n_ctx: int) -> f
         env={**os.environ, "LLAMA_ARG_API_KEY": key})
     headers = {"Authorization": f"Bearer {key}"}
     try:
-        async with httpx2.AsyncClient(timeout=None) as http:
+        async with httpx2.AsyncClient(timeout=None, limits=httpx2.Limits(max_keepalive_connections=0)) as http:
             while True:
                 try:
                     if (await http.get(f"http://127.0.0.1:{port}/health", headers=headers)).status_code == 200:
@@ -67,18 +73,21 @@ async def direct(model: Path, c: int, tokens: int, rounds: int, n_ctx: int) -> f
                 except httpx2.TransportError:
                     await anyio.sleep(0.1)
 
-            async def one(prompt: str, out: list[int]) -> None:
+            async def one(prompt: str) -> int:
                 response = await http.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers=headers, json={
                     "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "temperature": 0.8})
-                out.append(response.json()["usage"]["completion_tokens"])
+                return response.json()["usage"]["completion_tokens"]
 
-            return await _rounds(c, rounds, one)
+            await one("Say hi.")
+            yield one
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
 
 
-async def through_mcp(model: Path, c: int, tokens: int, rounds: int, n_ctx: int, engine: str) -> float:
+@asynccontextmanager
+async def through_mcp(model: Path, c: int, tokens: int, n_ctx: int, engine: str) -> AsyncIterator[Call]:
+    """mcp-tiered serve over stdio with one tier on `engine`, called with the MCP SDK's client."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "models.toml"
         engine_keys = f'engine = "llama-server"\nparallel = {c}\n' if engine == "llama-server" else ""
@@ -88,29 +97,30 @@ async def through_mcp(model: Path, c: int, tokens: int, rounds: int, n_ctx: int,
         params = StdioServerParameters(command=str(BIN("mcp-tiered")),
                                        args=["--log-level", "WARNING", "serve", "--config", str(config)])
         async with Client(stdio_client(params)) as client:
-            await client.call_tool("generate_bench", {"prompt": "Say hi.", "max_tokens": 4})  # started, loaded
 
-            async def one(prompt: str, out: list[int]) -> None:
+            async def one(prompt: str) -> int:
                 result = await client.call_tool("generate_bench", {"prompt": prompt, "max_tokens": tokens,
                                                                    "temperature": 0.8, "escalate": "never"})
                 if result.is_error:
                     raise SystemExit(f"tool call failed: {result.content[0].text}")
-                out.append(result.structured_content["usage"]["completion_tokens"])
+                return result.structured_content["usage"]["completion_tokens"]
 
-            return await _rounds(c, rounds, one)
+            await one("Say hi.")  # started and loaded
+            yield one
 
 
-async def _rounds(c: int, rounds: int, one) -> float:  # noqa: ANN001
-    rates = []
-    for round_ in range(rounds):
-        done: list[int] = []
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for prompt in prompts(c, round_):
-                tg.start_soon(one, prompt, done)
-        rates.append(sum(done) / (time.perf_counter() - started))
-        await anyio.sleep(0.3)
-    return statistics.median(rates)
+async def aggregate(c: int, round_: int, one: Call) -> float:
+    """Tokens/s of C distinct calls made at once."""
+    done: list[int] = []
+
+    async def call(prompt: str) -> None:
+        done.append(await one(prompt))
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for prompt in prompts(c, round_):
+            tg.start_soon(call, prompt)
+    return sum(done) / (time.perf_counter() - started)
 
 
 async def main() -> None:
@@ -120,12 +130,22 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n-ctx", type=int, default=1024)
+    parser.add_argument("--settle", type=float, default=0.5, help="seconds of pause between two measurements")
     args = parser.parse_args()
     rows = []
     for c in args.concurrency:
-        a = await direct(args.model, c, args.tokens, args.rounds, args.n_ctx)
-        b = await through_mcp(args.model, c, args.tokens, args.rounds, args.n_ctx, "llama-server")
-        d = await through_mcp(args.model, c, args.tokens, args.rounds, args.n_ctx, "llama-cpp")
+        async with AsyncExitStack() as stack:
+            targets = [await stack.enter_async_context(direct(args.model, c, args.tokens, args.n_ctx)),
+                       await stack.enter_async_context(through_mcp(args.model, c, args.tokens, args.n_ctx,
+                                                                   "llama-server")),
+                       await stack.enter_async_context(through_mcp(args.model, c, args.tokens, args.n_ctx,
+                                                                   "llama-cpp"))]
+            rates: list[list[float]] = [[], [], []]
+            for round_ in range(args.rounds):  # interleaved, so that the machine's drift hits all three alike
+                for i, one in enumerate(targets):
+                    await anyio.sleep(args.settle)
+                    rates[i].append(await aggregate(c, round_, one))
+        a, b, d = (statistics.median(r) for r in rates)
         rows.append((c, a, b, d))
         print(f"C={c}: direct llama-server {a:.1f} tok/s | engine llama-server {b:.1f} ({b / a:.2f}x) | "
               f"engine llama-cpp {d:.1f} ({d / a:.2f}x)", flush=True)

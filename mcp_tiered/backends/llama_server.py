@@ -130,7 +130,10 @@ class LlamaServerBackend(Backend):
         self._retry_at = 0.0
         self._busy = 0
         self._last_used = time.monotonic()
-        self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=10.0))
+        # No keep-alive: llama-server may close an idle connection just as a call picks it from the pool
+        # ("Server disconnected without sending a response"); a new local connection costs well under 1 ms.
+        self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=10.0),
+                                        limits=httpx2.Limits(max_keepalive_connections=0))
         self._logs = Path(tempfile.mkdtemp(prefix=f"mcp-tiered-{tier}-"))
 
     @property
