@@ -239,3 +239,24 @@ async def test_a_tier_on_llama_server_answers_over_stdio_with_progress(write_con
     assert not result.is_error and content["served_by"] == "small" and content["confidence"] is not None
     assert any("generating" in message for message in progress)
     assert not os.environ.get("LLAMA_ARG_API_KEY")
+
+
+async def test_a_call_goes_to_the_slot_that_holds_its_prompt_and_skips_reprocessing_it(smollm2: Path) -> None:
+    engine = backend(smollm2, n_ctx=2048)
+    system = "You are a careful assistant. " + " ".join(f"Rule {i}: answer briefly and politely." for i in range(120))
+
+    async def first_token_s(prompt: str, system_prompt: str) -> float:
+        control = CallControl()
+        started = time.monotonic()
+        await engine.generate(request(prompt, 4, system=system_prompt), control)
+        return control.generating_since - started
+
+    try:
+        with anyio.fail_after(120):
+            await engine.generate(request("Say hi.", 2))
+            cold = await first_token_s("What is 2 + 2?", system)
+            await first_token_s("Name a colour.", "Be brief.")  # the other slot, or evicting this prompt
+            warm = await first_token_s("What is 3 + 3?", system)
+    finally:
+        await engine.aclose()
+    assert warm < 0.3 * cold, f"cold {cold:.2f} s, warm {warm:.2f} s"
