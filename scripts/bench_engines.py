@@ -10,6 +10,7 @@ All three run at once and are measured in turn, round after round; each figure i
 rounds. Prints b/a and c/a for every C.
 
     .venv/bin/python scripts/bench_engines.py [--model PATH] [--concurrency 1 4] [--tokens 64] [--rounds 3]
+        [--n-gpu-layers -1]
 """
 
 from __future__ import annotations
@@ -54,13 +55,13 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def direct(model: Path, c: int, tokens: int, n_ctx: int) -> AsyncIterator[Call]:
+async def direct(model: Path, c: int, tokens: int, n_ctx: int, n_gpu_layers: int) -> AsyncIterator[Call]:
     """llama-server --parallel C, called over its OpenAI API."""
     port, key = free_port(), secrets.token_urlsafe(16)
     process = subprocess.Popen(
         [str(BIN("llama-server")), "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
          "--parallel", str(c), "--ctx-size", str(n_ctx * c), "--no-kv-unified", "--threads", str(available_cpus()),
-         "--no-webui", "--jinja"],
+         "--n-gpu-layers", "all" if n_gpu_layers == -1 else str(n_gpu_layers), "--no-webui", "--jinja"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "LLAMA_ARG_API_KEY": key})
     headers = {"Authorization": f"Bearer {key}"}
@@ -86,13 +87,15 @@ async def direct(model: Path, c: int, tokens: int, n_ctx: int) -> AsyncIterator[
 
 
 @asynccontextmanager
-async def through_mcp(model: Path, c: int, tokens: int, n_ctx: int, engine: str) -> AsyncIterator[Call]:
+async def through_mcp(model: Path, c: int, tokens: int, n_ctx: int, n_gpu_layers: int,
+                      engine: str) -> AsyncIterator[Call]:
     """mcp-tiered serve over stdio with one tier on `engine`, called with the MCP SDK's client."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "models.toml"
         engine_keys = f'engine = "llama-server"\nparallel = {c}\n' if engine == "llama-server" else ""
         config.write_text(f'[tiers.bench]\nmodel = "{model}"\ndescription = "benchmark"\nn_ctx = {n_ctx}\n'
-                          f"max_tokens = {tokens}\nmax_queue = 64\nn_threads = {available_cpus()}\n{engine_keys}"
+                          f"max_tokens = {tokens}\nmax_queue = 64\nn_threads = {available_cpus()}\n"
+                          f"n_gpu_layers = {n_gpu_layers}\n{engine_keys}"
                           '[ledger]\npath = "ledger.sqlite3"\n[cache]\nenabled = false\n')
         params = StdioServerParameters(command=str(BIN("mcp-tiered")),
                                        args=["--log-level", "WARNING", "serve", "--config", str(config)])
@@ -130,16 +133,16 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n-ctx", type=int, default=1024)
+    parser.add_argument("--n-gpu-layers", type=int, default=0, help="-1: offload every layer (CUDA build)")
     parser.add_argument("--settle", type=float, default=0.5, help="seconds of pause between two measurements")
     args = parser.parse_args()
     rows = []
     for c in args.concurrency:
         async with AsyncExitStack() as stack:
-            targets = [await stack.enter_async_context(direct(args.model, c, args.tokens, args.n_ctx)),
-                       await stack.enter_async_context(through_mcp(args.model, c, args.tokens, args.n_ctx,
-                                                                   "llama-server")),
-                       await stack.enter_async_context(through_mcp(args.model, c, args.tokens, args.n_ctx,
-                                                                   "llama-cpp"))]
+            shape = (args.model, c, args.tokens, args.n_ctx, args.n_gpu_layers)
+            targets = [await stack.enter_async_context(direct(*shape)),
+                       await stack.enter_async_context(through_mcp(*shape, "llama-server")),
+                       await stack.enter_async_context(through_mcp(*shape, "llama-cpp"))]
             rates: list[list[float]] = [[], [], []]
             for round_ in range(args.rounds):  # interleaved, so that the machine's drift hits all three alike
                 for i, one in enumerate(targets):

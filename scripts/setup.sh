@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up mcp-tiered in ./.venv, idempotently: a second run changes nothing and takes seconds.
 #
-#   scripts/setup.sh [--cuda] [--test] [--no-models]
+#   scripts/setup.sh [--cuda] [--test] [--no-models] [--no-llama-server]
 #
 #   --cuda       build llama.cpp with CUDA offload (-DGGML_CUDA=on) for the GPUs of this machine
 #                (CMAKE_CUDA_ARCHITECTURES=native); same as MCP_TIERED_GPU=cuda. Needs the CUDA toolkit
@@ -9,6 +9,7 @@
 #   --test       also install the test dependencies (and, into .tools/, the MCP conformance suite and
 #                Inspector with Node 22: scripts/install_node_tools.sh).
 #   --no-models  do not fetch the embedded default models.
+#   --no-llama-server  do not build llama-server (engine = "llama-server" then needs server_binary or one on PATH).
 #
 # Environment: PYTHON (interpreter for the venv, default python3, needs >= 3.11), CMAKE_ARGS (replaces
 # the llama.cpp build flags entirely), MCP_TIERED_MODELS (where the default models go).
@@ -16,6 +17,7 @@
 # llama-cpp-python has no binary wheel: it is compiled here (~5 min on 2 cores). The wheel is kept in
 # ~/.cache/mcp-tiered/wheels/<hash of version and flags>, so later setups (and CI runs on the same
 # machine) reuse it; a change of flags builds a new one instead of reusing a wheel with the wrong ones.
+# llama-server is built from the same sources and flags (~7 min on 2 cores) and kept the same way.
 #
 # Everything this script prints goes to stderr: `scripts/serve.sh` runs it in front of a stdio server.
 set -euo pipefail
@@ -28,12 +30,14 @@ VENV=.venv
 GPU=${MCP_TIERED_GPU:-cpu}
 WITH_TEST=0
 WITH_MODELS=1
+WITH_SERVER=1
 for arg in "$@"; do
   case "$arg" in
     --cuda) GPU=cuda ;;
     --test) WITH_TEST=1 ;;
     --no-models) WITH_MODELS=0 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --no-llama-server) WITH_SERVER=0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (see --help)"; exit 2 ;;
   esac
 done
@@ -91,7 +95,9 @@ fi
 # same flags, linked statically; kept like the wheel, under the hash of version and flags.
 SERVER_KEY=$(printf '%s|%s|server' "$LLAMA_VERSION" "$FLAGS" | sha256sum | cut -c1-16)
 SERVER_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/mcp-tiered/llama-server/$SERVER_KEY"
-if [ ! -x "$SERVER_DIR/llama-server" ]; then
+if [ "$WITH_SERVER" = 0 ]; then
+  say "not building llama-server (--no-llama-server)"
+elif [ ! -x "$SERVER_DIR/llama-server" ]; then
   say "building llama-server from llama-cpp-python $LLAMA_VERSION's llama.cpp with '$FLAGS' (takes minutes)"
   BUILD=$(mktemp -d)
   "${PIP[@]}" download --quiet --no-deps --no-binary :all: --dest "$BUILD" "llama-cpp-python==$LLAMA_VERSION"
@@ -109,7 +115,7 @@ if [ ! -x "$SERVER_DIR/llama-server" ]; then
 else
   say "reusing llama-server built with '$FLAGS'"
 fi
-ln -sf "$SERVER_DIR/llama-server" "$VENV/bin/llama-server"
+if [ "$WITH_SERVER" = 1 ]; then ln -sf "$SERVER_DIR/llama-server" "$VENV/bin/llama-server"; fi
 
 say "installing mcp-tiered and its dependencies"
 if [ "$WITH_TEST" = 1 ]; then TARGET=".[test]"; else TARGET="."; fi

@@ -9,7 +9,8 @@
 #      is run once more under gdb for a native backtrace;
 #   4. scripts/bench_overhead.py: the same request through MCP and directly through llama_cpp.Llama, in one
 #      run (tokens/s ratio; goal >= 0.95 at 256 generated tokens with full offload);
-#   5. only with EXTRAS=1: CPU vs offload (bench_offload.py, GPU power sampled) and prefix reuse (bench_prefix.py).
+#   5. only with ENGINES=1 (llama-server is then built too): scripts/bench_engines.py at C = 1, 8, 32;
+#   6. only with EXTRAS=1: CPU vs offload (bench_offload.py, GPU power sampled) and prefix reuse (bench_prefix.py).
 #
 # The log goes to $OUT/log.txt (else /tmp/log.txt), the servers' stderr and any backtrace beside it.
 set -uo pipefail
@@ -20,8 +21,10 @@ T0=$(date +%s); t() { echo "=== $(( $(date +%s) - T0 )) s: $*"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
 python3 --version; cmake --version | head -1; nvcc --version | tail -1; nproc; git log --oneline -1 2>/dev/null
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.gpu/whl $PWD/.gpu" XDG_CACHE_HOME=/tmp/cache
-t "setup.sh --cuda --no-models"
-bash scripts/setup.sh --cuda --no-models || { t "SETUP FAILED"; exit 1; }
+# llama-server compiles the CUDA kernels a second time: only with ENGINES=1, when the device time allows.
+SERVER_FLAG=--no-llama-server; [ "${ENGINES:-0}" = 1 ] && SERVER_FLAG=
+t "setup.sh --cuda --no-models $SERVER_FLAG"
+bash scripts/setup.sh --cuda --no-models $SERVER_FLAG || { t "SETUP FAILED"; exit 1; }
 t "setup done"
 python3 -m pip install -q --no-index --no-deps --target /tmp/gguf .gpu/gguf/*.whl
 MODEL=/tmp/synthetic.gguf
@@ -47,6 +50,12 @@ fi
 t "bench_overhead: MCP vs direct llama_cpp.Llama, full offload, 256 tokens"
 timeout 240 .venv/bin/python scripts/bench_overhead.py --model "$MODEL" --n-gpu-layers -1 --n-ctx 4096 \
   --max-tokens 256 --runs 7 --settle 0.2
+
+if [ "${ENGINES:-0}" = 1 ]; then
+  t "bench_engines: llama-server engine vs direct, full offload, C = 1 / 8 / 32"
+  timeout 300 .venv/bin/python scripts/bench_engines.py --model "$MODEL" --n-gpu-layers -1 --concurrency 1 8 32 \
+    --tokens 128 --rounds 3 --n-ctx 2048
+fi
 
 if [ "${EXTRAS:-0}" = 1 ]; then
   t "bench_offload (GPU power sampled every 100 ms)"
