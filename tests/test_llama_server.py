@@ -260,3 +260,18 @@ async def test_a_call_goes_to_the_slot_that_holds_its_prompt_and_skips_reprocess
     finally:
         await engine.aclose()
     assert warm < 0.3 * cold, f"cold {cold:.2f} s, warm {warm:.2f} s"
+
+
+async def test_a_call_whose_deadline_passes_during_the_start_is_busy_and_the_start_goes_on(smollm2: Path) -> None:
+    engine = backend(smollm2)
+    try:
+        with anyio.fail_after(60):
+            with pytest.raises(BusyError, match="still starting llama-server"):
+                await engine.generate(request("Say hi.", 4), CallControl(deadline_s=0.05))
+            while not engine.loaded:
+                await anyio.sleep(0.05)
+            pid = engine._server.process.pid
+            after = await engine.generate(request("Say OK.", 4))
+        assert after.completion_tokens > 0 and engine._server.process.pid == pid  # no second start
+    finally:
+        await engine.aclose()

@@ -17,6 +17,7 @@ text so far; cancellation closes the stream, which stops the slot.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import math
@@ -125,6 +126,7 @@ class LlamaServerBackend(Backend):
                                                       config.max_queue, config.queue_timeout_s)
         self._server: _Server | None = None
         self._starting: anyio.Event | None = None
+        self._start_task: asyncio.Task[None] | None = None
         self._start_error: BaseException | None = None
         self._failures = 0
         self._retry_at = 0.0
@@ -163,44 +165,50 @@ class LlamaServerBackend(Backend):
     # The process
 
     async def _running(self, control: CallControl) -> _Server:
-        """The tier's server, started (once, whoever asks first) if it is not running."""
+        """The tier's server, started if it is not running. The start runs on its own: a call that is
+        cancelled, or whose deadline passes, stops waiting for it, and the start goes on for the next call."""
         if self._server is not None and self._server.alive:
             return self._server
         if self._server is not None:  # it died since the last call
-            code = self._server.process.returncode
-            log.error("llama_server_exited", tier=self.tier, code=code, log=self._server.log_tail())
+            log.error("llama_server_exited", tier=self.tier, code=self._server.process.returncode,
+                      log=self._server.log_tail())
             self._server = None
-            self._failures += 1
-            self._retry_at = time.monotonic() + min(2.0 ** (self._failures - 1), BACKOFF_MAX_S)
+            self._note_failure()
         if self._starting is None:
             wait = self._retry_at - time.monotonic()
             if wait > 0:
                 raise BackendError(f"tier {self.tier}: llama-server exited; it is started again in {wait:.1f} s")
             self._starting = anyio.Event()
             self._start_error = None
-            control.phase = "loading"
-            try:
-                self._server = await self._start()
-                self._failures = 0
-            except BaseException as exc:
-                self._start_error = exc
-                self._failures += 1
-                self._retry_at = time.monotonic() + min(2.0 ** (self._failures - 1), BACKOFF_MAX_S)
-                raise
-            finally:
-                self._starting.set()
-                self._starting = None
-            return self._server
+            self._start_task = asyncio.get_running_loop().create_task(self._start_on_its_own(self._starting))
         control.phase = "loading"
         starting = self._starting
         left = control.seconds_left()
         with anyio.move_on_after(math.inf if left is None else left):
             await starting.wait()
         if not starting.is_set():
-            raise BusyError(f"tier {self.tier} is still starting llama-server and the call's deadline has passed")
+            raise BusyError(f"tier {self.tier} is still starting llama-server and the call's deadline has passed; "
+                            "the start goes on for the next call")
         if self._server is None or not self._server.alive:
-            raise BackendError(f"tier {self.tier}: llama-server did not start ({self._start_error})")
+            if isinstance(self._start_error, BackendError):
+                raise self._start_error
+            raise BackendError(f"tier {self.tier}: llama-server did not start ({self._start_error!r})")
         return self._server
+
+    async def _start_on_its_own(self, done: anyio.Event) -> None:
+        try:
+            self._server = await self._start()
+            self._failures = 0
+        except Exception as exc:
+            self._start_error = exc
+            self._note_failure()
+        finally:
+            self._starting = None
+            done.set()
+
+    def _note_failure(self) -> None:
+        self._failures += 1
+        self._retry_at = time.monotonic() + min(2.0 ** (self._failures - 1), BACKOFF_MAX_S)
 
     async def _start(self) -> _Server:
         if problem := model_file_problem(self.tier, self.config) or server_binary_problem(self.tier, self.config):
@@ -260,7 +268,7 @@ class LlamaServerBackend(Backend):
         if self.config.preload:
             try:
                 await self._running(CallControl())
-            except BackendError as exc:
+            except (BackendError, BusyError) as exc:
                 log.error("preload_failed", tier=self.tier, reason=str(exc))
         idle_s = self.config.idle_unload_s
         if idle_s is None:
@@ -276,6 +284,10 @@ class LlamaServerBackend(Backend):
                          idle_s=round(time.monotonic() - self._last_used, 1))
 
     async def aclose(self) -> None:
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()  # _start stops a server it had begun
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([self._start_task])
         server, self._server = self._server, None
         if server is not None:
             await self._stop(server)
