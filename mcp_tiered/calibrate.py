@@ -61,6 +61,9 @@ def load_dataset(path: Path) -> list[Item]:
         items.append(Item(prompt, tuple(str(a) for a in answers)))
     if not items:
         raise ConfigError(f"{path}: the dataset has no items")
+    if len(items) < 2:
+        raise ConfigError(f"{path}: the dataset has 1 item; calibration needs at least 2 (thresholds are chosen on "
+                          "half of them and reported on the other half)")
     return items
 
 

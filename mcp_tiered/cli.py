@@ -138,7 +138,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import anyio
 
     from . import calibrate
-    from .backends.llama import LlamaBackend
+    from .engines import engine_backend
 
     config = _load(args)
     if config is None:
@@ -162,7 +162,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         saved = outcomes_dir / f"{name}.jsonl" if outcomes_dir else None
         if saved is not None and saved.exists():
             return calibrate.load_outcomes(saved)
-        backend = LlamaBackend(name, config.tiers[name])
+        backend = engine_backend(name, config.tiers[name])
         try:
             outcomes = await calibrate.run_tier(
                 backend, items, min(args.max_tokens, config.tiers[name].max_tokens),

@@ -57,6 +57,13 @@ def test_malformed_dataset_line_is_named(tmp_path: Path) -> None:
         calibrate.load_dataset(dataset)
 
 
+def test_a_dataset_of_one_item_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    dataset = tmp_path / "set.jsonl"
+    dataset.write_text('{"prompt": "q", "answers": ["a"]}\n')
+    with pytest.raises(ConfigError, match=r"set\.jsonl: the dataset has 1 item; calibration needs at least 2"):
+        calibrate.load_dataset(dataset)
+
+
 def write_outcomes(folder: Path, name: str, rows: list[tuple[bool, float]]) -> None:
     folder.mkdir(exist_ok=True)
     calibrate.save_outcomes(folder / f"{name}.jsonl", [Outcome("x", ok, (math.log(p),), "stop") for ok, p in rows])
@@ -91,3 +98,18 @@ def test_calibrate_runs_a_real_tier_over_a_dataset(write_config, smollm2: Path, 
     assert code == 0
     assert "4 items;" in capsys.readouterr().out
     assert len((tmp_path / "out" / "small.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.model
+def test_calibrate_runs_a_tier_on_llama_server(write_config, smollm2: Path, tmp_path: Path, capsys) -> None:
+    config = write_config(f'[tiers.small]\nmodel = "{smollm2}"\ndescription = "s"\nn_ctx = 1024\n'
+                          'engine = "llama-server"\nparallel = 1\n')
+    dataset = tmp_path / "set.jsonl"
+    rows = [("What is 2 + 2? Answer with the number only.", "4"), ("What is the chemical symbol of gold?", "Au"),
+            ("What is 3 + 3? Answer with the number only.", "6"), ("What is 97 * 89?", "8633")]
+    dataset.write_text("".join(json.dumps({"prompt": p, "answers": [a]}) + "\n" for p, a in rows))
+    code = cli.main(["calibrate", "--config", str(config), "--tier", "small", "--dataset", str(dataset),
+                     "--max-tokens", "8", "--outcomes", str(tmp_path / "out")])
+    assert code == 0
+    outcomes = [json.loads(line) for line in (tmp_path / "out" / "small.jsonl").read_text().splitlines()]
+    assert len(outcomes) == 4 and all(outcome["logprobs"] for outcome in outcomes)
