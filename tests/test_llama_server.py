@@ -163,8 +163,8 @@ async def test_a_server_that_dies_fails_its_call_in_one_sentence_and_is_started_
                 try:
                     after = await engine.generate(request("Say OK.", 4))
                     break
-                except BackendError as exc:
-                    assert "started again in" in str(exc)
+                except BackendError as exc:  # the backoff, or the moment before the dead process is reaped
+                    assert str(exc).startswith("tier small: llama-server")
                     await anyio.sleep(0.3)
     finally:
         await engine.aclose()

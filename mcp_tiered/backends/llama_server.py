@@ -136,7 +136,8 @@ class LlamaServerBackend(Backend):
         # ("Server disconnected without sending a response"); a new local connection costs well under 1 ms.
         self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=10.0),
                                         limits=httpx2.Limits(max_keepalive_connections=0))
-        self._logs = Path(tempfile.mkdtemp(prefix=f"mcp-tiered-{tier}-"))
+        self._logs: Path | None = None
+        """A folder for the server's own log, made at its first start, removed at aclose."""
 
     @property
     def loaded(self) -> bool:
@@ -150,6 +151,7 @@ class LlamaServerBackend(Backend):
         started = time.perf_counter()
         try:
             server = await self._running(control)
+            started = time.perf_counter()  # generation seconds, as on the in-process engine, exclude the start
             control.phase = "prompt"
             tokens = await self._tokens(server, request)
             refuse_if_too_long(self.tier, len(tokens), request.max_tokens, self.config.n_ctx)
@@ -224,6 +226,8 @@ class LlamaServerBackend(Backend):
                 "--batch-size", str(c.n_batch), "--no-webui", "--jinja"]
         if c.tensor_split is not None:
             args += ["--tensor-split", ",".join(f"{share:g}" for share in c.tensor_split)]
+        if self._logs is None:
+            self._logs = Path(tempfile.mkdtemp(prefix=f"mcp-tiered-{self.tier}-"))
         log_path = self._logs / "llama-server.log"
         started = time.perf_counter()
         with log_path.open("wb") as out:
@@ -294,7 +298,8 @@ class LlamaServerBackend(Backend):
             log.info("model_unloaded", tier=self.tier, model=self.model_name, engine="llama-server",
                      reason="shutdown")
         await self._http.aclose()
-        shutil.rmtree(self._logs, ignore_errors=True)
+        if self._logs is not None:
+            shutil.rmtree(self._logs, ignore_errors=True)
 
     # One call
 
@@ -302,8 +307,11 @@ class LlamaServerBackend(Backend):
         try:
             response = await self._http.post(f"{server.url}{path}", json=body, headers=server.headers)
         except httpx2.HTTPError as exc:
-            raise BackendError(f"tier {self.tier}: llama-server failed at {path} ({type(exc).__name__}"
-                               f"{': ' + str(exc) if str(exc) else ''})") from exc
+            with anyio.move_on_after(0.5):  # a server that closed its socket is often a process exiting
+                while server.alive:
+                    await anyio.sleep(0.02)
+            state = "it exited" if not server.alive else "it is still running"
+            raise BackendError(f"tier {self.tier}: llama-server failed at {path} ({type(exc).__name__}; {state})") from exc
         if response.status_code != 200:
             raise BackendError(f"tier {self.tier}: llama-server answered HTTP {response.status_code} at {path} "
                                f"({_error_text(response.content)})")
