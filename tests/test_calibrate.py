@@ -86,15 +86,22 @@ def test_calibrate_command_reports_auroc_thresholds_and_the_cascade(write_config
     assert "recommended for [tiers.small]:" in out and "keeps 38% of calls on small" in out  # 50 % and 25 % in the two folds
 
 
+FOUR_QUESTIONS = [("What is 2 + 2? Answer with the number only.", "4"), ("What is the capital of France?", "Paris"),
+                  ("What is the chemical symbol of gold?", "Au"), ("What is 97 * 89?", "8633")]
+
+
+def calibrate_small(config: Path, folder: Path, max_tokens: int) -> int:
+    """`mcp-tiered calibrate` on tier small over FOUR_QUESTIONS, outcomes saved in folder/out."""
+    dataset = folder / "set.jsonl"
+    dataset.write_text("".join(json.dumps({"prompt": p, "answers": [a]}) + "\n" for p, a in FOUR_QUESTIONS))
+    return cli.main(["calibrate", "--config", str(config), "--tier", "small", "--dataset", str(dataset),
+                     "--max-tokens", str(max_tokens), "--outcomes", str(folder / "out")])
+
+
 @pytest.mark.model
 def test_calibrate_runs_a_real_tier_over_a_dataset(write_config, smollm2: Path, tmp_path: Path, capsys) -> None:
     config = write_config(f"[tiers.small]\nmodel = \"{smollm2}\"\ndescription = \"s\"\nn_ctx = 1024\n")
-    dataset = tmp_path / "set.jsonl"
-    rows = [("What is 2 + 2? Answer with the number only.", "4"), ("What is the capital of France?", "Paris"),
-            ("What is the chemical symbol of gold?", "Au"), ("What is 97 * 89?", "8633")]
-    dataset.write_text("".join(json.dumps({"prompt": p, "answers": [a]}) + "\n" for p, a in rows))
-    code = cli.main(["calibrate", "--config", str(config), "--tier", "small", "--dataset", str(dataset),
-                     "--max-tokens", "24", "--outcomes", str(tmp_path / "out")])
+    code = calibrate_small(config, tmp_path, 24)
     assert code == 0
     assert "4 items;" in capsys.readouterr().out
     assert len((tmp_path / "out" / "small.jsonl").read_text().splitlines()) == 4
@@ -104,12 +111,7 @@ def test_calibrate_runs_a_real_tier_over_a_dataset(write_config, smollm2: Path, 
 def test_calibrate_runs_a_tier_on_llama_server(write_config, smollm2: Path, tmp_path: Path, capsys) -> None:
     config = write_config(f'[tiers.small]\nmodel = "{smollm2}"\ndescription = "s"\nn_ctx = 1024\n'
                           'engine = "llama-server"\nparallel = 1\n')
-    dataset = tmp_path / "set.jsonl"
-    rows = [("What is 2 + 2? Answer with the number only.", "4"), ("What is the chemical symbol of gold?", "Au"),
-            ("What is 3 + 3? Answer with the number only.", "6"), ("What is 97 * 89?", "8633")]
-    dataset.write_text("".join(json.dumps({"prompt": p, "answers": [a]}) + "\n" for p, a in rows))
-    code = cli.main(["calibrate", "--config", str(config), "--tier", "small", "--dataset", str(dataset),
-                     "--max-tokens", "8", "--outcomes", str(tmp_path / "out")])
+    code = calibrate_small(config, tmp_path, 8)
     assert code == 0
     outcomes = [json.loads(line) for line in (tmp_path / "out" / "small.jsonl").read_text().splitlines()]
     assert len(outcomes) == 4 and all(outcome["logprobs"] for outcome in outcomes)
