@@ -111,7 +111,7 @@ async def test_calls_beyond_max_queue_are_busy(smollm2: Path) -> None:
 
     async def call() -> None:
         try:
-            results.append(await engine.generate(request("Count to twenty.", 64, 0.8)))
+            results.append(await engine.generate(request("Write a long story about a dragon.", 128, 0.8)))
         except BusyError as exc:
             results.append(exc)
 
@@ -120,7 +120,8 @@ async def test_calls_beyond_max_queue_are_busy(smollm2: Path) -> None:
             await engine.generate(request("Say hi.", 4))
             async with anyio.create_task_group() as tg:
                 tg.start_soon(call)
-                await anyio.sleep(0.2)
+                while engine._busy == 0:  # the first call holds the only slot
+                    await anyio.sleep(0.01)
                 tg.start_soon(call)
     finally:
         await engine.aclose()
