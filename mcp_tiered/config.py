@@ -51,6 +51,15 @@ def expand_path(raw: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
+def _optional_path(value: Any, info: ValidationInfo, expect: str) -> Path | None:
+    """A path key's value expanded (expand_path, relative to the config file), or None when unset."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be {expect}, got {describe_value(value)}")
+    return expand_path(value, (info.context or {}).get("base_dir", Path.cwd()))
+
+
 ConfidenceStatistic = Literal["mean", "quantile", "min", "first"]
 Probability = Annotated[float, Field(ge=0, le=1)]
 Quantile = Annotated[float, Field(gt=0, lt=1, json_schema_extra={"expect": "a number between 0 and 1 (exclusive)"})]
@@ -144,11 +153,7 @@ class LlamaServerTierConfig(_TierFields):
     @field_validator("server_binary", mode="before")
     @classmethod
     def _expand_binary_path(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"must be a path to a llama-server program, got {describe_value(value)}")
-        return expand_path(value, (info.context or {}).get("base_dir", Path.cwd()))
+        return _optional_path(value, info, "a path to a llama-server program")
 
 
 LocalTierConfig = TierConfig | LlamaServerTierConfig
@@ -218,11 +223,7 @@ class LedgerConfig(BaseModel):
     @field_validator("path", mode="before")
     @classmethod
     def _expand_path(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"must be a file path, got {describe_value(value)}")
-        return expand_path(value, (info.context or {}).get("base_dir", Path.cwd()))
+        return _optional_path(value, info, "a file path")
 
     @property
     def resolved_path(self) -> Path:
