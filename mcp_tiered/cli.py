@@ -10,7 +10,8 @@ from pathlib import Path
 import structlog
 
 from . import __version__, logs
-from .config import CONFIG_ENV, Config, load_config, model_file_problem, resolve_config_path
+from .config import (CONFIG_ENV, Config, LocalTierConfig, OpenAITierConfig, load_config, model_file_problem,
+                     resolve_config_path)
 from .costs import CostModel
 from .errors import ConfigError
 from .ledger import reading
@@ -46,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 1
     for name, tier in config.tiers.items():
         # A broken tier does not stop the others: its tool answers with this sentence.
-        if problem := model_file_problem(name, tier):
+        if isinstance(tier, LocalTierConfig) and (problem := model_file_problem(name, tier)):
             log.warning("tier_unavailable", tier=name, reason=problem)
     log.info("starting", transport=args.transport, config=str(resolve_config_path(args.config).resolve()),
              tiers=list(config.tiers))
@@ -116,6 +117,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .config import LlamaServerTierConfig
 
     for name, tier in config.tiers.items():
+        if isinstance(tier, OpenAITierConfig):
+            failed |= _check_endpoints(name, tier)
+            continue
         server = isinstance(tier, LlamaServerTierConfig)
         problem = model_file_problem(name, tier) or (server_binary_problem(name, tier) if server else None)
         if problem:
@@ -132,6 +136,23 @@ def cmd_check(args: argparse.Namespace) -> int:
         state = f"key from ${env}" if os.environ.get(env) else f"disabled until ${env} is set"
         print(f"ok     generate_cloud: {config.cloud.model} ({state})")
     return 1 if failed else 0
+
+
+def _check_endpoints(name: str, tier: OpenAITierConfig) -> bool:
+    """Calls each endpoint once (a 2-token answer); prints a line per endpoint; True when one failed."""
+    import anyio
+
+    from .backends.openai import probe
+
+    problems = anyio.run(probe, name, tier)
+    working = sum(problem is None for problem in problems)
+    logprobs = "with token log-probabilities" if tier.logprobs else "without log-probabilities (logprobs = false)"
+    state = "ok   " if working == len(problems) else "error"
+    print(f"{state}  generate_{name}: model {tier.model!r} on {working} of {len(problems)} endpoints "
+          f"({tier.api} API, {logprobs})")
+    for endpoint, problem in zip(tier.endpoints, problems):
+        print(f"ok       {endpoint.url}" if problem is None else f"error    {problem}")
+    return working < len(problems)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

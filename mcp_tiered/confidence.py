@@ -12,8 +12,6 @@ Every statistic maps to [0, 1] (a probability), higher = more likely right:
 
 from __future__ import annotations
 
-import zlib
-
 import math
 import zlib
 from collections.abc import Sequence

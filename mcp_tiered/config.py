@@ -79,29 +79,16 @@ class EscalationConfig(BaseModel):
 
 
 class _TierFields(BaseModel):
-    """The keys every engine of a local model shares."""
+    """The keys every engine's tiers share."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    model: Annotated[Path, Field(json_schema_extra={"expect": "a path to a .gguf file"})]
     description: Annotated[str, Field(min_length=1, json_schema_extra={"expect": "a non-empty string"})]
     engine: str = "llama-cpp"
-    n_ctx: Annotated[int, Field(ge=256)] = 4096
-    n_gpu_layers: Annotated[int, Field(ge=-1)] = -1
-    main_gpu: Annotated[int, Field(ge=0)] = 0
-    tensor_split: Annotated[
-        list[Annotated[float, Field(ge=0)]],
-        Field(min_length=1, json_schema_extra={"expect": "a list of non-negative numbers, one per GPU"}),
-    ] | None = None
-    n_threads: Annotated[int, Field(ge=1)] | None = None
-    """None: every CPU this process may run on."""
-    n_batch: Annotated[int, Field(ge=1)] = 512
     max_tokens: Annotated[int, Field(ge=1)] = 512
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.2
     max_queue: Annotated[int, Field(ge=0)] = 8
     queue_timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    preload: bool = False
-    idle_unload_s: Annotated[float, Field(gt=0)] | None = None
     escalate_to: Annotated[str, Field(min_length=1, json_schema_extra={"expect": 'a tier name or "cloud"'})] | None = None
     local_only: bool = False
     min_confidence: Probability | None = None
@@ -109,14 +96,6 @@ class _TierFields(BaseModel):
     confidence_quantile: Quantile | None = None
     escalate_on_truncated: bool | None = None
     escalate_on_repetition: bool | None = None
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _expand_model_path(cls, value: Any, info: ValidationInfo) -> Any:
-        if not isinstance(value, str | Path) or not str(value):
-            raise ValueError(f"must be a path to a .gguf file, got {describe_value(value)}")
-        base_dir = (info.context or {}).get("base_dir", Path.cwd())
-        return expand_path(str(value), base_dir)
 
     @classmethod
     def key_of_another_kind(cls, key: Any) -> str | None:
@@ -129,7 +108,33 @@ class _TierFields(BaseModel):
                 f'"{this}"; set engine or remove the key')
 
 
-class TierConfig(_TierFields):
+class _ModelFileFields(_TierFields):
+    """The keys of the engines that run a GGUF file on this machine."""
+
+    model: Annotated[Path, Field(json_schema_extra={"expect": "a path to a .gguf file"})]
+    n_ctx: Annotated[int, Field(ge=256)] = 4096
+    n_gpu_layers: Annotated[int, Field(ge=-1)] = -1
+    main_gpu: Annotated[int, Field(ge=0)] = 0
+    tensor_split: Annotated[
+        list[Annotated[float, Field(ge=0)]],
+        Field(min_length=1, json_schema_extra={"expect": "a list of non-negative numbers, one per GPU"}),
+    ] | None = None
+    n_threads: Annotated[int, Field(ge=1)] | None = None
+    """None: every CPU this process may run on."""
+    n_batch: Annotated[int, Field(ge=1)] = 512
+    preload: bool = False
+    idle_unload_s: Annotated[float, Field(gt=0)] | None = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _expand_model_path(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str | Path) or not str(value):
+            raise ValueError(f"must be a path to a .gguf file, got {describe_value(value)}")
+        base_dir = (info.context or {}).get("base_dir", Path.cwd())
+        return expand_path(str(value), base_dir)
+
+
+class TierConfig(_ModelFileFields):
     """`engine = "llama-cpp"` (the default): the model runs in this process through llama-cpp-python, one
     generation at a time per instance."""
 
@@ -140,7 +145,7 @@ class TierConfig(_TierFields):
     """Memory per instance for the KV states of earlier long prompts (0: only the last prompt is reused)."""
 
 
-class LlamaServerTierConfig(_TierFields):
+class LlamaServerTierConfig(_ModelFileFields):
     """`engine = "llama-server"`: mcp-tiered runs llama.cpp's own server for the tier, whose `parallel` slots
     generate at once on one copy of the weights (continuous batching); `n_ctx` is each slot's."""
 
@@ -156,8 +161,58 @@ class LlamaServerTierConfig(_TierFields):
         return _optional_path(value, info, "a path to a llama-server program")
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class EndpointConfig(BaseModel):
+    """One entry of `endpoints`: a server that serves the tier's model."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s?#]+(/[^\s?#]*)?$", json_schema_extra={
+        "expect": "the base URL an OpenAI client takes, such as http://gpu-1:8000/v1"})]
+    api_key_env: Annotated[str, Field(pattern=ENV_NAME,
+                                      json_schema_extra={"expect": "an environment variable name"})] | None = None
+    """None: the endpoint takes no key."""
+    max_concurrency: Annotated[int, Field(ge=1, le=1024)] = 4
+    """Calls this tier sends it at once (its slots, or its share of a shared server)."""
+
+    @property
+    def base(self) -> str:
+        return self.url.rstrip("/")
+
+
+class OpenAITierConfig(_TierFields):
+    """`engine = "openai"`: the tier is served by running servers that speak the OpenAI API (vLLM, SGLang,
+    TGI, llama-server, Ollama, LM Studio), on this machine or others; each call goes to the least busy
+    healthy endpoint and fails over to the next."""
+
+    engine: Literal["openai"]
+    model: Annotated[str, Field(min_length=1, json_schema_extra={
+        "expect": "the model name the endpoints serve (as in their /v1/models)"})]
+    endpoints: Annotated[list[EndpointConfig], Field(min_length=1, json_schema_extra={
+        "expect": "a list of at least one { url = ... } table"})]
+    api: Literal["openai", "llama-server"] = "openai"
+    """openai: /chat/completions with the server's chat template; llama-server: llama.cpp's native API,
+    where the caller's text is tokenized as plain text (see backends/chat_text.py)."""
+    logprobs: bool = True
+    """The endpoints return token log-probabilities (confidence and min_confidence need them)."""
+    private: bool = True
+    """The endpoints are machines you control: local_only calls may use them. false: a third party."""
+    n_ctx: Annotated[int, Field(ge=256)] | None = None
+    """The context window per call, when known; None: the endpoint refuses a prompt that does not fit."""
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    read_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    """Longest silence in an endpoint's answer before it counts as failed."""
+    cooldown_s: Annotated[float, Field(gt=0)] = 30.0
+    """How long a failed endpoint gets no calls."""
+
+
 LocalTierConfig = TierConfig | LlamaServerTierConfig
-ENGINE_CONFIGS: dict[str, type[_TierFields]] = {"llama-cpp": TierConfig, "llama-server": LlamaServerTierConfig}
+"""The engines that run a model file on this machine."""
+AnyTier = TierConfig | LlamaServerTierConfig | OpenAITierConfig
+ENGINE_CONFIGS: dict[str, type[_TierFields]] = {"llama-cpp": TierConfig, "llama-server": LlamaServerTierConfig,
+                                                "openai": OpenAITierConfig}
 """engine kind → the keys its tiers take (engines.ENGINES has the backend of each)."""
 
 
@@ -169,7 +224,8 @@ def _engine_kind(value: Any) -> str:
 
 
 AnyTierConfig = Annotated[
-    Annotated[TierConfig, Tag("llama-cpp")] | Annotated[LlamaServerTierConfig, Tag("llama-server")],
+    Annotated[TierConfig, Tag("llama-cpp")] | Annotated[LlamaServerTierConfig, Tag("llama-server")]
+    | Annotated[OpenAITierConfig, Tag("openai")],
     Discriminator(_engine_kind, custom_error_type="engine",
                   custom_error_message=f"must be one of {', '.join(json.dumps(k) for k in ENGINE_CONFIGS)}"),
 ]
@@ -272,7 +328,7 @@ class CloudConfig(BaseModel):
         "Claude in the cloud: the most capable tier, for the hardest tasks. Sends the prompt off this machine "
         "and costs money per token."
     )
-    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+    api_key_env: Annotated[str, Field(pattern=ENV_NAME,
                                       json_schema_extra={"expect": "an environment variable name"})] = "ANTHROPIC_API_KEY"
     base_url: Annotated[str, Field(pattern=r"^https?://", json_schema_extra={"expect": "an http(s) URL"})] | None = None
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
@@ -319,9 +375,11 @@ def known_chat_formats() -> list[str]:
 def _semantic_problems(config: Config) -> list[str]:
     problems = []
     for name, tier in config.tiers.items():
-        if tier.max_tokens >= tier.n_ctx:
+        if tier.n_ctx is not None and tier.max_tokens >= tier.n_ctx:
             path = key_path(["tiers", name, "max_tokens"])
             problems.append(f"{path}: must be less than n_ctx ({tier.n_ctx}), got {tier.max_tokens}")
+        if isinstance(tier, OpenAITierConfig):
+            problems += _endpoint_problems(name, tier)
         if isinstance(tier, TierConfig) and tier.chat_format is not None and \
                 tier.chat_format not in (formats := known_chat_formats()):
             path = key_path(["tiers", name, "chat_format"])
@@ -334,6 +392,22 @@ def _semantic_problems(config: Config) -> list[str]:
     if cloud is not None and currency is not None and currency != cloud.currency:
         problems.append(f'costs.currency: must be the currency of the cloud prices (cloud.currency = '
                         f'"{cloud.currency}"), got "{currency}"; set both to the same currency and the prices in it')
+    return problems
+
+
+def _endpoint_problems(name: str, tier: OpenAITierConfig) -> list[str]:
+    problems = []
+    seen: set[str] = set()
+    for i, endpoint in enumerate(tier.endpoints):
+        if endpoint.base in seen:
+            path = key_path(["tiers", name, "endpoints", i, "url"])
+            problems.append(f"{path}: {endpoint.url} is listed twice; list each endpoint once and give it the "
+                            "max_concurrency it takes")
+        seen.add(endpoint.base)
+    if not tier.logprobs and tier.min_confidence:
+        problems.append(f"{key_path(['tiers', name, 'min_confidence'])}: needs token log-probabilities, which this "
+                        "tier's endpoints do not return (logprobs = false); remove min_confidence or use endpoints "
+                        "that return log-probabilities")
     return problems
 
 
@@ -374,7 +448,13 @@ def _raw_problems(raw: dict[str, Any]) -> list[str]:
     tiers = raw.get("tiers")
     if not isinstance(tiers, dict):
         return problems
-    for name in tiers:
+    for name, tier in tiers.items():
+        endpoints = tier.get("endpoints") if isinstance(tier, dict) else None
+        for i, endpoint in enumerate(endpoints if isinstance(endpoints, list) else []):
+            if isinstance(endpoint, dict) and "api_key" in endpoint:
+                problems.append(f"{key_path(['tiers', name, 'endpoints', i, 'api_key'])}: API keys do not belong in "
+                                "models.toml; put the key in an environment variable, name it with api_key_env and "
+                                "remove this key")
         path = key_path(["tiers", name])
         if name in RESERVED_TIER_NAMES:
             problems.append(f'{path}: the tier name "{name}" is reserved; choose another name')
@@ -386,11 +466,24 @@ def _raw_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _without_api_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` less the `api_key` keys _raw_problems has reported (so they are not reported twice)."""
+    raw = dict(raw)
+    if isinstance(raw.get("cloud"), dict):
+        raw["cloud"] = {k: v for k, v in raw["cloud"].items() if k != "api_key"}
+    if isinstance(raw.get("tiers"), dict):
+        raw["tiers"] = {name: {**tier, "endpoints": [
+            {k: v for k, v in e.items() if k != "api_key"} if isinstance(e, dict) else e for e in tier["endpoints"]]}
+            if isinstance(tier, dict) and isinstance(tier.get("endpoints"), list) else tier
+            for name, tier in raw["tiers"].items()}
+    return raw
+
+
 def parse_config(raw: dict[str, Any], *, base_dir: Path) -> Config:
     """Validate a parsed TOML document. Raises ConfigError listing every problem."""
     problems = _raw_problems(raw)
-    if problems and isinstance(raw.get("cloud"), dict):
-        raw = {**raw, "cloud": {k: v for k, v in raw["cloud"].items() if k != "api_key"}}
+    if problems:
+        raw = _without_api_keys(raw)
     try:
         config = Config.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends import Backend
-from .config import LocalTierConfig
+from .config import AnyTier
 
 
 def _llama_cpp(name: str, config: Any) -> Backend:
@@ -24,12 +24,19 @@ def _llama_server(name: str, config: Any) -> Backend:
     return LlamaServerBackend(name, config)
 
 
+def _openai(name: str, config: Any) -> Backend:
+    from .backends.openai import OpenAIBackend
+
+    return OpenAIBackend(name, config)
+
+
 ENGINES: dict[str, Callable[[str, Any], Backend]] = {
     "llama-cpp": _llama_cpp,
     "llama-server": _llama_server,
+    "openai": _openai,
 }
 """engine kind → the backend that serves a tier of that kind (config.ENGINE_CONFIGS has its keys)."""
 
 
-def engine_backend(name: str, config: LocalTierConfig) -> Backend:
+def engine_backend(name: str, config: AnyTier) -> Backend:
     return ENGINES[config.engine](name, config)

@@ -14,11 +14,11 @@ from .backends import Backend
 from .backends.base import Capabilities
 from .engines import engine_backend
 from .budget import CloudBudget
-from .config import CLOUD, Config, ConfidenceStatistic, LocalTierConfig
+from .config import CLOUD, Config, ConfidenceStatistic, AnyTier
 
 TOOL_PREFIX = "generate_"
 
-BackendFactory = Callable[[str, LocalTierConfig], Backend]
+BackendFactory = Callable[[str, AnyTier], Backend]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Policy:
     escalate_on_repetition: bool = True
 
     @classmethod
-    def for_tier(cls, config: Config, tier: LocalTierConfig) -> Policy:
+    def for_tier(cls, config: Config, tier: AnyTier) -> Policy:
         defaults = config.escalation
 
         def pick(own, default):  # noqa: ANN001, ANN202

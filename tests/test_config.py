@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mcp_tiered import cli
-from mcp_tiered.config import load_config, model_file_problem, resolve_config_path
+from mcp_tiered.config import LocalTierConfig, load_config, model_file_problem, resolve_config_path
 from mcp_tiered.errors import ConfigError
 
 VALID_TIER = """
@@ -13,6 +13,16 @@ VALID_TIER = """
 model = "{model}"
 description = "a small model"
 """
+
+OPENAI_TIER = '[tiers.big]\nengine = "openai"\nmodel = "qwen-72b-awq"\ndescription = "72B on vLLM"\n'
+ENDPOINT = 'endpoints = [{ url = "http://gpu-1:8000/v1" }]\n'
+COMMON_KEYS = ["description", "engine", "max_tokens", "temperature", "max_queue", "queue_timeout_s", "escalate_to",
+               "local_only", "min_confidence", "confidence", "confidence_quantile", "escalate_on_truncated",
+               "escalate_on_repetition"]
+MODEL_FILE_KEYS = ["model", "n_ctx", "n_gpu_layers", "main_gpu", "tensor_split", "n_threads", "n_batch", "preload",
+                   "idle_unload_s"]
+LLAMA_CPP_KEYS = [*COMMON_KEYS, *MODEL_FILE_KEYS, "chat_format", "instances", "prompt_cache_mb"]
+LLAMA_SERVER_KEYS = [*COMMON_KEYS, *MODEL_FILE_KEYS, "parallel", "server_binary", "startup_timeout_s"]
 
 # (config text, the one sentence expected). {model} is a real GGUF file, {dir} the config's folder.
 MALFORMED = {
@@ -22,14 +32,11 @@ MALFORMED = {
     "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers, escalation, server, cache, ledger, costs, cloud"),
     "unknown_tier_key": (
         VALID_TIER + "n_ctxx = 4096",
-        "tiers.small.n_ctxx: unknown key; valid keys here are model, description, engine, n_ctx, n_gpu_layers, "
-        "main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, max_queue, queue_timeout_s, preload, "
-        "idle_unload_s, escalate_to, local_only, min_confidence, confidence, confidence_quantile, "
-        "escalate_on_truncated, escalate_on_repetition, chat_format, instances, prompt_cache_mb",
+        "tiers.small.n_ctxx: unknown key; valid keys here are " + ", ".join(LLAMA_CPP_KEYS),
     ),
     "unknown_engine": (VALID_TIER + 'engine = "vllm"',
-                       'tiers.small.engine: must be one of "llama-cpp", "llama-server", got "vllm"'),
-    "engine_not_a_string": (VALID_TIER + "engine = 3", 'tiers.small.engine: must be one of "llama-cpp", "llama-server", got 3'),
+                       'tiers.small.engine: must be one of "llama-cpp", "llama-server", "openai", got "vllm"'),
+    "engine_not_a_string": (VALID_TIER + "engine = 3", 'tiers.small.engine: must be one of "llama-cpp", "llama-server", "openai", got 3'),
     "server_key_on_llama_cpp": (VALID_TIER + "parallel = 4", 'tiers.small.parallel: a key of engine = "llama-server", '
                                 "not of this tier's engine \"llama-cpp\"; set engine or remove the key"),
     "llama_cpp_key_on_server": (VALID_TIER + 'engine = "llama-server"\ninstances = 2',
@@ -46,11 +53,7 @@ MALFORMED = {
     "server_without_model": ('[tiers.small]\nengine = "llama-server"\ndescription = "d"',
                              "tiers.small.model: is required (a path to a .gguf file)"),
     "server_unknown_key": (VALID_TIER + 'engine = "llama-server"\nslots = 2',
-                           "tiers.small.slots: unknown key; valid keys here are model, description, engine, n_ctx, "
-                           "n_gpu_layers, main_gpu, tensor_split, n_threads, n_batch, max_tokens, temperature, max_queue, "
-                           "queue_timeout_s, preload, idle_unload_s, escalate_to, local_only, min_confidence, "
-                           "confidence, confidence_quantile, escalate_on_truncated, escalate_on_repetition, parallel, "
-                           "server_binary, startup_timeout_s"),
+                           "tiers.small.slots: unknown key; valid keys here are " + ", ".join(LLAMA_SERVER_KEYS)),
     "tier_not_a_table": ('[tiers]\nsmall = "model.gguf"', 'tiers.small: must be a table, got "model.gguf"'),
     "wrong_type_n_ctx": (VALID_TIER + 'n_ctx = "big"', 'tiers.small.n_ctx: must be an integer ≥ 256, got "big"'),
     "n_ctx_too_small": (VALID_TIER + "n_ctx = 128", "tiers.small.n_ctx: must be an integer ≥ 256, got 128"),
@@ -120,6 +123,45 @@ MALFORMED = {
         'costs.currency: must be the currency of the cloud prices (cloud.currency = "USD"), got "EUR"; '
         "set both to the same currency and the prices in it",
     ),
+    "openai_without_endpoints": (OPENAI_TIER, "tiers.big.endpoints: is required (a list of at least one { url = ... } table)"),
+    "openai_empty_endpoints": (OPENAI_TIER + "endpoints = []", "tiers.big.endpoints: must be a list of at least one "
+                               "{ url = ... } table, got an empty list"),
+    "openai_url_without_scheme": (OPENAI_TIER + 'endpoints = [{ url = "gpu-1:8000/v1" }]',
+                                  "tiers.big.endpoints[0].url: must be the base URL an OpenAI client takes, such as "
+                                  'http://gpu-1:8000/v1, got "gpu-1:8000/v1"'),
+    "openai_url_with_query": (OPENAI_TIER + 'endpoints = [{ url = "http://gpu-1:8000/v1?key=x" }]',
+                              "tiers.big.endpoints[0].url: must be the base URL an OpenAI client takes, such as "
+                              'http://gpu-1:8000/v1, got "http://gpu-1:8000/v1?key=x"'),
+    "openai_model_not_a_string": (OPENAI_TIER.replace('model = "qwen-72b-awq"', "model = 7") + ENDPOINT,
+                                  "tiers.big.model: must be the model name the endpoints serve (as in their /v1/models), "
+                                  "got 7"),
+    "openai_max_concurrency_zero": (OPENAI_TIER + 'endpoints = [{ url = "http://gpu-1:8000/v1", max_concurrency = 0 }]',
+                                    "tiers.big.endpoints[0].max_concurrency: must be an integer between 1 and 1024, got 0"),
+    "openai_unknown_endpoint_key": (OPENAI_TIER + 'endpoints = [{ url = "http://gpu-1:8000/v1", weight = 2 }]',
+                                    "tiers.big.endpoints[0].weight: unknown key; valid keys here are url, api_key_env, "
+                                    "max_concurrency"),
+    "openai_api_key_in_file": (OPENAI_TIER + 'endpoints = [{ url = "http://gpu-1:8000/v1", api_key = "sk-secret" }]',
+                               "tiers.big.endpoints[0].api_key: API keys do not belong in models.toml; put the key in an "
+                               "environment variable, name it with api_key_env and remove this key"),
+    "openai_bad_api_key_env": (OPENAI_TIER + 'endpoints = [{ url = "http://gpu-1:8000/v1", api_key_env = "MY-KEY" }]',
+                               'tiers.big.endpoints[0].api_key_env: must be an environment variable name, got "MY-KEY"'),
+    "openai_unknown_api": (OPENAI_TIER + ENDPOINT + 'api = "vllm"',
+                           'tiers.big.api: must be one of "openai", "llama-server", got "vllm"'),
+    "openai_model_file_key": (OPENAI_TIER + ENDPOINT + "n_gpu_layers = 20",
+                              'tiers.big.n_gpu_layers: a key of engine = "llama-cpp" or "llama-server", not of this '
+                              "tier's engine \"openai\"; set engine or remove the key"),
+    "endpoints_on_llama_cpp": (VALID_TIER + 'endpoints = [{ url = "http://gpu-1:8000/v1" }]',
+                               'tiers.small.endpoints: a key of engine = "openai", not of this tier\'s engine '
+                               '"llama-cpp"; set engine or remove the key'),
+    "openai_endpoint_twice": (OPENAI_TIER + 'endpoints = [{ url = "http://gpu-1:8000/v1" }, { url = "http://gpu-1:8000/v1/" }]',
+                              "tiers.big.endpoints[1].url: http://gpu-1:8000/v1/ is listed twice; list each endpoint "
+                              "once and give it the max_concurrency it takes"),
+    "openai_min_confidence_without_logprobs": (
+        OPENAI_TIER + ENDPOINT + "logprobs = false\nmin_confidence = 0.5",
+        "tiers.big.min_confidence: needs token log-probabilities, which this tier's endpoints do not return "
+        "(logprobs = false); remove min_confidence or use endpoints that return log-probabilities"),
+    "openai_max_tokens_not_below_n_ctx": (OPENAI_TIER + ENDPOINT + "n_ctx = 1024\nmax_tokens = 2048",
+                                          "tiers.big.max_tokens: must be less than n_ctx (1024), got 2048"),
     "ledger_path_not_a_string": (VALID_TIER + "\n[ledger]\npath = 5", "ledger.path: must be a file path, got 5"),
 }
 
@@ -130,7 +172,8 @@ def problems_of(path: Path) -> list[str]:
         config = load_config(path)
     except ConfigError as exc:
         return exc.problems
-    return [p for name, tier in config.tiers.items() if (p := model_file_problem(name, tier))]
+    return [p for name, tier in config.tiers.items()
+            if isinstance(tier, LocalTierConfig) and (p := model_file_problem(name, tier))]
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
@@ -163,9 +206,9 @@ def test_every_problem_is_reported(write_config) -> None:
     path = write_config('[tiers.small]\nmodel = "m.gguf"\ndescription = "x"\nn_ctx = "big"\nmax_tokens = 0')
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert info.value.problems == [
-        'tiers.small.n_ctx: must be an integer ≥ 256, got "big"',
+    assert sorted(info.value.problems) == [
         "tiers.small.max_tokens: must be an integer ≥ 1, got 0",
+        'tiers.small.n_ctx: must be an integer ≥ 256, got "big"',
     ]
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from .pool import CallControl
 
 FinishReason = Literal["stop", "length", "deadline"]
+SAMPLING = {"top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
+"""The sampling every local engine uses beside the call's temperature."""
+LOOP_CHECK_EVERY = 64
+"""Tokens between two looks at whether the answer is stuck in a loop (when the request asks)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +72,8 @@ class Backend(ABC):
       sentence for the caller, and the dispatcher escalates on them.
     """
 
-    capabilities: ClassVar[Capabilities] = LOCAL
+    capabilities: Capabilities = LOCAL
+    """What the engine does with a call; a backend whose config decides it sets its own."""
 
     model_name: str
     """What the result's `model` field reports."""

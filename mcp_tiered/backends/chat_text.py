@@ -41,3 +41,21 @@ def chat_messages(system: str, prompt: str) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
     return messages
+
+
+WORD_JOINER = "\u2060"
+CONTROL_SPELLINGS = re.compile(
+    r"<\|[^<>|\n]{0,64}\|>"                    # <|im_start|>, <|eot_id|>, <|start_header_id|> …
+    r"|<\uff5c[^<>\n]{0,64}\uff5c>"            # <｜begin▁of▁sentence｜> (DeepSeek)
+    r"|</?(?:s|unk|pad|bos|eos)>"              # <s>, </s>, <bos> …
+    r"|<(?:start|end)_of_[a-z]{1,16}>"         # <start_of_turn>, <end_of_turn> (Gemma)
+    r"|<</?SYS>>"                              # Llama 2
+    r"|\[/?[A-Z][A-Z_]{1,31}\]"                # [INST], [/INST], [TOOL_CALLS] (Mistral)
+)
+
+
+def neutralize(text: str) -> str:
+    """`text` with the spellings of known control-token families broken by an invisible WORD JOINER
+    after their first character, for engines that tokenize rendered text themselves (the OpenAI chat
+    API): `<|im_start|>` stays visible to the model but can no longer be read as the control token."""
+    return CONTROL_SPELLINGS.sub(lambda m: m.group()[0] + WORD_JOINER + m.group()[1:], text)

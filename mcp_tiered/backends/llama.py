@@ -17,7 +17,8 @@ import structlog
 from ..confidence import is_repetitive
 from ..config import TierConfig, model_file_problem
 from ..errors import BackendError, BusyError, RequestError
-from .base import Backend, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
+from .base import (LOOP_CHECK_EVERY, SAMPLING, Backend, Completion, GenerationRequest, prefix_affinity,
+                   refuse_if_too_long)
 from .chat_text import chat_messages, mark
 from .pool import CallControl, InstancePool
 from .prompt_states import PromptStates
@@ -30,9 +31,6 @@ log = structlog.get_logger(__name__)
 
 # The sampling defaults of llama-cpp-python's create_chat_completion, so a tier answers
 # as the model would through that API.
-SAMPLING = {"top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
-LOOP_CHECK_EVERY = 64
-"""Tokens between two looks at whether the answer is stuck in a loop (when the request asks)."""
 
 
 @dataclass(frozen=True, slots=True)

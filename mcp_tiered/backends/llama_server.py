@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import json
 import math
 import os
 import secrets
@@ -32,19 +31,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx2
 import structlog
 
-from ..confidence import is_repetitive
 from ..config import LlamaServerTierConfig, model_file_problem
 from ..validation import key_path
 from ..errors import BackendError, BusyError
+from . import llama_api
 from .base import Backend, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
-from .chat_text import chat_messages, mark
-from .llama import LOOP_CHECK_EVERY, SAMPLING, available_cpus
+from .http_stream import EndpointError, stream_answer
+from .llama import available_cpus
 from .pool import CallControl, InstancePool
 
 log = structlog.get_logger(__name__)
@@ -303,94 +301,25 @@ class LlamaServerBackend(Backend):
 
     # One call
 
-    async def _post(self, server: _Server, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = await self._http.post(f"{server.url}{path}", json=body, headers=server.headers)
-        except httpx2.HTTPError as exc:
-            with anyio.move_on_after(0.5):  # a server that closed its socket is often a process exiting
-                while server.alive:
-                    await anyio.sleep(0.02)
-            state = "it exited" if not server.alive else "it is still running"
-            raise BackendError(f"tier {self.tier}: llama-server failed at {path} ({type(exc).__name__}; {state})") from exc
-        if response.status_code != 200:
-            raise BackendError(f"tier {self.tier}: llama-server answered HTTP {response.status_code} at {path} "
-                               f"({_error_text(response.content)})")
-        try:
-            return response.json()
-        except ValueError:
-            raise BackendError(f"tier {self.tier}: llama-server sent a response that is not JSON at {path}") from None
+    async def _failure(self, server: _Server, exc: EndpointError) -> BackendError:
+        """One sentence for a failed request, saying whether the server is still running."""
+        with anyio.move_on_after(0.5):  # a server that closed its socket is often a process exiting
+            while server.alive:
+                await anyio.sleep(0.02)
+        state = "it exited" if not server.alive else "it is still running"
+        return BackendError(f"tier {self.tier}: llama-server {exc} ({state})")
 
     async def _tokens(self, server: _Server, request: GenerationRequest) -> list[int]:
-        marked = mark(chat_messages(request.system, request.prompt))
-        rendered = (await self._post(server, "/apply-template", {"messages": marked.messages})).get("prompt")
-        if not isinstance(rendered, str):
-            raise BackendError(f"tier {self.tier}: llama-server's /apply-template returned no prompt")
-        tokens: list[int] = []
-        for piece, callers in marked.pieces(rendered):
-            if piece:
-                tokens += (await self._post(server, "/tokenize", {
-                    "content": piece, "add_special": False, "parse_special": not callers}))["tokens"]
-        return tokens
+        try:
+            return await llama_api.prompt_tokens(self._http, server.url, server.headers, request)
+        except EndpointError as exc:
+            raise await self._failure(server, exc) from exc
 
     async def _complete(self, server: _Server, slot: _Slot, tokens: list[int], request: GenerationRequest,
                         control: CallControl) -> Completion:
-        body = {"prompt": tokens, "n_predict": request.max_tokens, "temperature": request.temperature,
-                **SAMPLING, "stop": list(request.stop), "stream": True, "cache_prompt": True,
-                "id_slot": slot.index, "n_probs": 1 if request.logprobs else 0, "post_sampling_probs": False}
-        parts: list[str] = []
-        logprobs: list[float] = []
-        final: dict[str, Any] | None = None
-        looped = False
-        left = control.seconds_left()
+        body = llama_api.completion_body(tokens, request, id_slot=slot.index)
         try:
-            with anyio.move_on_after(math.inf if left is None else left):
-                async with self._http.stream("POST", f"{server.url}/completion", json=body,
-                                             headers=server.headers) as response:
-                    if response.status_code != 200:
-                        raise BackendError(f"tier {self.tier}: llama-server answered HTTP {response.status_code} "
-                                           f"at /completion ({_error_text(await response.aread())})")
-                    async for line in response.aiter_lines():
-                        if not line.startswith("data: "):
-                            continue
-                        chunk = json.loads(line[6:])
-                        if chunk.get("stop"):
-                            final = chunk
-                            break
-                        if not parts and not logprobs:
-                            control.generating_since, control.phase = time.monotonic(), "generating"
-                        parts.append(chunk.get("content", ""))
-                        for prob in chunk.get("completion_probabilities") or ():
-                            logprobs.append(float(prob["logprob"]))
-                        control.tokens = int(chunk.get("tokens_predicted") or control.tokens + 1)
-                        if (request.stop_on_loop and control.tokens % LOOP_CHECK_EVERY == 0
-                                and control.tokens >= 2 * LOOP_CHECK_EVERY and is_repetitive("".join(parts)[-1024:])):
-                            looped = True
-                            break
-        except httpx2.HTTPError as exc:
-            raise BackendError(f"tier {self.tier}: the stream from llama-server broke ({type(exc).__name__}; "
-                               f"{'it exited' if not server.alive else 'it is still running'})") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BackendError(f"tier {self.tier}: llama-server sent a stream that is not valid JSON events") from exc
-        text = "".join(parts)
-        if final is None:
-            if not looped and (left is None or control.seconds_left() != 0):
-                raise BackendError(f"tier {self.tier}: llama-server's stream ended before the answer was complete "
-                                   f"({'it exited' if not server.alive else 'no final event'})")
-            finish = "length" if looped else "deadline"
-            return Completion(text.strip(), finish, len(tokens), control.tokens, tuple(logprobs))
-        text += final.get("content", "")
-        for prob in final.get("completion_probabilities") or ():
-            logprobs.append(float(prob["logprob"]))
-        finish = "length" if final.get("stop_type") == "limit" else "stop"
-        return Completion(text.strip(), finish, int(final.get("tokens_evaluated") or len(tokens)),
-                          int(final.get("tokens_predicted") or control.tokens), tuple(logprobs))
-
-
-def _error_text(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-        message = data.get("error", {}).get("message") if isinstance(data, dict) else None
-    except (ValueError, AttributeError):
-        message = None
-    text = message or body.decode("utf-8", errors="replace").strip() or "no detail"
-    return text[:200]
+            return await stream_answer(self._http, server.url, "/completion", body, server.headers, request, control,
+                                       llama_api.NativeReader(), len(tokens))
+        except EndpointError as exc:
+            raise await self._failure(server, exc) from exc
