@@ -63,7 +63,7 @@ async def direct(model: Path, c: int, tokens: int, n_ctx: int, n_gpu_layers: int
          "--parallel", str(c), "--ctx-size", str(n_ctx * c), "--no-kv-unified", "--threads", str(available_cpus()),
          "--n-gpu-layers", "all" if n_gpu_layers == -1 else str(n_gpu_layers), "--no-webui", "--jinja"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "LLAMA_ARG_API_KEY": key})
+        env={**os.environ, "LLAMA_API_KEY": key})
     headers = {"Authorization": f"Bearer {key}"}
     try:
         async with httpx2.AsyncClient(timeout=None, limits=httpx2.Limits(max_keepalive_connections=0)) as http:

@@ -65,6 +65,23 @@ async def test_two_calls_generate_at_once_on_one_server(smollm2: Path) -> None:
         await engine.aclose()
 
 
+async def test_the_server_refuses_requests_without_its_key(smollm2: Path) -> None:
+    import httpx2
+
+    engine = backend(smollm2)
+    try:
+        with anyio.fail_after(60):
+            await engine.generate(request("Say hi.", 2))
+            async with httpx2.AsyncClient() as http:
+                url = engine._server.url + "/completion"
+                without = await http.post(url, json={"prompt": "hi", "n_predict": 1})
+                wrong = await http.post(url, json={"prompt": "hi", "n_predict": 1},
+                                        headers={"Authorization": "Bearer wrong"})
+    finally:
+        await engine.aclose()
+    assert without.status_code == wrong.status_code == 401
+
+
 async def test_answers_carry_confidence_and_the_prompt_of_the_models_template(smollm2: Path) -> None:
     engine = backend(smollm2)
     try:
@@ -239,7 +256,7 @@ async def test_a_tier_on_llama_server_answers_over_stdio_with_progress(write_con
     content = result.structured_content
     assert not result.is_error and content["served_by"] == "small" and content["confidence"] is not None
     assert any("generating" in message for message in progress)
-    assert not os.environ.get("LLAMA_ARG_API_KEY")
+    assert not os.environ.get("LLAMA_API_KEY")
 
 
 async def test_a_call_goes_to_the_slot_that_holds_its_prompt_and_skips_reprocessing_it(smollm2: Path) -> None:

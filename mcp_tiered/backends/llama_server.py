@@ -230,7 +230,7 @@ class LlamaServerBackend(Backend):
         started = time.perf_counter()
         with log_path.open("wb") as out:
             process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "LLAMA_ARG_API_KEY": key}, preexec_fn=_die_with_parent)
+                                       env={**os.environ, "LLAMA_API_KEY": key}, preexec_fn=_die_with_parent)
         server = _Server(process, f"http://127.0.0.1:{port}", key, log_path)
         try:
             with anyio.fail_after(c.startup_timeout_s):

@@ -24,6 +24,7 @@ def chat_body(model: str, request: GenerationRequest, logprobs: bool) -> dict[st
         body["stop"] = list(request.stop)
     if logprobs and request.logprobs:
         body["logprobs"] = True
+        body["top_logprobs"] = 1  # the least llama-server takes (logprobs alone sends 20 alternatives per token)
     return body
 
 
