@@ -82,10 +82,11 @@ async def stream_answer(http: httpx2.AsyncClient, url: str, path: str, body: dic
     """POST `body` to `url + path` and read the answer as it streams. Past the call's deadline (or once
     the answer loops, with `stop_on_loop`) it returns the text so far; a failure raises EndpointError."""
     left = control.seconds_left()
-    looped = False
+    looped = answering = False
     try:
         with anyio.move_on_after(math.inf if left is None else left):
             async with http.stream("POST", url + path, json=body, headers=headers) as response:
+                answering = True
                 if response.status_code != 200:
                     detail = error_detail(await response.aread())
                     raise EndpointError(f"answered HTTP {response.status_code} at {path} ({detail})",
@@ -110,7 +111,8 @@ async def stream_answer(http: httpx2.AsyncClient, url: str, path: str, body: dic
                 else:
                     reader.ended()
     except httpx2.HTTPError as exc:
-        raise EndpointError(f"broke off its stream at {path} ({type(exc).__name__})") from exc
+        what = "broke off its stream" if answering else "failed"
+        raise EndpointError(f"{what} at {path} ({type(exc).__name__})") from exc
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise EndpointError(f"sent a stream at {path} that is not valid events ({type(exc).__name__})") from exc
     text = "".join(reader.parts)

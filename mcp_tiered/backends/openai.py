@@ -224,27 +224,25 @@ async def probe(tier: str, config: OpenAITierConfig, environ: Mapping[str, str] 
 
 
 async def _probe_one(backend: OpenAIBackend, endpoint: _Endpoint, config: OpenAITierConfig) -> None:
-    models = await _get_json(backend, endpoint.url + "/models", endpoint.headers)
-    served = [m.get("id") for m in (models.get("data") or []) if isinstance(m, dict)] if isinstance(models, dict) else []
-    if config.api == "openai" and served and config.model not in served:
-        raise EndpointError(f"does not serve model {config.model!r} (it serves {', '.join(map(str, served[:5]))}); "
-                            f"set tiers.{backend.tier}.model to one of them")
     request = GenerationRequest("Say OK.", "", 2, 0.0)
-    with anyio.fail_after(config.read_timeout_s + config.connect_timeout_s):
-        completion = await backend._attempt(endpoint, request, CallControl())
+    try:
+        with anyio.fail_after(config.read_timeout_s + config.connect_timeout_s):
+            completion = await backend._attempt(endpoint, request, CallControl())
+    except TimeoutError:
+        raise EndpointError(f"did not answer within {config.read_timeout_s + config.connect_timeout_s:g} s") from None
+    except EndpointError as exc:
+        if exc.status == 404 and config.api == "openai":
+            raise EndpointError(f"{exc}; it serves {await _served_models(backend, endpoint)}") from None
+        raise
     if config.logprobs and completion.completion_tokens and not completion.token_logprobs:
         raise EndpointError(f"returns no token log-probabilities; set tiers.{backend.tier}.logprobs = false "
                             "(confidence and min_confidence then do not apply) or use a server that returns them")
 
 
-async def _get_json(backend: OpenAIBackend, url: str, headers: dict[str, str]) -> object:
+async def _served_models(backend: OpenAIBackend, endpoint: _Endpoint) -> str:
     try:
-        response = await backend._http.get(url, headers=headers)
-    except httpx2.HTTPError as exc:
-        raise EndpointError(f"failed at /models ({type(exc).__name__})") from exc
-    if response.status_code != 200:
-        raise EndpointError(f"answered HTTP {response.status_code} at /models")
-    try:
-        return response.json()
-    except ValueError:
-        raise EndpointError("sent a response that is not JSON at /models") from None
+        models = (await backend._http.get(endpoint.url + "/models", headers=endpoint.headers)).json()
+        names = [str(m["id"]) for m in models["data"]]
+    except (httpx2.HTTPError, ValueError, KeyError, TypeError):
+        return "models it does not list (/models failed)"
+    return ", ".join(names[:5]) or "no models"
