@@ -4,10 +4,12 @@ same run:
 
   (a) llama-server called directly with --parallel C, over its OpenAI API (/v1/chat/completions);
   (b) mcp-tiered, engine = "llama-server" with parallel = C, as C concurrent tool calls over stdio (MCP SDK);
-  (c) mcp-tiered, engine = "llama-cpp" (one in-process instance), the same calls.
+  (c) mcp-tiered, engine = "llama-cpp" (one in-process instance), the same calls;
+  (d) mcp-tiered, engine = "openai" pointed at (a)'s server (max_concurrency C), over its chat API;
+  (e) the same with api = "llama-server" (llama.cpp's native API).
 
-All three run at once and are measured in turn, round after round; each figure is the median of --rounds
-rounds. Prints b/a and c/a for every C.
+All run at once and are measured in turn, round after round; each figure is the median of --rounds
+rounds. Prints each against (a) for every C.
 
     .venv/bin/python scripts/bench_engines.py [--model PATH] [--concurrency 1 4] [--tokens 64] [--rounds 3]
         [--n-gpu-layers -1]
@@ -41,6 +43,7 @@ from mcp_tiered.default_models import SMOLLM2
 TOPICS = ["the sea", "mountains", "a lighthouse", "autumn", "a city at night", "a library", "rain", "the desert",
           "a train journey", "a garden", "winter", "the moon", "a market", "a river", "bees", "a storm"]
 BIN = Path(sys.executable).with_name
+ENGINES = ["llama-server", "llama-cpp", "openai", "openai-native"]
 Call = Callable[[str], Awaitable[int]]
 
 
@@ -55,7 +58,8 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def direct(model: Path, c: int, tokens: int, n_ctx: int, n_gpu_layers: int) -> AsyncIterator[Call]:
+async def direct(model: Path, c: int, tokens: int, n_ctx: int, n_gpu_layers: int,
+                 endpoint: dict[str, str]) -> AsyncIterator[Call]:
     """llama-server --parallel C, called over its OpenAI API."""
     port, key = free_port(), secrets.token_urlsafe(16)
     process = subprocess.Popen(
@@ -65,6 +69,7 @@ async def direct(model: Path, c: int, tokens: int, n_ctx: int, n_gpu_layers: int
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "LLAMA_API_KEY": key})
     headers = {"Authorization": f"Bearer {key}"}
+    endpoint.update(url=f"http://127.0.0.1:{port}/v1", key=key)
     try:
         async with httpx2.AsyncClient(timeout=None, limits=httpx2.Limits(max_keepalive_connections=0)) as http:
             while True:
@@ -87,18 +92,27 @@ async def direct(model: Path, c: int, tokens: int, n_ctx: int, n_gpu_layers: int
 
 
 @asynccontextmanager
-async def through_mcp(model: Path, c: int, tokens: int, n_ctx: int, n_gpu_layers: int,
+async def through_mcp(model: Path, c: int, tokens: int, n_ctx: int, n_gpu_layers: int, endpoint: dict[str, str],
                       engine: str) -> AsyncIterator[Call]:
     """mcp-tiered serve over stdio with one tier on `engine`, called with the MCP SDK's client."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "models.toml"
-        engine_keys = f'engine = "llama-server"\nparallel = {c}\n' if engine == "llama-server" else ""
-        config.write_text(f'[tiers.bench]\nmodel = "{model}"\ndescription = "benchmark"\nn_ctx = {n_ctx}\n'
-                          f"max_tokens = {tokens}\nmax_queue = 64\nn_threads = {available_cpus()}\n"
-                          f"n_gpu_layers = {n_gpu_layers}\n{engine_keys}"
-                          '[ledger]\npath = "ledger.sqlite3"\n[cache]\nenabled = false\n')
+        model_keys = (f'model = "{model}"\nn_ctx = {n_ctx}\nn_threads = {available_cpus()}\n'
+                      f"n_gpu_layers = {n_gpu_layers}\n")
+        engine_keys = {
+            "llama-cpp": model_keys,
+            "llama-server": model_keys + f'engine = "llama-server"\nparallel = {c}\n',
+            "openai": 'engine = "openai"\nmodel = "bench"\napi = "openai"\n',
+            "openai-native": 'engine = "openai"\nmodel = "bench"\napi = "llama-server"\n',
+        }[engine]
+        if engine.startswith("openai"):
+            engine_keys += (f'endpoints = [{{ url = "{endpoint["url"]}", api_key_env = "BENCH_ENDPOINT_KEY", '
+                            f"max_concurrency = {c} }}]\n")
+        config.write_text(f'[tiers.bench]\ndescription = "benchmark"\nmax_tokens = {tokens}\nmax_queue = 64\n'
+                          f'{engine_keys}[ledger]\npath = "ledger.sqlite3"\n[cache]\nenabled = false\n')
         params = StdioServerParameters(command=str(BIN("mcp-tiered")),
-                                       args=["--log-level", "WARNING", "serve", "--config", str(config)])
+                                       args=["--log-level", "WARNING", "serve", "--config", str(config)],
+                                       env={**os.environ, "BENCH_ENDPOINT_KEY": endpoint["key"]})
         async with Client(stdio_client(params)) as client:
 
             async def one(prompt: str) -> int:
@@ -135,29 +149,30 @@ async def main() -> None:
     parser.add_argument("--n-ctx", type=int, default=1024)
     parser.add_argument("--n-gpu-layers", type=int, default=0, help="-1: offload every layer (CUDA build)")
     parser.add_argument("--settle", type=float, default=0.5, help="seconds of pause between two measurements")
+    parser.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
     args = parser.parse_args()
     rows = []
     for c in args.concurrency:
         async with AsyncExitStack() as stack:
-            shape = (args.model, c, args.tokens, args.n_ctx, args.n_gpu_layers)
-            targets = [await stack.enter_async_context(direct(*shape)),
-                       await stack.enter_async_context(through_mcp(*shape, "llama-server")),
-                       await stack.enter_async_context(through_mcp(*shape, "llama-cpp"))]
-            rates: list[list[float]] = [[], [], []]
-            for round_ in range(args.rounds):  # interleaved, so that the machine's drift hits all three alike
+            endpoint: dict[str, str] = {}
+            shape = (args.model, c, args.tokens, args.n_ctx, args.n_gpu_layers, endpoint)
+            targets = [await stack.enter_async_context(direct(*shape))]
+            for engine in args.engines:
+                targets.append(await stack.enter_async_context(through_mcp(*shape, engine)))
+            rates: list[list[float]] = [[] for _ in targets]
+            for round_ in range(args.rounds):  # interleaved, so that the machine's drift hits all alike
                 for i, one in enumerate(targets):
                     await anyio.sleep(args.settle)
                     rates[i].append(await aggregate(c, round_, one))
-        a, b, d = (statistics.median(r) for r in rates)
-        rows.append((c, a, b, d))
-        print(f"C={c}: direct llama-server {a:.1f} tok/s | engine llama-server {b:.1f} ({b / a:.2f}x) | "
-              f"engine llama-cpp {d:.1f} ({d / a:.2f}x)", flush=True)
+        a, *others = (statistics.median(r) for r in rates)
+        rows.append((c, a, others))
+        print(f"C={c}: direct llama-server {a:.1f} tok/s | " + " | ".join(
+            f"engine {e} {b:.1f} ({b / a:.2f}x)" for e, b in zip(args.engines, others)), flush=True)
     print(f"\nmodel {args.model.name}, {args.tokens} tokens per call, temperature 0.8, median of {args.rounds} rounds")
-    print("| C | llama-server direct | engine llama-server | ratio | engine llama-cpp | ratio |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for c, a, b, d in rows:
-        print(f"| {c} | {a:.1f} tok/s | {b:.1f} tok/s | {b / a:.2f} | {d:.1f} tok/s | {d / a:.2f} |")
-
+    print("| C | llama-server direct | " + " | ".join(f"engine {e} | ratio" for e in args.engines) + " |")
+    print("| --- " * (2 + 2 * len(args.engines)) + "|")
+    for c, a, others in rows:
+        print(f"| {c} | {a:.1f} tok/s | " + " | ".join(f"{b:.1f} tok/s | {b / a:.2f}" for b in others) + " |")
 
 if __name__ == "__main__":
     anyio.run(main)
