@@ -47,8 +47,10 @@ ENGINES = ["llama-server", "llama-cpp", "openai", "openai-native"]
 Call = Callable[[str], Awaitable[int]]
 
 
-def prompts(c: int, round_: int) -> list[str]:
-    return [f"Write a short poem about {TOPICS[(round_ * c + i) % len(TOPICS)]}." for i in range(c)]
+def prompts(c: int, round_: int, target: int) -> list[str]:
+    """Distinct for every call of the run: no target finds its prompts in a server's prompt cache."""
+    return [f"Poem {round_}.{target}.{i}: write a short poem about {TOPICS[(round_ * c + i) % len(TOPICS)]}."
+            for i in range(c)]
 
 
 def free_port() -> int:
@@ -126,7 +128,7 @@ async def through_mcp(model: Path, c: int, tokens: int, n_ctx: int, n_gpu_layers
             yield one
 
 
-async def aggregate(c: int, round_: int, one: Call) -> float:
+async def aggregate(c: int, round_: int, target: int, one: Call) -> float:
     """Tokens/s of C distinct calls made at once."""
     done: list[int] = []
 
@@ -135,7 +137,7 @@ async def aggregate(c: int, round_: int, one: Call) -> float:
 
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:
-        for prompt in prompts(c, round_):
+        for prompt in prompts(c, round_, target):
             tg.start_soon(call, prompt)
     return sum(done) / (time.perf_counter() - started)
 
@@ -163,7 +165,7 @@ async def main() -> None:
             for round_ in range(args.rounds):  # interleaved, so that the machine's drift hits all alike
                 for i, one in enumerate(targets):
                     await anyio.sleep(args.settle)
-                    rates[i].append(await aggregate(c, round_, one))
+                    rates[i].append(await aggregate(c, round_, i, one))
         a, *others = (statistics.median(r) for r in rates)
         rows.append((c, a, others))
         print(f"C={c}: direct llama-server {a:.1f} tok/s | " + " | ".join(
