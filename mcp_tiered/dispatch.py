@@ -17,11 +17,11 @@ from .backends import Completion, GenerationRequest
 from .budget import BudgetExceeded, Reservation
 from .cache import ResponseCache
 from .config import CLOUD
-from .confidence import confidence, is_repetitive
 from .costs import CostModel
 from .ledger import CallRecord, HopRecord, Ledger
 from .backends.pool import CallControl
-from .errors import BackendError, BusyError, PromptTooLongError, RequestError, TieredError
+from .errors import BackendError, BusyError, RequestError, TieredError
+from .escalation import HANDED_ON, Reason, judge, reason_for_error
 from .tiers import Tier, TierRegistry
 
 if TYPE_CHECKING:
@@ -31,9 +31,6 @@ from .validation import explain
 log = structlog.get_logger(__name__)
 
 MAX_STOP_SEQUENCES = 4
-
-
-Reason = Literal["context", "low_confidence", "empty", "repetitive", "truncated", "error", "busy", "requested"]
 
 
 class GenerateOptions(BaseModel):
@@ -166,22 +163,6 @@ def build_call(tier: Tier, prompt: str, system: str, options: dict[str, Any]) ->
     request = GenerationRequest(prompt, system, max_tokens, temperature, tuple(opts.stop or ()))
     return _Call(request, opts.escalate or "auto", local_only, opts.deadline_s,
                  opts.cache is not False and request.temperature == 0)
-
-
-def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | None]:
-    """Is a local answer good enough? The reason to escalate (or None) and the confidence."""
-    policy = tier.policy
-    value = (confidence(completion.token_logprobs, policy.statistic, policy.quantile)
-             if tier.capabilities.token_logprobs else None)
-    if not completion.text.strip():
-        return "empty", value
-    if policy.escalate_on_repetition and is_repetitive(completion.text):
-        return "repetitive", value
-    if completion.finish_reason == "length" and policy.escalate_on_truncated:
-        return "truncated", value
-    if value is not None and value < policy.min_confidence:
-        return "low_confidence", value
-    return None, value
 
 
 @dataclass
@@ -325,12 +306,8 @@ class Dispatcher:
             completion = None
             try:
                 completion = await self._run(tier, call, reservation, control)
-            except PromptTooLongError as exc:
-                failure, failed_at, reason, value = exc, tier_here, "context", None
-            except BusyError as exc:
-                failure, failed_at, reason, value = exc, tier_here, "busy", None
-            except BackendError as exc:
-                failure, failed_at, reason, value = exc, tier_here, "error", None
+            except HANDED_ON as exc:
+                failure, failed_at, reason, value = exc, tier_here, reason_for_error(exc), None
             except BaseException as exc:
                 why = "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "error"
                 self._hop(trace, position, tier, control, None, why, "failed")
