@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -162,3 +163,21 @@ async def http_server(config: Path, transport: str = "http", started: list | Non
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a restarted server would
         s.bind(("127.0.0.1", port))  # the port was released
+
+
+async def generating_spans(engine, prompts: list[str], max_tokens: int = 48) -> list[tuple[float, float]]:
+    """Calls `engine` with each prompt at once (temperature 0.8); each call's (first token, end) times, sorted."""
+    from mcp_tiered.backends import GenerationRequest
+    from mcp_tiered.backends.pool import CallControl
+
+    spans: list[tuple[float, float]] = []
+
+    async def call(prompt: str) -> None:
+        control = CallControl()
+        await engine.generate(GenerationRequest(prompt, "", max_tokens, 0.8), control)
+        spans.append((control.generating_since, time.monotonic()))
+
+    async with anyio.create_task_group() as tg:
+        for prompt in prompts:
+            tg.start_soon(call, prompt)
+    return sorted(spans)

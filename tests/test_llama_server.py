@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conftest import MCP_TIERED, REPO, server_env, stdio_server
+from conftest import MCP_TIERED, REPO, generating_spans, server_env, stdio_server
 from mcp_tiered.backends import GenerationRequest
 from mcp_tiered.backends.llama_server import LlamaServerBackend
 from mcp_tiered.backends.pool import CallControl
@@ -45,20 +45,11 @@ def llama_servers() -> list[int]:
 
 async def test_two_calls_generate_at_once_on_one_server(smollm2: Path) -> None:
     engine = backend(smollm2)
-    spans: list[tuple[float, float]] = []
-
-    async def call(prompt: str) -> None:
-        control = CallControl()
-        await engine.generate(request(prompt, 48, 0.8), control)
-        spans.append((control.generating_since, time.monotonic()))
-
     try:
         with anyio.fail_after(120):
             await engine.generate(request("Say hi.", 4))  # started and loaded
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(call, "Write a poem about the sea.")
-                tg.start_soon(call, "Write a poem about the mountains.")
-        (first_start, first_end), (second_start, second_end) = sorted(spans)
+            spans = await generating_spans(engine, ["Write a poem about the sea.", "Write a poem about the mountains."])
+        (first_start, first_end), (second_start, second_end) = spans
         assert second_start < first_end  # both were generating at the same time
         assert len([pid for pid in llama_servers() if pid == engine._server.process.pid]) == 1
     finally:

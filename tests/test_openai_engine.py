@@ -18,7 +18,7 @@ import anyio
 import httpx2
 import pytest
 
-from conftest import MCP_TIERED, free_port, server_env, stdio_server
+from conftest import MCP_TIERED, free_port, generating_spans, server_env, stdio_server
 from mcp_tiered.backends import GenerationRequest
 from mcp_tiered.backends.openai import OpenAIBackend
 from mcp_tiered.backends.pool import CallControl
@@ -154,21 +154,12 @@ def down_url() -> str:
 
 async def test_two_calls_generate_at_once_on_one_endpoint(endpoint: str) -> None:
     engine = backend(endpoint)
-    spans: list[tuple[float, float]] = []
-
-    async def call(prompt: str) -> None:
-        control = CallControl()
-        await engine.generate(request(prompt, 48, 0.8), control)
-        spans.append((control.generating_since, time.monotonic()))
-
     try:
         with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(call, "Write a poem about the sea.")
-                tg.start_soon(call, "Write a poem about the mountains.")
+            spans = await generating_spans(engine, ["Write a poem about the sea.", "Write a poem about the mountains."])
     finally:
         await engine.aclose()
-    (_, first_end), (second_start, _) = sorted(spans)
+    (_, first_end), (second_start, _) = spans
     assert second_start < first_end
 
 
@@ -411,7 +402,7 @@ def openai_tier(name: str, *urls: str, **keys: str) -> str:
 
 async def test_over_stdio_a_failing_tier_escalates_to_an_endpoint_tier_with_progress(endpoint: str, write_config) -> None:
     config = write_config(openai_tier("first", down_url(), escalate_to='"second"') + openai_tier("second", endpoint)
-                          + f'[server]\nprogress_interval_s = 0.2\n[ledger]\npath = "ledger.sqlite3"\n')
+                          + '[server]\nprogress_interval_s = 0.2\n[ledger]\npath = "ledger.sqlite3"\n')
     progress: list[str] = []
 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:

@@ -73,12 +73,8 @@ class OpenAIBackend(Backend):
         self.model_name = config.model
         self.capabilities = Capabilities(prompt_leaves_machine=not config.private, token_logprobs=config.logprobs)
         self.endpoints = [self._endpoint(i, e, environ) for i, e in enumerate(config.endpoints)]
-        slots = [_Slot(e) for e in self.endpoints for _ in range(e.config.max_concurrency)]
-        for slot in slots:
-            if slot.endpoint.unusable:
-                slot.endpoint.held.append(slot)
-        self.pool: InstancePool[_Slot] = InstancePool(tier, [s for s in slots if not s.endpoint.unusable],
-                                                      config.max_queue, config.queue_timeout_s)
+        slots = [_Slot(e) for e in self.endpoints if not e.unusable for _ in range(e.config.max_concurrency)]
+        self.pool: InstancePool[_Slot] = InstancePool(tier, slots, config.max_queue, config.queue_timeout_s)
         # No keep-alive: a server may close an idle connection just as a call picks it up, which would read
         # as the endpoint failing; a new connection costs a round trip.
         self._http = httpx2.AsyncClient(
