@@ -12,7 +12,7 @@ from .budget import CloudBudget
 from .cache import ResponseCache
 from .config import Config
 from .costs import CostModel
-from .dispatch import GenerateResult
+from .results import GenerateResult
 from .ledger import Ledger, cloud_spend_since, reading
 from .metrics import Metrics
 from .server import build_server

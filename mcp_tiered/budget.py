@@ -8,6 +8,8 @@ Spend is kept per UTC day and month; the server starts from what the ledger reco
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -66,6 +68,16 @@ class CloudBudget:
         for key in (day, month):
             self._reserved[key] = self._reserved.get(key, 0.0) + cost
         return Reservation(cost, day, month)
+
+    @contextmanager
+    def hold(self, prompt: str, system: str, max_tokens: int) -> Iterator[Reservation]:
+        """A reservation for the block (raises BudgetExceeded on entry): `settle` it with what the call
+        was billed; left open, it is released when the block ends, however it ends."""
+        reservation = self.reserve(prompt, system, max_tokens)
+        try:
+            yield reservation
+        finally:
+            self.release(reservation)
 
     def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> float:
         """Replace the reservation by the real cost; returns that cost."""

@@ -7,6 +7,10 @@ Every statistic maps to [0, 1] (a probability), higher = more likely right:
 - `min`: the least probable token;
 - `first`: the first token (where a short answer is decided).
 
+A verifier's reading of an answer (`verification`) maps the same way: `top_share` is the share of the
+answer's tokens that the verifier would have chosen itself; `mean`, `quantile` and `min` are as above,
+over the verifier's probabilities of the answer's tokens.
+
 `is_repetitive` is the other signal a good-looking confidence can hide: an answer stuck in a loop.
 """
 
@@ -44,6 +48,18 @@ def confidence(logprobs: Sequence[float], statistic: Statistic = "mean", q: floa
         case "first":
             return math.exp(logprobs[0])
     raise ValueError(f"unknown confidence statistic {statistic!r}")
+
+
+VerifyStatistic = Literal["top_share", "mean", "quantile", "min"]
+VERIFY_STATISTICS: tuple[VerifyStatistic, ...] = ("top_share", "mean", "quantile", "min")
+
+
+def verification(logprobs: Sequence[float], top_choice: Sequence[bool], statistic: VerifyStatistic = "top_share",
+                 q: float = 0.1) -> float | None:
+    """None when the answer has no tokens."""
+    if statistic == "top_share":
+        return sum(top_choice) / len(top_choice) if top_choice else None
+    return confidence(logprobs, statistic, q)
 
 
 # A small model at temperature 0 can fall into a loop ("la Femme, la Femme, ...") with high token

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator
 
+from .confidence import VerifyStatistic
 from .errors import ConfigError
 from .validation import describe_value, explain, key_path
 
@@ -76,6 +77,10 @@ class EscalationConfig(BaseModel):
     confidence_quantile: Quantile = 0.1
     escalate_on_truncated: bool = False
     escalate_on_repetition: bool = True
+    verify_statistic: VerifyStatistic = "top_share"
+    verify_quantile: Quantile = 0.1
+    min_verification: Probability = 0.5
+    verify_below: Probability | None = None
 
 
 class _TierFields(BaseModel):
@@ -96,6 +101,14 @@ class _TierFields(BaseModel):
     confidence_quantile: Quantile | None = None
     escalate_on_truncated: bool | None = None
     escalate_on_repetition: bool | None = None
+    verify_with: Annotated[str, Field(min_length=1, json_schema_extra={
+        "expect": "the name of a tier with engine = \"llama-cpp\""})] | None = None
+    """A tier that reads this tier's answers before they are kept (escalation.py, "verification")."""
+    verify_statistic: VerifyStatistic | None = None
+    verify_quantile: Quantile | None = None
+    min_verification: Probability | None = None
+    verify_below: Probability | None = None
+    """Answers this confident (or more) are kept unverified; None: every kept answer is verified."""
 
     @classmethod
     def key_of_another_kind(cls, key: Any) -> str | None:
@@ -439,6 +452,26 @@ def _chain_problems(config: Config) -> list[str]:
     return problems
 
 
+def _verifier_problems(config: Config) -> list[str]:
+    problems = []
+    for name, tier in config.tiers.items():
+        verifier = tier.verify_with
+        if verifier is None:
+            continue
+        path = key_path(["tiers", name, "verify_with"])
+        valid = [n for n, t in config.tiers.items() if n != name and isinstance(t, TierConfig)]
+        choose = (f'; valid verifiers are {", ".join(json.dumps(n) for n in valid)}' if valid
+                  else '; add a tier with engine = "llama-cpp" to verify with')
+        if verifier == name:
+            problems.append(f"{path}: a tier cannot verify its own answers{choose}")
+        elif verifier not in config.tiers:
+            problems.append(f'{path}: unknown tier "{verifier}"{choose}')
+        elif not isinstance(config.tiers[verifier], TierConfig):
+            problems.append(f'{path}: tier "{verifier}" runs engine "{config.tiers[verifier].engine}", which cannot '
+                            f'score a given answer (only engine = "llama-cpp" can){choose}')
+    return problems
+
+
 def _raw_problems(raw: dict[str, Any]) -> list[str]:
     problems = []
     cloud = raw.get("cloud")
@@ -488,7 +521,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> Config:
         config = Config.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(problems + explain(exc, Config)) from None
-    problems += _semantic_problems(config) + _chain_problems(config)
+    problems += _semantic_problems(config) + _chain_problems(config) + _verifier_problems(config)
     if problems:
         raise ConfigError(problems)
     return config

@@ -27,7 +27,7 @@ from .errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
     id INTEGER PRIMARY KEY,
@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS hops (
     position INTEGER NOT NULL,          -- 0: the tier called, 1: the first escalation, ...
     tier TEXT NOT NULL,
     model TEXT NOT NULL,
-    outcome TEXT NOT NULL,              -- answered | escalated | failed
+    outcome TEXT NOT NULL,              -- answered | escalated | failed | verified | rejected (a verifier's reading)
     escalation_reason TEXT,             -- why the call left this tier
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
@@ -63,11 +63,16 @@ CREATE TABLE IF NOT EXISTS hops (
     generation_s REAL NOT NULL,
     energy_wh REAL NOT NULL,
     local_cost REAL NOT NULL,
-    cloud_cost REAL NOT NULL
+    cloud_cost REAL NOT NULL,
+    verification REAL                   -- a verifier's hop: its statistic (escalation.judge_verification)
 );
 CREATE INDEX IF NOT EXISTS calls_time ON calls(time);
 CREATE INDEX IF NOT EXISTS hops_time ON hops(time);
 """
+MIGRATIONS = {
+    2: "ALTER TABLE hops ADD COLUMN verification REAL",
+}
+"""Schema version → the statement that brings a ledger of the version before it there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,7 @@ class HopRecord:
     energy_wh: float = 0.0
     local_cost: float = 0.0
     cloud_cost: float = 0.0
+    verification: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +118,7 @@ class CallRecord:
 CALL_COLUMNS = ("time, tool, tier, served_by, model, outcome, prompt_tokens, completion_tokens, latency_s, queue_s, "
                 "generation_s, escalation_reasons, cache_hit, energy_wh, local_cost, cloud_cost")
 HOP_COLUMNS = ("call_id, time, position, tier, model, outcome, escalation_reason, prompt_tokens, completion_tokens, "
-               "queue_s, generation_s, energy_wh, local_cost, cloud_cost")
+               "queue_s, generation_s, energy_wh, local_cost, cloud_cost, verification")
 
 
 def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -132,6 +138,12 @@ def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection
             conn.close()
             raise ConfigError(f"ledger.path: {path} was written by a newer mcp-tiered (schema {version}); "
                               "upgrade or point ledger.path elsewhere")
+        if version and version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                conn.execute(MIGRATIONS[step])
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
         conn.executescript(SCHEMA)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except (sqlite3.Error, OSError) as exc:
@@ -147,10 +159,10 @@ def insert(conn: sqlite3.Connection, calls: list[CallRecord]) -> None:
         for call in calls:
             cursor = conn.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 16)})", call.row())
             conn.executemany(
-                f"INSERT INTO hops ({HOP_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                f"INSERT INTO hops ({HOP_COLUMNS}) VALUES ({', '.join('?' * 15)})",
                 [(cursor.lastrowid, call.time, h.position, h.tier, h.model, h.outcome, h.escalation_reason,
                   h.prompt_tokens, h.completion_tokens, h.queue_s, h.generation_s, h.energy_wh, h.local_cost,
-                  h.cloud_cost) for h in call.hops],
+                  h.cloud_cost, h.verification) for h in call.hops],
             )
         conn.execute("COMMIT")
     except BaseException:

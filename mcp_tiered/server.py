@@ -21,7 +21,9 @@ from .backends.pool import CallControl
 from .cache import ResponseCache
 from .config import ServerConfig
 from .costs import CostModel
-from .dispatch import Dispatcher, GenerateResult, input_schema
+from .arguments import input_schema, tier_bounds
+from .dispatch import Dispatcher
+from .results import GenerateResult
 from .errors import TieredError
 from .ledger import Ledger
 from .metrics import Metrics
@@ -108,7 +110,7 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
     # The function takes its arguments loosely so that dispatch.build_request can reject a
     # bad value in one sentence; the schema clients see is the precise one. (prompt and system
     # stay `str`: the SDK would otherwise JSON-decode a prompt such as '{"a": 1}'.)
-    tool.parameters = input_schema(tier, server.default_deadline_s)
+    tool.parameters = input_schema(tier_bounds(tier, server.default_deadline_s))
     return tool
 
 

@@ -14,7 +14,8 @@ from .backends import Backend
 from .backends.base import Capabilities
 from .engines import engine_backend
 from .budget import CloudBudget
-from .config import CLOUD, Config, ConfidenceStatistic, AnyTier
+from .confidence import VerifyStatistic
+from .config import CLOUD, AnyTier, ConfidenceStatistic, Config
 
 TOOL_PREFIX = "generate_"
 
@@ -32,6 +33,11 @@ class Policy:
     quantile: float = 0.1
     escalate_on_truncated: bool = False
     escalate_on_repetition: bool = True
+    verify_with: str | None = None
+    verify_statistic: VerifyStatistic = "top_share"
+    verify_quantile: float = 0.1
+    min_verification: float = 0.5
+    verify_below: float | None = None
 
     @classmethod
     def for_tier(cls, config: Config, tier: AnyTier) -> Policy:
@@ -48,6 +54,11 @@ class Policy:
             quantile=pick(tier.confidence_quantile, defaults.confidence_quantile),
             escalate_on_truncated=pick(tier.escalate_on_truncated, defaults.escalate_on_truncated),
             escalate_on_repetition=pick(tier.escalate_on_repetition, defaults.escalate_on_repetition),
+            verify_with=tier.verify_with,
+            verify_statistic=pick(tier.verify_statistic, defaults.verify_statistic),
+            verify_quantile=pick(tier.verify_quantile, defaults.verify_quantile),
+            min_verification=pick(tier.min_verification, defaults.min_verification),
+            verify_below=pick(tier.verify_below, defaults.verify_below),
         )
 
 

@@ -18,7 +18,8 @@ OPENAI_TIER = '[tiers.big]\nengine = "openai"\nmodel = "qwen-72b-awq"\ndescripti
 ENDPOINT = 'endpoints = [{ url = "http://gpu-1:8000/v1" }]\n'
 COMMON_KEYS = ["description", "engine", "max_tokens", "temperature", "max_queue", "queue_timeout_s", "escalate_to",
                "local_only", "min_confidence", "confidence", "confidence_quantile", "escalate_on_truncated",
-               "escalate_on_repetition"]
+               "escalate_on_repetition", "verify_with", "verify_statistic", "verify_quantile", "min_verification",
+               "verify_below"]
 MODEL_FILE_KEYS = ["model", "n_ctx", "n_gpu_layers", "main_gpu", "tensor_split", "n_threads", "n_batch", "preload",
                    "idle_unload_s"]
 LLAMA_CPP_KEYS = [*COMMON_KEYS, *MODEL_FILE_KEYS, "chat_format", "instances", "prompt_cache_mb"]

@@ -37,6 +37,21 @@ class Completion:
     completion_tokens: int
     token_logprobs: tuple[float, ...] = ()
     """Natural-log probability of each generated token under the model, when recorded."""
+    cached_tokens: int = 0
+    """Prompt tokens the engine took from its KV cache instead of evaluating them, when it says."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredAnswer:
+    """A given answer as the engine's model reads it (`Backend.score`): one prefill over prompt + answer."""
+
+    token_logprobs: tuple[float, ...]
+    """Natural-log probability of each answer token after the prompt and the answer's earlier tokens."""
+    top_choice: tuple[bool, ...]
+    """Whether each answer token is the model's own most probable next token."""
+    prompt_tokens: int
+    evaluated_tokens: int
+    """Tokens the engine ran: the answer's and the prompt's less the prefix already in its KV cache."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +66,9 @@ class Capabilities:
     billed per token at the cloud prices and counts against the cloud budget."""
     token_logprobs: bool = True
     """Completions carry each generated token's log-probability, so confidence and min_confidence apply."""
+    scores_answers: bool = False
+    """`score` reads a given answer in one prefill and returns its token log-probabilities: the tier can be
+    another tier's verifier (`verify_with`)."""
 
 
 LOCAL = Capabilities()
@@ -81,6 +99,13 @@ class Backend(ABC):
     @abstractmethod
     async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
         """`control`, when given, carries the call's deadline and cancellation, and receives its phase."""
+
+    async def score(self, request: GenerationRequest, answer: str, control: CallControl | None = None) -> ScoredAnswer:
+        """`answer` (another model's) read by this one after `request`'s prompt; engines without
+        `capabilities.scores_answers` cannot."""
+        from ..errors import BackendError
+
+        raise BackendError(f"engine {type(self).__name__} cannot score a given answer")
 
     async def run_background(self) -> None:
         """Work the engine does while the server runs (preloading, unloading idle models); returns

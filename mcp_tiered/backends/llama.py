@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -17,11 +17,11 @@ import structlog
 from ..confidence import is_repetitive
 from ..config import TierConfig, model_file_problem
 from ..errors import BackendError, BusyError, RequestError
-from .base import (LOOP_CHECK_EVERY, SAMPLING, Backend, Completion, GenerationRequest, prefix_affinity,
-                   refuse_if_too_long)
+from .base import (LOOP_CHECK_EVERY, SAMPLING, Backend, Capabilities, Completion, GenerationRequest, ScoredAnswer,
+                   prefix_affinity, refuse_if_too_long)
 from .chat_text import chat_messages, mark
 from .pool import CallControl, InstancePool
-from .prompt_states import PromptStates
+from .prompt_states import PromptStates, shared_prefix
 from .worker import WorkerThread
 
 if TYPE_CHECKING:
@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-# The sampling defaults of llama-cpp-python's create_chat_completion, so a tier answers
-# as the model would through that API.
+_Result = TypeVar("_Result")
+SCORE_CHUNK = 64
+"""Answer tokens per decode when scoring: each needs its logits row (n_vocab floats) in llama.cpp's
+output buffer, so a long answer goes in slices instead of one 300 MB buffer for a 150k vocabulary."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,8 @@ class LlamaBackend(Backend):
     behind a bounded FIFO queue; loaded on first use (or at start with `preload`), unloaded after
     `idle_unload_s` unused."""
 
+    capabilities = Capabilities(scores_answers=True)
+
     def __init__(self, tier: str, config: TierConfig):
         self.tier = tier
         self.config = config
@@ -157,7 +161,14 @@ class LlamaBackend(Backend):
         return any(instance.llama is not None for instance in self._instances)
 
     async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
-        control = control or CallControl()
+        return await self._on_instance(request, control or CallControl(), self._generate)
+
+    async def score(self, request: GenerationRequest, answer: str, control: CallControl | None = None) -> ScoredAnswer:
+        return await self._on_instance(request, control or CallControl(), self._score, answer)
+
+    async def _on_instance(self, request: GenerationRequest, control: CallControl,
+                           job: Callable[..., _Result], *args: Any) -> _Result:
+        """Run `job(llama, request, *args, control)` on a free instance's thread, loading its model first."""
         # llama.cpp reuses the KV cache for the prompt's prefix that the instance processed last
         # (agents resend the same long system prompt), so prefer the free instance that shares most.
         text = f"{request.system}\x00{request.prompt}"
@@ -190,7 +201,7 @@ class LlamaBackend(Backend):
             control.phase = "prompt"
             started = time.perf_counter()
             try:
-                return await instance.worker.run(self._generate, instance.llama, request, control,
+                return await instance.worker.run(job, instance.llama, request, *args, control,
                                                  on_cancel=control.cancelled.set)
             finally:
                 control.generation_s = time.perf_counter() - started
@@ -323,6 +334,7 @@ class LlamaBackend(Backend):
         states = self._states.get(id(llama))
         if states is not None:
             states.restore_best(llama, prompt.tokens)
+        cached = _reusable_prefix(llama, prompt.tokens)
         generator = llama.generate(
             prompt.tokens, temp=request.temperature, reset=True, **SAMPLING
         )
@@ -366,4 +378,68 @@ class LlamaBackend(Backend):
             prompt_tokens=len(prompt.tokens),
             completion_tokens=len(tokens),
             token_logprobs=tuple(logprobs),
+            cached_tokens=cached,
         )
+
+    def _score(self, llama: Llama, request: GenerationRequest, answer: str, control: CallControl) -> ScoredAnswer:
+        """One prefill over the prompt (as `_generate` formats it) and `answer` (plain text), reading the
+        log-probability of each answer token off the logits of the position before it. The prompt's prefix
+        already in the KV cache is not evaluated again, and what this leaves in the cache (the prompt and
+        the answer) lets a generation for the same prompt that follows skip the prompt."""
+        import llama_cpp
+        import numpy as np
+
+        try:
+            prompt = format_chat(llama, chat_messages(request.system, request.prompt)).tokens
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise RequestError(f"tier {self.tier}: the model's chat template cannot format this request ({exc})") from exc
+        answer_tokens = llama.tokenize(answer.encode(), add_bos=False, special=False)
+        tokens = prompt + answer_tokens
+        refuse_if_too_long(self.tier, len(prompt), len(answer_tokens), self.config.n_ctx)
+        n_vocab = llama.n_vocab()
+        start = min(_reusable_prefix(llama, tokens), len(prompt) - 1)
+        logprobs: list[float] = []
+        top: list[bool] = []
+        control.phase = "verifying"
+        try:
+            llama._ctx.kv_cache_seq_rm(-1, start, -1)
+            llama.n_tokens = start
+            # The last answer token predicts nothing that is read, so it is not evaluated.
+            end = len(tokens) - 1
+            position = start
+            while position < end:
+                if (stopped := control.stop_reason()) is not None:
+                    raise BackendError(f"tier {self.tier}: verification stopped ({stopped})")
+                reading = position >= len(prompt) - 1
+                size = min(SCORE_CHUNK, self.config.n_batch) if reading else min(self.config.n_batch, len(prompt) - 1 - position)
+                batch = tokens[position:min(position + size, end)]
+                llama._batch.set_batch(batch=batch, n_past=position, logits_all=reading)
+                llama._ctx.decode(llama._batch)
+                llama.input_ids[position:position + len(batch)] = batch
+                llama.n_tokens = position + len(batch)
+                if reading:
+                    for i in range(len(batch)):
+                        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, i), shape=(n_vocab,))
+                        target = tokens[position + i + 1]
+                        peak = float(row.max())
+                        logprobs.append(float(row[target]) - peak - float(np.log(np.exp(row - peak).sum())))
+                        top.append(bool(row[target] >= peak))
+                position += len(batch)
+        except (BackendError, RequestError):
+            raise
+        except Exception as exc:
+            raise BackendError(f"tier {self.tier}: llama.cpp failed while scoring an answer ({exc})") from exc
+        finally:
+            llama._requires_eval = True
+        return ScoredAnswer(tuple(logprobs), tuple(top), len(prompt), end - start)
+
+
+def _reusable_prefix(llama: Llama, tokens: list[int]) -> int:
+    """Leading `tokens` already in the KV cache of `llama` (llama-cpp-python replays the last one when the
+    whole prompt is cached, so at most len(tokens) - 1 count as reused)."""
+    import numpy as np
+
+    shared = shared_prefix(llama.input_ids[: llama.n_tokens], np.asarray(tokens, dtype=np.intc))
+    return min(shared, len(tokens) - 1) if tokens else 0
