@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +33,17 @@ class Outcome:
     correct: bool
     logprobs: tuple[float, ...]
     finish_reason: str
+    seconds: float = 0.0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A verifier's reading of one first-tier answer (Backend.score)."""
+
+    logprobs: tuple[float, ...]
+    top_choice: tuple[bool, ...]
+    seconds: float
 
 
 def is_correct(text: str, answers: Sequence[str]) -> bool:
@@ -71,20 +83,42 @@ async def run_tier(backend: Backend, items: Sequence[Item], max_tokens: int,
                    on_item: Callable[[int], None] = lambda _: None) -> list[Outcome]:
     outcomes = []
     for index, item in enumerate(items):
+        started = time.perf_counter()
         completion = await backend.generate(GenerationRequest(item.prompt, "", max_tokens, 0.0))
         outcomes.append(Outcome(completion.text, is_correct(completion.text, item.answers),
-                                completion.token_logprobs, completion.finish_reason))
+                                completion.token_logprobs, completion.finish_reason,
+                                time.perf_counter() - started, completion.completion_tokens))
         on_item(index)
     return outcomes
 
 
-def save_outcomes(path: Path, outcomes: Sequence[Outcome]) -> None:
+async def run_verifier(verifier: Backend, items: Sequence[Item], answers: Sequence[Outcome], max_tokens: int,
+                       on_item: Callable[[int], None] = lambda _: None) -> list[Reading]:
+    """The verifier's reading of each first-tier answer, as the server's verification makes it."""
+    readings = []
+    for index, (item, answer) in enumerate(zip(items, answers, strict=True)):
+        started = time.perf_counter()
+        scored = await verifier.score(GenerationRequest(item.prompt, "", max_tokens, 0.0), answer.text)
+        readings.append(Reading(scored.token_logprobs, scored.top_choice, time.perf_counter() - started))
+        on_item(index)
+    return readings
+
+
+def save_outcomes(path: Path, outcomes: Sequence[Outcome | Reading]) -> None:
     path.write_text("".join(json.dumps(asdict(o)) + "\n" for o in outcomes), encoding="utf-8")
 
 
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def load_outcomes(path: Path) -> list[Outcome]:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [Outcome(r["text"], r["correct"], tuple(r["logprobs"]), r["finish_reason"]) for r in rows]
+    return [Outcome(r["text"], r["correct"], tuple(r["logprobs"]), r["finish_reason"], r.get("seconds", 0.0),
+                    r.get("completion_tokens", len(r["logprobs"]))) for r in _rows(path)]
+
+
+def load_readings(path: Path) -> list[Reading]:
+    return [Reading(tuple(r["logprobs"]), tuple(r["top_choice"]), r["seconds"]) for r in _rows(path)]
 
 
 def statistic_names() -> list[str]:

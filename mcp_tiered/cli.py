@@ -10,8 +10,8 @@ from pathlib import Path
 import structlog
 
 from . import __version__, logs
-from .config import (CONFIG_ENV, Config, LocalTierConfig, OpenAITierConfig, load_config, model_file_problem,
-                     resolve_config_path)
+from .config import (CONFIG_ENV, Config, LocalTierConfig, OpenAITierConfig, TierConfig, load_config,
+                     model_file_problem, resolve_config_path)
 from .costs import CostModel
 from .errors import ConfigError
 from .ledger import reading
@@ -172,6 +172,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: --chain: unknown tier {unknown[0]!r}; valid tiers are {', '.join(config.tiers)}", file=sys.stderr)
         return 1
+    if args.verify_with is not None and not isinstance(config.tiers.get(args.verify_with), TierConfig):
+        in_process = [n for n, t in config.tiers.items() if isinstance(t, TierConfig) and n != args.tier]
+        print(f"error: --verify-with: {args.verify_with!r} is not a tier with engine = \"llama-cpp\" (only those can "
+              f"score a given answer); valid verifiers are {', '.join(in_process) or 'none'}", file=sys.stderr)
+        return 1
     try:
         items = calibrate.load_dataset(Path(args.dataset))
     except ConfigError as exc:
@@ -201,6 +206,36 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     last = anyio.run(run, chain[-1]) if len(chain) > 1 else None
     print(calibrate.report(chain[0], first, chain[-1] if last else None, last,
                            args.target_escalation, args.target_accuracy))
+    verifier = args.verify_with or config.tiers[chain[0]].verify_with
+    if verifier is not None:
+        from . import calibrate_verify
+        from .tiers import Policy
+
+        if last is None:
+            print("error: --verify-with: the tier has no tier to escalate to; give --chain", file=sys.stderr)
+            return 1
+
+        async def read() -> list[calibrate.Reading]:
+            saved = outcomes_dir / f"{chain[0]}.read-by-{verifier}.jsonl" if outcomes_dir else None
+            if saved is not None and saved.exists():
+                return calibrate.load_readings(saved)
+            backend = engine_backend(verifier, config.tiers[verifier])
+            try:
+                readings = await calibrate.run_verifier(
+                    backend, items, first, args.max_tokens,
+                    lambda i: print(f"\r{verifier} reading {chain[0]}: {i + 1}/{len(items)}", end="",
+                                    file=sys.stderr, flush=True))
+            finally:
+                await backend.aclose()
+            print(file=sys.stderr)
+            if saved is not None:
+                calibrate.save_outcomes(saved, readings)
+            return readings
+
+        policy = Policy.for_tier(config, config.tiers[chain[0]])
+        own = policy.statistic + (f":{policy.quantile}" if policy.statistic == "quantile" else "")
+        print(calibrate_verify.report(chain[0], chain[-1], verifier, first, last, anyio.run(read), own,
+                                      args.goal, args.margin))
     return 0
 
 
@@ -266,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--target-accuracy", type=float, help="accuracy of kept answers to find a threshold for")
     cal.add_argument("--max-tokens", type=int, default=48, help="answer length per item (default 48)")
     cal.add_argument("--outcomes", help="folder to save each tier's answers in, and reuse them from")
+    cal.add_argument("--goal", type=float, default=0.95,
+                     help="accuracy a rule must keep, as a share of the last tier's alone (default 0.95)")
+    cal.add_argument("--margin", type=float, default=0.02,
+                     help="rules are tuned for goal + margin on the tuning half (default 0.02)")
+    cal.add_argument("--verify-with", help="a tier that reads the first tier's answers (default: its verify_with): "
+                     "reports the verifier's signals and the rules that combine them with the tier's own confidence")
     cal.set_defaults(func=cmd_calibrate)
 
     rep = sub.add_parser("report", help="calls, energy, cost and savings per tier from the ledger")
