@@ -10,7 +10,7 @@ from pathlib import Path
 import structlog
 
 from . import __version__, logs
-from .config import (CONFIG_ENV, Config, LocalTierConfig, OpenAITierConfig, TierConfig, load_config,
+from .config import (CONFIG_ENV, AnyTier, Config, LocalTierConfig, OpenAITierConfig, TierConfig, load_config,
                      model_file_problem, resolve_config_path)
 from .costs import CostModel
 from .errors import ConfigError
@@ -130,12 +130,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         engine = (f"llama-server {find_server_binary(tier)}, {tier.parallel} slots" if server
                   else "in-process llama.cpp")
         print(f"ok     generate_{name}: {tier.model} ({size_mb:,.1f} MB GGUF, n_ctx {tier.n_ctx}, "
-              f"max_tokens {tier.max_tokens}, n_gpu_layers {tier.n_gpu_layers}; {engine})")
+              f"max_tokens {tier.max_tokens}, n_gpu_layers {tier.n_gpu_layers}; {engine}; {_scoring(tier)})")
     if config.cloud is not None:
         env = config.cloud.api_key_env
         state = f"key from ${env}" if os.environ.get(env) else f"disabled until ${env} is set"
         print(f"ok     generate_cloud: {config.cloud.model} ({state})")
     return 1 if failed else 0
+
+
+def _scoring(tier: AnyTier) -> str:
+    """Whether the tier can read other tiers' answers (verify_with), and who reads its own."""
+    if isinstance(tier, TierConfig):
+        text = "can verify other tiers' answers"
+    else:
+        text = f'cannot score a given answer, so it cannot verify others (engine "{tier.engine}")'
+    return text + (f"; its answers are verified by {tier.verify_with}" if tier.verify_with else "")
 
 
 def _check_endpoints(name: str, tier: OpenAITierConfig) -> bool:
@@ -149,7 +158,7 @@ def _check_endpoints(name: str, tier: OpenAITierConfig) -> bool:
     logprobs = "with token log-probabilities" if tier.logprobs else "without log-probabilities (logprobs = false)"
     state = "ok   " if working == len(problems) else "error"
     print(f"{state}  generate_{name}: model {tier.model!r} on {working} of {len(problems)} endpoints "
-          f"({tier.api} API, {logprobs})")
+          f"({tier.api} API, {logprobs}; {_scoring(tier)})")
     for endpoint, problem in zip(tier.endpoints, problems):
         print(f"ok       {endpoint.url}" if problem is None else f"error    {problem}")
     return working < len(problems)

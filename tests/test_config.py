@@ -164,6 +164,18 @@ MALFORMED = {
     "openai_max_tokens_not_below_n_ctx": (OPENAI_TIER + ENDPOINT + "n_ctx = 1024\nmax_tokens = 2048",
                                           "tiers.big.max_tokens: must be less than n_ctx (1024), got 2048"),
     "ledger_path_not_a_string": (VALID_TIER + "\n[ledger]\npath = 5", "ledger.path: must be a file path, got 5"),
+    "verify_with_unknown_tier": (VALID_TIER + 'verify_with = "big"', 'tiers.small.verify_with: unknown tier "big"; add a '
+                                 'tier with engine = "llama-cpp" to verify with'),
+    "verify_with_itself": (VALID_TIER + 'verify_with = "small"\n[tiers.large]\nmodel = "{model}"\ndescription = "l"',
+                           'tiers.small.verify_with: a tier cannot verify its own answers; valid verifiers are "large"'),
+    "verify_with_an_engine_that_cannot_score": (
+        VALID_TIER + 'verify_with = "big"\n' + OPENAI_TIER + ENDPOINT,
+        'tiers.small.verify_with: tier "big" runs engine "openai", which cannot score a given answer (only engine = '
+        '"llama-cpp" can); add a tier with engine = "llama-cpp" to verify with'),
+    "verify_statistic_unknown": (VALID_TIER + 'verify_statistic = "median"', 'tiers.small.verify_statistic: must be one '
+                                 'of "top_share", "mean", "quantile", "min", got "median"'),
+    "min_verification_above_one": (VALID_TIER + "min_verification = 2", "tiers.small.min_verification: must be a "
+                                   "number between 0 and 1, got 2"),
 }
 
 
@@ -247,7 +259,17 @@ def test_check_says_where_the_llama_server_is_or_that_it_is_missing(write_config
                            'server_binary = "bin/llama-server"\n', name="missing.toml")
     assert cli.main(["check", "--config", str(found)]) == 0
     out, _ = capsys.readouterr()
-    assert "; llama-server " in out and ", 2 slots)" in out
+    assert "; llama-server " in out and ', 2 slots; cannot score a given answer, so it cannot verify others (engine ' \
+        '"llama-server"))' in out
     assert cli.main(["check", "--config", str(missing)]) == 1
     out, _ = capsys.readouterr()
     assert f"error  tiers.small.server_binary: {missing.parent}/bin/llama-server is not an executable file" in out
+
+
+def test_check_says_which_tiers_verify_and_are_verified(write_config, smollm2: Path, capsys) -> None:
+    config = write_config(VALID_TIER.replace("{model}", str(smollm2)) + 'verify_with = "large"\n'
+                          + VALID_TIER.replace("small", "large").replace("{model}", str(smollm2)))
+    assert cli.main(["check", "--config", str(config)]) == 0
+    small, large = capsys.readouterr()[0].splitlines()
+    assert small.endswith("in-process llama.cpp; can verify other tiers' answers; its answers are verified by large)")
+    assert large.endswith("in-process llama.cpp; can verify other tiers' answers)")

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -410,3 +411,22 @@ def test_the_report_connection_cannot_write(tmp_path: Path) -> None:
     with reading(path) as report, pytest.raises(sqlite3.OperationalError, match="readonly"):
         report.execute("DELETE FROM calls")
     assert len(rows(path, "calls")) == 1
+
+
+def test_a_ledger_of_schema_1_gains_the_verification_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    from mcp_tiered import ledger as ledger_module
+
+    path = tmp_path / "old.sqlite3"
+    old_schema = ledger_module.SCHEMA.replace(",\n    verification REAL                   -- a verifier's hop: its "
+                                              "statistic (escalation.judge_verification)", "")
+    assert "verification" not in old_schema
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(old_schema)
+        conn.execute("INSERT INTO hops (call_id, time, position, tier, model, outcome, prompt_tokens, "
+                     "completion_tokens, queue_s, generation_s, energy_wh, local_cost, cloud_cost) "
+                     "VALUES (1, 1.0, 0, 'small', 'm', 'answered', 5, 2, 0, 0.1, 0, 0, 0)")
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    with closing(ledger_module.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == ledger_module.SCHEMA_VERSION
+        assert [tuple(r) for r in conn.execute("SELECT tier, prompt_tokens, verification FROM hops")] == [("small", 5, None)]
