@@ -42,7 +42,7 @@ class Reading:
     """A verifier's reading of one first-tier answer (Backend.score)."""
 
     logprobs: tuple[float, ...]
-    top_choice: tuple[bool, ...]
+    top_logprobs: tuple[float, ...]
     seconds: float
 
 
@@ -99,7 +99,7 @@ async def run_verifier(verifier: Backend, items: Sequence[Item], answers: Sequen
     for index, (item, answer) in enumerate(zip(items, answers, strict=True)):
         started = time.perf_counter()
         scored = await verifier.score(GenerationRequest(item.prompt, "", max_tokens, 0.0), answer.text)
-        readings.append(Reading(scored.token_logprobs, scored.top_choice, time.perf_counter() - started))
+        readings.append(Reading(scored.token_logprobs, scored.top_logprobs, time.perf_counter() - started))
         on_item(index)
     return readings
 
@@ -118,7 +118,7 @@ def load_outcomes(path: Path) -> list[Outcome]:
 
 
 def load_readings(path: Path) -> list[Reading]:
-    return [Reading(tuple(r["logprobs"]), tuple(r["top_choice"]), r["seconds"]) for r in _rows(path)]
+    return [Reading(tuple(r["logprobs"]), tuple(r["top_logprobs"]), r["seconds"]) for r in _rows(path)]
 
 
 def statistic_names() -> list[str]:

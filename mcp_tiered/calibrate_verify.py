@@ -23,12 +23,12 @@ OWN_GRID = [i / 20 for i in range(21)]
 
 def verifier_score(reading: Reading, name: str) -> float:
     statistic, _, q = name.partition(":")
-    value = verification(reading.logprobs, reading.top_choice, statistic, float(q) if q else 0.1)  # type: ignore[arg-type]
+    value = verification(reading.logprobs, reading.top_logprobs, statistic, float(q) if q else 0.1)  # type: ignore[arg-type]
     return 0.0 if value is None else value
 
 
 def verifier_statistic_names() -> list[str]:
-    return [s if s != "quantile" else "quantile:0.1" for s in VERIFY_STATISTICS]
+    return [f"{s}:0.1" if s in ("quantile", "ratio") else s for s in VERIFY_STATISTICS]
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,11 @@ class Rule:
     def describe(self) -> str:
         parts = []
         if self.own is not None and (self.low > 0 or self.verifier is None):
-            parts.append(f"{self.own} < {self.low:.3f} → escalate")
+            parts.append(f"{self.own} < {self.low:.4g} → escalate")
         if self.verifier is not None:
             if self.high is not None:
-                parts.append(f"{self.own} ≥ {self.high:.3f} → keep")
-            parts.append(f"else keep if verifier {self.verifier} ≥ {self.threshold:.3f}")
+                parts.append(f"{self.own} ≥ {self.high:.4g} → keep")
+            parts.append(f"else keep if verifier {self.verifier} ≥ {self.threshold:.4g}")
         return "; ".join(parts) if parts else "keep all"
 
 
@@ -103,15 +103,22 @@ def apply(rule: Rule, s: Signals, idx: Sequence[int]) -> Result:
                   latency / n, sum(s.last_s[i] for i in idx) / n, last_tokens / total_last_tokens)
 
 
+def between(values: Sequence[float]) -> list[float]:
+    """Thresholds that split `values` every way: 0, the midpoints of neighbours, and infinity. A threshold
+    at an observed value would decide that item by how its printed (rounded) copy compares."""
+    ordered = sorted(set(values))
+    return [0.0, *((a + b) / 2 for a, b in zip(ordered, ordered[1:])), float("inf")]
+
+
 def candidates(s: Signals, idx: Sequence[int], own: str, kind: str) -> list[Rule]:
     """kind: "own" (own confidence alone), "verify" (every answer read), "unsure" (read between two own cuts)."""
     owns = sorted(s.own[i] for i in idx)
     if kind == "own":
-        return [Rule(own, t, None, None, 0.0) for t in sorted({*owns, 0.0, float("inf")})]
+        return [Rule(own, t, None, None, 0.0) for t in between(owns)]
     cuts = sorted({quantile(owns, q) for q in OWN_GRID} | {0.0})
     rules = []
     for verifier, values in s.verified.items():
-        thresholds = sorted({values[i] for i in idx} | {float("inf")})
+        thresholds = between([values[i] for i in idx])
         if kind == "verify":
             rules += [Rule(own, 0.0, None, verifier, t) for t in thresholds]
             continue
@@ -171,8 +178,9 @@ def report(first: str, last: str, verifier: str, outcomes: Sequence[Outcome], la
             out(f"{name:<34} {result.kept:>14.0%} {result.of_last:>14.1%} {result.verified:>9.0%} "
                 f"{result.latency_s * 1000:>6.0f} ms ({result.latency_s / result.last_only_latency_s:.2f}×) "
                 f"{result.last_tokens:>11.0%}")
+            half = "even" if fold == 0 else "odd"
+            out(f"    {rule.describe()} ({half} half: {tuned.kept:.0%} kept at {tuned.of_last:.1%})")
             if fold == 0:
-                out(f"  {rule.describe()} (even half: {tuned.kept:.0%} kept at {tuned.of_last:.1%})")
                 picked.append((label, rule, tuned, result))
     if picked:  # chosen on the even half alone, like the thresholds
         label, rule, tuned, result = max(picked, key=lambda p: (p[2].kept, -p[2].latency_s))
@@ -187,13 +195,13 @@ def report(first: str, last: str, verifier: str, outcomes: Sequence[Outcome], la
 def settings(rule: Rule, verifier: str) -> str:
     statistic, _, q = (rule.own or "mean").partition(":")
     parts = [f'confidence = "{statistic}"'] + ([f"confidence_quantile = {q}"] if q else [])
-    parts.append(f"min_confidence = {rule.low:.3f}")
+    parts.append(f"min_confidence = {rule.low:.4g}")
     if rule.verifier is not None:
         vstat, _, vq = rule.verifier.partition(":")
         parts += [f'verify_with = "{verifier}"', f'verify_statistic = "{vstat}"'] + \
-            ([f"verify_quantile = {vq}"] if vq else []) + [f"min_verification = {rule.threshold:.3f}"]
+            ([f"verify_quantile = {vq}"] if vq else []) + [f"min_verification = {rule.threshold:.4g}"]
         if rule.high is not None:
-            parts.append(f"verify_below = {rule.high:.3f}")
+            parts.append(f"verify_below = {rule.high:.4g}")
     return ", ".join(parts)
 
 

@@ -8,8 +8,10 @@ Every statistic maps to [0, 1] (a probability), higher = more likely right:
 - `first`: the first token (where a short answer is decided).
 
 A verifier's reading of an answer (`verification`) maps the same way: `top_share` is the share of the
-answer's tokens that the verifier would have chosen itself; `mean`, `quantile` and `min` are as above,
-over the verifier's probabilities of the answer's tokens.
+answer's tokens that the verifier would have chosen itself; `ratio` the `verify_quantile` quantile of
+p(token) / p(the verifier's own choice) over the answer's tokens (1 where it agrees: the acceptance test of
+lossy speculative decoding and of speculative cascades, Narasimhan et al. 2024); `mean`, `quantile` and
+`min` are as above, over the verifier's probabilities of the answer's tokens.
 
 `is_repetitive` is the other signal a good-looking confidence can hide: an answer stuck in a loop.
 """
@@ -50,15 +52,21 @@ def confidence(logprobs: Sequence[float], statistic: Statistic = "mean", q: floa
     raise ValueError(f"unknown confidence statistic {statistic!r}")
 
 
-VerifyStatistic = Literal["top_share", "mean", "quantile", "min"]
-VERIFY_STATISTICS: tuple[VerifyStatistic, ...] = ("top_share", "mean", "quantile", "min")
+VerifyStatistic = Literal["top_share", "ratio", "mean", "quantile", "min"]
+VERIFY_STATISTICS: tuple[VerifyStatistic, ...] = ("top_share", "ratio", "mean", "quantile", "min")
+TOP = 1e-6
+"""A token within this log-probability of the most probable one is the verifier's own choice (ties)."""
 
 
-def verification(logprobs: Sequence[float], top_choice: Sequence[bool], statistic: VerifyStatistic = "top_share",
+def verification(logprobs: Sequence[float], top_logprobs: Sequence[float], statistic: VerifyStatistic = "top_share",
                  q: float = 0.1) -> float | None:
     """None when the answer has no tokens."""
+    if not logprobs:
+        return None
     if statistic == "top_share":
-        return sum(top_choice) / len(top_choice) if top_choice else None
+        return sum(lp >= top - TOP for lp, top in zip(logprobs, top_logprobs, strict=True)) / len(logprobs)
+    if statistic == "ratio":
+        return math.exp(quantile([lp - top for lp, top in zip(logprobs, top_logprobs, strict=True)], q))
     return confidence(logprobs, statistic, q)
 
 

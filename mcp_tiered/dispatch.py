@@ -16,15 +16,19 @@ from .backends.pool import CallControl
 from .cache import ResponseCache
 from .cascade import Cascade, Trace, Walked
 from .costs import CostModel
-from .errors import BackendError, BusyError, TieredError
+from . import routing
+from .errors import BackendError, BusyError, RequestError, TieredError
 from .ledger import CallRecord, Ledger
 from .results import Escalation, GenerateResult, Usage, Verification
+from .routing import Route
 from .tiers import Tier, TierRegistry
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
+
+ROUTER_TOOL = "generate"
 
 
 class Dispatcher:
@@ -38,15 +42,53 @@ class Dispatcher:
         self.ledger = ledger
         self.costs = costs or CostModel()
 
+    def route(self, prompt: str, system: str, options: dict[str, Any]) -> Route:
+        """The tier the `generate` tool starts this call at (routing.pick_entry on the tiers' state now)."""
+        args = parse_arguments({"prompt": prompt, "system": system, **options})
+        candidates = [routing.Candidate(t.name, t.max_tokens, t.n_ctx,
+                                        *((t.backend.pool.queue_depth, t.backend.pool.max_queue) if t.backend.pool
+                                          else (0, None)))
+                      for t in self.entry_tiers()]
+        if not candidates:
+            first = next(iter(self.tiers)).name
+            return Route(first, f"no local tier to choose from → {first}")
+        route = routing.pick_entry(routing.features(args.prompt, args.system), candidates, args.max_tokens,
+                                   args.deadline_s)
+        if route is None:
+            raise RequestError(f"max_tokens: must be an integer between 1 and {max(c.max_tokens for c in candidates)} "
+                               f"(the largest limit of the tiers generate may use), got {args.max_tokens}")
+        return route
+
+    def entry_tiers(self) -> list[Tier]:
+        """The local tiers `generate` may start at: the chain of the first tier, smallest first."""
+        first = next(iter(self.tiers))
+        return [self.tiers.get(n) for n in self.tiers.chain(first.name)
+                if n in self.tiers and not self.tiers.get(n).capabilities.prompt_leaves_machine]
+
+    async def generate_routed(self, prompt: str, system: str = "", control: CallControl | None = None,
+                              **options: Any) -> GenerateResult:
+        """The `generate` tool: pick the entry tier, then the usual cascade from it."""
+        try:
+            route = self.route(prompt, system, options)
+        except RequestError as exc:
+            log.warning("tool_call", tool=ROUTER_TOOL, outcome="error", error=type(exc).__name__, reason=str(exc))
+            raise
+        result = await self.generate(route.tier, prompt, system, control, via=ROUTER_TOOL, route_note=route.why,
+                                     **options)
+        return result
+
     async def generate(self, tier_name: str, prompt: str, system: str = "", control: CallControl | None = None,
-                       **options: Any) -> GenerateResult:
+                       *, via: str | None = None, route_note: str | None = None, **options: Any) -> GenerateResult:
+        """`via`: the tool that was called, when not the tier's own; `route_note`: why `generate` chose the tier."""
         started = time.perf_counter()
         control = control or CallControl()
-        tool = self.tiers.get(tier_name).tool_name
+        tool = via or self.tiers.get(tier_name).tool_name
         event = log.bind(tool=tool, tier=tier_name)
         trace = Trace()
         try:
             result = await self._serve(tier_name, prompt, system, options, started, control, trace)
+            if route_note is not None:
+                result = result.model_copy(update={"routing": route_note})
         except TieredError as exc:
             event.warning("tool_call", outcome="error", error=type(exc).__name__, reason=str(exc),
                           latency_ms=_ms_since(started))
@@ -67,6 +109,7 @@ class Dispatcher:
                    prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens,
                    latency_ms=result.latency_ms, finish_reason=result.finish_reason, confidence=result.confidence,
                    escalations=[f"{e.from_}->{e.to}:{e.reason}" for e in result.escalations],
+                   verifications=[f"{v.by}:{v.value}:{'kept' if v.kept else 'rejected'}" for v in result.verifications],
                    escalation_note=result.escalation_note)
         outcome = "cache_hit" if result.cache_hit else "ok"
         await self._commit(self._account(tool, tier_name, outcome, started, trace, result))

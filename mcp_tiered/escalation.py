@@ -58,7 +58,7 @@ def verifier_for(policy: Policy, value: float | None) -> str | None:
 
 def judge_verification(policy: Policy, scored: ScoredAnswer) -> tuple[Reason | None, float]:
     """The verifier's verdict: "rejected" when its statistic is under `min_verification`; and the statistic."""
-    value = verification(scored.token_logprobs, scored.top_choice, policy.verify_statistic, policy.verify_quantile)
+    value = verification(scored.token_logprobs, scored.top_logprobs, policy.verify_statistic, policy.verify_quantile)
     value = 0.0 if value is None else value
     return ("rejected" if value < policy.min_verification else None), value
 

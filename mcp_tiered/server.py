@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
+import functools
 import warnings
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 import anyio
 import mcp_types as types
@@ -21,8 +22,9 @@ from .backends.pool import CallControl
 from .cache import ResponseCache
 from .config import ServerConfig
 from .costs import CostModel
-from .arguments import input_schema, tier_bounds
-from .dispatch import Dispatcher
+from . import routing
+from .arguments import Bounds, input_schema, tier_bounds
+from .dispatch import ROUTER_TOOL, Dispatcher
 from .results import GenerateResult
 from .errors import TieredError
 from .ledger import Ledger
@@ -33,8 +35,9 @@ from .validation import describe_value
 log = structlog.get_logger(__name__)
 
 INSTRUCTIONS = (
-    "Local language models in tiers of increasing size. Each generate_<tier> tool answers a prompt with "
-    "that tier's model; prefer the smallest tier whose description fits the task."
+    "Local language models in tiers of increasing size. `generate` picks the tier for a prompt and escalates "
+    "when an answer is not good enough; each generate_<tier> tool answers with that tier's model (and "
+    "escalates from it), for when you know which tier the task needs."
 )
 
 
@@ -60,7 +63,10 @@ class _GenerateTool(Tool):
         return await super().run(arguments, context, convert_result)
 
 
-def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
+def _generation_tool(name: str, title: str, description: str, annotations: ToolAnnotations, bounds: Bounds,
+                     run: Callable[..., Awaitable[GenerateResult]], server: ServerConfig) -> Tool:
+    """A tool taking GenerateArguments: `run(prompt, system, control, **options)` answers it."""
+
     async def generate(
         ctx: Context,
         prompt: str = "",
@@ -78,10 +84,9 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
         async with anyio.create_task_group() as progress:
             progress.start_soon(_report_progress, ctx, control, server.progress_interval_s)
             try:
-                result = await dispatcher.generate(
-                    tier.name, prompt, system, control, max_tokens=max_tokens, temperature=temperature,
-                    stop=stop, escalate=escalate, local_only=local_only, deadline_s=deadline_s, cache=cache,
-                )
+                result = await run(prompt, system, control, max_tokens=max_tokens, temperature=temperature,
+                                   stop=stop, escalate=escalate, local_only=local_only, deadline_s=deadline_s,
+                                   cache=cache)
             except TieredError as exc:  # raised here, not from the task group, which would wrap it
                 failure = exc
             finally:
@@ -93,25 +98,45 @@ def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
             structured_content=result.model_dump(mode="json", by_alias=True),
         )
 
-    tool = _GenerateTool.from_function(
-        generate,
-        name=tier.tool_name,
-        title=f"Generate with the {tier.name} tier",
-        description=tier.description,
-        annotations=ToolAnnotations(
-            title=f"{tier.name} tier ({tier.backend.model_name})",
-            read_only_hint=True,
-            destructive_hint=False,
-            idempotent_hint=False,
-            open_world_hint=tier.capabilities.prompt_leaves_machine,
-        ),
-        structured_output=True,
-    )
-    # The function takes its arguments loosely so that dispatch.build_request can reject a
-    # bad value in one sentence; the schema clients see is the precise one. (prompt and system
-    # stay `str`: the SDK would otherwise JSON-decode a prompt such as '{"a": 1}'.)
-    tool.parameters = input_schema(tier_bounds(tier, server.default_deadline_s))
+    tool = _GenerateTool.from_function(generate, name=name, title=title, description=description,
+                                       annotations=annotations, structured_output=True)
+    # The function takes its arguments loosely so that arguments.parse_arguments can reject a bad value in
+    # one sentence; the schema clients see is GenerateArguments' own, with the tool's bounds. (prompt and
+    # system stay `str`: the SDK would otherwise JSON-decode a prompt such as '{"a": 1}'.)
+    tool.parameters = input_schema(bounds)
     return tool
+
+
+def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
+    return _generation_tool(
+        tier.tool_name, f"Generate with the {tier.name} tier", tier.description,
+        ToolAnnotations(title=f"{tier.name} tier ({tier.backend.model_name})", read_only_hint=True,
+                        destructive_hint=False, idempotent_hint=False,
+                        open_world_hint=tier.capabilities.prompt_leaves_machine),
+        tier_bounds(tier, server.default_deadline_s), functools.partial(dispatcher.generate, tier.name), server)
+
+
+def _router_tool(dispatcher: Dispatcher, server: ServerConfig) -> Tool:
+    entries = dispatcher.entry_tiers()
+    names = [t.name for t in entries]
+    chain = dispatcher.tiers.chain(names[0]) if names else []
+    description = (
+        f"Answers a prompt with the tier that suits it, so you do not have to choose: short lookups, rewrites and "
+        f"yes/no questions start on the smallest tier ({names[0] if names else 'none'}); code, arithmetic, several "
+        f"steps, long prompts or long answers (max_tokens ≥ {routing.LONG_ANSWER_TOKENS}) start one tier up; a deadline "
+        f"under {routing.TIGHT_DEADLINE_S:g} s starts on the fastest. From there the call escalates as usual "
+        f"({' → '.join(chain)}) when an answer is not good enough. The result's `tier` and `routing` say where it "
+        f"started and why. Call a generate_<tier> tool instead to fix the tier yourself (for instance "
+        f"escalate=never on a small tier to keep a call cheap)."
+    )
+    bounds = Bounds(max((t.max_tokens for t in entries), default=1), "that of the tier it starts at",
+                    server.default_deadline_s)
+    return _generation_tool(
+        ROUTER_TOOL, "Generate with the tier that suits the prompt", description,
+        ToolAnnotations(title="generate (picks the tier)", read_only_hint=True, destructive_hint=False,
+                        idempotent_hint=False, open_world_hint=any(
+                            t.capabilities.prompt_leaves_machine for t in dispatcher.tiers)),
+        bounds, dispatcher.generate_routed, server)
 
 
 REPORT_URI = "tiered://report"
@@ -130,7 +155,8 @@ def build_server(tiers: TierRegistry, server: ServerConfig | None = None, metric
         title="mcp-tiered",
         version=__version__,
         instructions=INSTRUCTIONS,
-        tools=[_tool_for(tier, dispatcher, server) for tier in tiers],
+        tools=[*([_router_tool(dispatcher, server)] if len(dispatcher.entry_tiers()) > 1 else []),
+               *(_tool_for(tier, dispatcher, server) for tier in tiers)],
     )
     _accept_log_level(mcp)
     if ledger is not None:

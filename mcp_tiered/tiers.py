@@ -70,6 +70,8 @@ class Tier:
     max_tokens: int
     temperature: float
     policy: Policy = Policy()
+    n_ctx: int | None = None
+    """The context window a call gets, where the config states it."""
 
     @property
     def tool_name(self) -> str:
@@ -94,7 +96,7 @@ class TierRegistry:
                     environ: Mapping[str, str] = os.environ) -> TierRegistry:
         tiers = [
             Tier(name, backend_factory(name, tc), tc.description, tc.max_tokens, tc.temperature,
-                 Policy.for_tier(config, tc))
+                 Policy.for_tier(config, tc), tc.n_ctx)
             for name, tc in config.tiers.items()
         ]
         cloud_disabled = budget = None

@@ -173,7 +173,7 @@ MALFORMED = {
         'tiers.small.verify_with: tier "big" runs engine "openai", which cannot score a given answer (only engine = '
         '"llama-cpp" can); add a tier with engine = "llama-cpp" to verify with'),
     "verify_statistic_unknown": (VALID_TIER + 'verify_statistic = "median"', 'tiers.small.verify_statistic: must be one '
-                                 'of "top_share", "mean", "quantile", "min", got "median"'),
+                                 'of "top_share", "ratio", "mean", "quantile", "min", got "median"'),
     "min_verification_above_one": (VALID_TIER + "min_verification = 2", "tiers.small.min_verification: must be a "
                                    "number between 0 and 1, got 2"),
 }

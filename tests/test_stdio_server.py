@@ -23,7 +23,10 @@ async def test_tools_list_has_one_generate_tool_per_tier_with_output_schema(tmp_
     with anyio.fail_after(30):
         async with stdio_server(config, tmp_path / "stderr.log") as client:
             tools = (await client.list_tools()).tools
-    assert [t.name for t in tools] == [f"generate_{name}" for name in tiers]
+    assert [t.name for t in tools] == ["generate", *(f"generate_{name}" for name in tiers)]
+    router, *tools = tools
+    assert router.input_schema["properties"]["max_tokens"]["maximum"] == max(t.max_tokens for t in tiers.values())
+    assert router.output_schema == tools[0].output_schema and "picks" in router.annotations.title
     for tool in tools:
         tier = tiers[tool.name.removeprefix("generate_")]
         assert tool.description == tier.description

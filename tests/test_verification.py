@@ -127,7 +127,7 @@ class Verifier(ScriptedBackend):
 
 
 def read_as(prob: float, tokens: int = 3) -> ScoredAnswer:
-    return ScoredAnswer((math.log(prob),) * tokens, (prob > 0.5,) * tokens, 10, 10 + tokens)
+    return ScoredAnswer((math.log(prob),) * tokens, (math.log(max(prob, 0.5)),) * tokens, 10, 10 + tokens)
 
 
 def scripted(small: list, large: list, readings: list, **policy) -> tuple[TierRegistry, Verifier]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from .pool import CallControl
+    from .pool import CallControl, InstancePool
 
 FinishReason = Literal["stop", "length", "deadline"]
 SAMPLING = {"top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
@@ -47,8 +47,8 @@ class ScoredAnswer:
 
     token_logprobs: tuple[float, ...]
     """Natural-log probability of each answer token after the prompt and the answer's earlier tokens."""
-    top_choice: tuple[bool, ...]
-    """Whether each answer token is the model's own most probable next token."""
+    top_logprobs: tuple[float, ...]
+    """Natural-log probability of the model's own most probable token at each answer position."""
     prompt_tokens: int
     evaluated_tokens: int
     """Tokens the engine ran: the answer's and the prompt's less the prefix already in its KV cache."""
@@ -95,6 +95,9 @@ class Backend(ABC):
 
     model_name: str
     """What the result's `model` field reports."""
+
+    pool: InstancePool | None = None
+    """The engine's slots and the queue in front of them, for engines that have them."""
 
     @abstractmethod
     async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:

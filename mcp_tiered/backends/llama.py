@@ -401,7 +401,7 @@ class LlamaBackend(Backend):
         n_vocab = llama.n_vocab()
         start = min(_reusable_prefix(llama, tokens), len(prompt) - 1)
         logprobs: list[float] = []
-        top: list[bool] = []
+        top: list[float] = []
         control.phase = "verifying"
         try:
             llama._ctx.kv_cache_seq_rm(-1, start, -1)
@@ -424,8 +424,9 @@ class LlamaBackend(Backend):
                         row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, i), shape=(n_vocab,))
                         target = tokens[position + i + 1]
                         peak = float(row.max())
-                        logprobs.append(float(row[target]) - peak - float(np.log(np.exp(row - peak).sum())))
-                        top.append(bool(row[target] >= peak))
+                        norm = float(np.log(np.exp(row - peak).sum()))
+                        logprobs.append(float(row[target]) - peak - norm)
+                        top.append(-norm)
                 position += len(batch)
         except (BackendError, RequestError):
             raise
