@@ -176,7 +176,7 @@ def report(first: str, last: str, verifier: str, outcomes: Sequence[Outcome], la
                 continue
             rule, tuned, result = row
             out(f"{name:<34} {result.kept:>14.0%} {result.of_last:>14.1%} {result.verified:>9.0%} "
-                f"{result.latency_s * 1000:>6.0f} ms ({result.latency_s / result.last_only_latency_s:.2f}×) "
+                f"{result.latency_s * 1000:>6.0f} ms ({_ratio(result.latency_s, result.last_only_latency_s)}) "
                 f"{result.last_tokens:>11.0%}")
             half = "even" if fold == 0 else "odd"
             out(f"    {rule.describe()} ({half} half: {tuned.kept:.0%} kept at {tuned.of_last:.1%})")
@@ -213,3 +213,7 @@ def _signals(outcomes: Sequence[Outcome], last: Sequence[Outcome], readings: Seq
         first_s=[o.seconds for o in outcomes], verify_s=[r.seconds for r in readings],
         last_s=[o.seconds for o in last], last_tokens=[o.completion_tokens for o in last],
     )
+
+
+def _ratio(value: float, baseline: float) -> str:
+    return f"{value / baseline:.2f}×" if baseline > 0 else "  n/a"

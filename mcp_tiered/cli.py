@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -165,10 +167,7 @@ def _check_endpoints(name: str, tier: OpenAITierConfig) -> bool:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    import anyio
-
     from . import calibrate
-    from .engines import engine_backend
 
     config = _load(args)
     if config is None:
@@ -191,61 +190,61 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    outcomes_dir = Path(args.outcomes) if args.outcomes else None
+    verifier = args.verify_with or config.tiers[chain[0]].verify_with
+    if verifier is not None and len(chain) < 2:
+        print(f"error: --verify-with: tier {chain[0]} escalates to no other tier, so a reading has nothing to "
+              "decide; give --chain", file=sys.stderr)
+        return 1
+    folder = Path(args.outcomes) if args.outcomes else None
 
-    async def run(name: str) -> list[calibrate.Outcome]:
-        saved = outcomes_dir / f"{name}.jsonl" if outcomes_dir else None
-        if saved is not None and saved.exists():
-            return calibrate.load_outcomes(saved)
-        backend = engine_backend(name, config.tiers[name])
-        try:
-            outcomes = await calibrate.run_tier(
-                backend, items, min(args.max_tokens, config.tiers[name].max_tokens),
-                lambda i: print(f"\r{name}: {i + 1}/{len(items)}", end="", file=sys.stderr, flush=True),
-            )
-        finally:
-            await backend.aclose()
-        print(file=sys.stderr)
-        if saved is not None:
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            calibrate.save_outcomes(saved, outcomes)
-        return outcomes
+    def run_tier(name: str) -> list[calibrate.Outcome]:
+        max_tokens = min(args.max_tokens, config.tiers[name].max_tokens)
+        return _measured(config, name, folder and folder / f"{name}.jsonl", calibrate.load_outcomes,
+                         lambda backend, done: calibrate.run_tier(backend, items, max_tokens, done), name)
 
-    first = anyio.run(run, chain[0])
-    last = anyio.run(run, chain[-1]) if len(chain) > 1 else None
+    first = run_tier(chain[0])
+    last = run_tier(chain[-1]) if len(chain) > 1 else None
     print(calibrate.report(chain[0], first, chain[-1] if last else None, last,
                            args.target_escalation, args.target_accuracy))
-    verifier = args.verify_with or config.tiers[chain[0]].verify_with
-    if verifier is not None:
-        from . import calibrate_verify
-        from .tiers import Policy
+    if verifier is None or last is None:
+        return 0
+    from . import calibrate_verify
+    from .tiers import Policy
 
-        if last is None:
-            print("error: --verify-with: the tier has no tier to escalate to; give --chain", file=sys.stderr)
-            return 1
-
-        async def read() -> list[calibrate.Reading]:
-            saved = outcomes_dir / f"{chain[0]}.read-by-{verifier}.jsonl" if outcomes_dir else None
-            if saved is not None and saved.exists():
-                return calibrate.load_readings(saved)
-            backend = engine_backend(verifier, config.tiers[verifier])
-            try:
-                readings = await calibrate.run_verifier(
-                    backend, items, first, args.max_tokens,
-                    lambda i: print(f"\r{verifier} reading {chain[0]}: {i + 1}/{len(items)}", end="",
-                                    file=sys.stderr, flush=True))
-            finally:
-                await backend.aclose()
-            print(file=sys.stderr)
-            if saved is not None:
-                calibrate.save_outcomes(saved, readings)
-            return readings
-
-        policy = Policy.for_tier(config, config.tiers[chain[0]])
-        own = policy.statistic + (f":{policy.quantile}" if policy.statistic == "quantile" else "")
-        print(calibrate_verify.report(chain[0], chain[-1], verifier, first, last, anyio.run(read), own,
-                                      args.goal, args.margin))
+    readings = _measured(config, verifier, folder and folder / f"{chain[0]}.read-by-{verifier}.jsonl",
+                         calibrate.load_readings,
+                         lambda backend, done: calibrate.run_verifier(backend, items, first, args.max_tokens, done),
+                         f"{verifier} reading {chain[0]}")
+    policy = Policy.for_tier(config, config.tiers[chain[0]])
+    own = policy.statistic + (f":{policy.quantile}" if policy.statistic == "quantile" else "")
+    print(calibrate_verify.report(chain[0], chain[-1], verifier, first, last, readings, own, args.goal, args.margin))
     return 0
+
+
+def _measured(config: Config, tier: str, saved: Path | None, load: Callable[[Path], list],
+              produce: Callable[[Any, Callable[[int], None]], Awaitable[list]], label: str) -> list:
+    """What `produce(backend, on_item)` measures with the tier's engine, or what an earlier run saved."""
+    import anyio
+
+    from . import calibrate
+    from .engines import engine_backend
+
+    if saved is not None and saved.exists():
+        return load(saved)
+
+    async def run() -> list:
+        backend = engine_backend(tier, config.tiers[tier])
+        try:
+            return await produce(backend, lambda i: print(f"\r{label}: {i + 1}", end="", file=sys.stderr, flush=True))
+        finally:
+            await backend.aclose()
+
+    results = anyio.run(run)
+    print(file=sys.stderr)
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        calibrate.save_outcomes(saved, results)
+    return results
 
 
 def claude_desktop_entry(config_path: Path) -> dict:

@@ -115,3 +115,40 @@ def test_calibrate_runs_a_tier_on_llama_server(write_config, smollm2: Path, tmp_
     assert code == 0
     outcomes = [json.loads(line) for line in (tmp_path / "out" / "small.jsonl").read_text().splitlines()]
     assert len(outcomes) == 4 and all(outcome["logprobs"] for outcome in outcomes)
+
+
+def test_a_rule_keeps_reads_or_escalates_by_its_zones_and_estimates_latency_and_tokens() -> None:
+    from mcp_tiered.calibrate_verify import Rule, Signals, apply
+
+    signals = Signals(own=[0.1, 0.5, 0.5, 0.9], verified={"mean": [0.9, 0.8, 0.1, 0.0]},
+                      first_ok=[True, True, False, True], last_ok=[True, True, True, False],
+                      first_s=[1.0] * 4, verify_s=[2.0] * 4, last_s=[4.0] * 4, last_tokens=[10, 10, 10, 10])
+    # own < 0.2: escalate unread; own ≥ 0.8: keep unread; else read, keep when the verifier says ≥ 0.5.
+    result = apply(Rule("mean", 0.2, 0.8, "mean", 0.5), signals, range(4))
+    assert (result.kept, result.verified) == (0.5, 0.5)  # items 1 and 3 kept; items 1 and 2 read
+    assert result.accuracy == 1.0 and result.of_last == 4 / 3  # last, first, last, first: all right; large alone 3
+    assert result.latency_s == (5 + 3 + 7 + 1) / 4 and result.last_only_latency_s == 4.0
+    assert result.last_tokens == 0.5
+
+
+def test_calibrate_with_a_verifier_prints_its_signals_the_rules_and_the_settings(write_config, tmp_path: Path,
+                                                                                  capsys) -> None:
+    config = write_config('[tiers.small]\nmodel = "s.gguf"\ndescription = "s"\nescalate_to = "large"\n'
+                          'verify_with = "large"\n[tiers.large]\nmodel = "l.gguf"\ndescription = "l"\n')
+    dataset = tmp_path / "set.jsonl"
+    dataset.write_text("".join(json.dumps({"prompt": f"q{i}", "answers": ["a"]}) + "\n" for i in range(8)))
+    # small is surer of its wrong answers than of its right ones; the verifier tells them apart perfectly.
+    small = [(True, 0.5), (True, 0.55), (False, 0.9), (False, 0.8), (True, 0.4), (True, 0.6), (False, 0.7), (False, 0.65)]
+    write_outcomes(tmp_path / "out", "small", small)
+    write_outcomes(tmp_path / "out", "large", [(True, 0.9)] * 8)
+    calibrate.save_outcomes(tmp_path / "out" / "small.read-by-large.jsonl", [
+        calibrate.Reading((math.log(0.9 if ok else 0.05),) * 2, (math.log(0.9),) * 2, 0.1) for ok, _ in small])
+    code = cli.main(["calibrate", "--config", str(config), "--tier", "small", "--dataset", str(dataset),
+                     "--outcomes", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "verification of small's answers by large" in out and "large mean           1.000" in out
+    assert "small confidence alone                         0%         100.0%        0%" in out
+    assert "large verifies every answer                   50%         100.0%      100%" in out
+    assert ('recommended for [tiers.small]: confidence = "mean", min_confidence = 0, verify_with = "large", '
+            'verify_statistic = "top_share", min_verification = 0.5') in out
