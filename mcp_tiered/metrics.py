@@ -48,6 +48,8 @@ class Metrics:
                                  ["tier"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.escalations = Counter("mcp_tiered_escalations", "Escalations by reason",
                                    ["from_tier", "to_tier", "reason"], registry=self.registry)
+        self.verifications = Counter("mcp_tiered_verifications", "Readings of a tier's answers by its verifier",
+                                     ["tier", "by", "verdict"], registry=self.registry)
         self.generation = Counter("mcp_tiered_generation_seconds", "Seconds the tier's engine worked on calls",
                                   ["tier"], registry=self.registry)
         self.energy = Counter("mcp_tiered_energy_wh", "Energy of generation by tier ([costs] power_watts)",
@@ -65,6 +67,8 @@ class Metrics:
             self.tokens.labels(served_by, "completion").inc(result.usage.completion_tokens)  # type: ignore[attr-defined]
             for hop in result.escalations:  # type: ignore[attr-defined]
                 self.escalations.labels(hop.from_, hop.to, hop.reason).inc()
+            for reading in result.verifications:  # type: ignore[attr-defined]
+                self.verifications.labels(reading.tier, reading.by, "kept" if reading.kept else "rejected").inc()
 
     def record_hops(self, hops: Iterable[HopRecord], currency: str) -> None:
         for hop in hops:

@@ -153,6 +153,20 @@ async def test_an_unsure_answer_is_read_and_rejected_with_its_confidence_on_the_
     assert (request.prompt, request.system, text) == ("q", "sys", "an answer")
 
 
+async def test_readings_are_counted_in_the_metrics() -> None:
+    from mcp_tiered.metrics import Metrics
+
+    tiers, _ = scripted([answer(), answer()], [answer(0.9)], [read_as(0.9), read_as(0.2)])
+    metrics = Metrics(tiers)
+    dispatcher = Dispatcher(tiers, metrics=metrics)
+    await dispatcher.generate("small", "q1")
+    await dispatcher.generate("small", "q2")
+    text = metrics.exposition().decode()
+    assert 'mcp_tiered_verifications_total{by="large",tier="small",verdict="kept"} 1.0' in text
+    assert 'mcp_tiered_verifications_total{by="large",tier="small",verdict="rejected"} 1.0' in text
+    assert 'mcp_tiered_escalations_total{from_tier="small",reason="rejected",to_tier="large"} 1.0' in text
+
+
 async def test_a_verifier_that_fails_keeps_the_answer_with_a_note() -> None:
     tiers, _ = scripted([answer()], [], [BusyError("tier large is busy")])
     result = await Dispatcher(tiers).generate("small", "q")
