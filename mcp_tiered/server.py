@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -23,7 +24,7 @@ from .cache import ResponseCache
 from .config import ServerConfig
 from .costs import CostModel
 from . import routing
-from .arguments import Bounds, input_schema, tier_bounds
+from .arguments import Bounds, GenerateArguments, input_schema, tier_bounds
 from .dispatch import ROUTER_TOOL, Dispatcher
 from .results import GenerateResult
 from .errors import TieredError
@@ -63,30 +64,32 @@ class _GenerateTool(Tool):
         return await super().run(arguments, context, convert_result)
 
 
+def _tool_signature() -> inspect.Signature:
+    """The tool function's parameters: GenerateArguments' fields, taken loosely (`Any`, default None) so that
+    arguments.parse_arguments can reject a bad value in one sentence; prompt and system stay `str`, which
+    the SDK checks first (else it would JSON-decode a prompt such as '{"a": 1}')."""
+    loose = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=str if name in ("prompt", "system")
+                               else Any, default="" if name in ("prompt", "system") else None)
+             for name in GenerateArguments.model_fields]
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Context)
+    return inspect.Signature([context, *loose], return_annotation=Annotated[CallToolResult, GenerateResult])
+
+
+_TOOL_SIGNATURE = _tool_signature()
+
+
 def _generation_tool(name: str, title: str, description: str, annotations: ToolAnnotations, bounds: Bounds,
                      run: Callable[..., Awaitable[GenerateResult]], server: ServerConfig) -> Tool:
     """A tool taking GenerateArguments: `run(prompt, system, control, **options)` answers it."""
 
-    async def generate(
-        ctx: Context,
-        prompt: str = "",
-        system: str = "",
-        max_tokens: Any = None,
-        temperature: Any = None,
-        stop: Any = None,
-        escalate: Any = None,
-        local_only: Any = None,
-        deadline_s: Any = None,
-        cache: Any = None,
-    ) -> Annotated[CallToolResult, GenerateResult]:
+    async def generate(ctx: Context, **arguments: Any) -> Annotated[CallToolResult, GenerateResult]:
         control = CallControl()
         failure: TieredError | None = None
+        prompt, system = arguments.pop("prompt", ""), arguments.pop("system", "")
         async with anyio.create_task_group() as progress:
             progress.start_soon(_report_progress, ctx, control, server.progress_interval_s)
             try:
-                result = await run(prompt, system, control, max_tokens=max_tokens, temperature=temperature,
-                                   stop=stop, escalate=escalate, local_only=local_only, deadline_s=deadline_s,
-                                   cache=cache)
+                result = await run(prompt, system, control, **arguments)
             except TieredError as exc:  # raised here, not from the task group, which would wrap it
                 failure = exc
             finally:
@@ -98,12 +101,10 @@ def _generation_tool(name: str, title: str, description: str, annotations: ToolA
             structured_content=result.model_dump(mode="json", by_alias=True),
         )
 
+    generate.__signature__ = _TOOL_SIGNATURE  # type: ignore[attr-defined]
     tool = _GenerateTool.from_function(generate, name=name, title=title, description=description,
                                        annotations=annotations, structured_output=True)
-    # The function takes its arguments loosely so that arguments.parse_arguments can reject a bad value in
-    # one sentence; the schema clients see is GenerateArguments' own, with the tool's bounds. (prompt and
-    # system stay `str`: the SDK would otherwise JSON-decode a prompt such as '{"a": 1}'.)
-    tool.parameters = input_schema(bounds)
+    tool.parameters = input_schema(bounds)  # the schema clients see: GenerateArguments' own, with the bounds
     return tool
 
 
