@@ -166,6 +166,40 @@ def _check_endpoints(name: str, tier: OpenAITierConfig) -> bool:
     return working < len(problems)
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Fetch every tier's `hf:` model into the model cache (and check each configured sha256)."""
+    from . import hub
+    from .config import default_models_dir
+    from .validation import key_path
+
+    config = _load(args)
+    if config is None:
+        return 1
+    failed = False
+    terminal = sys.stderr.isatty()
+    for name, tier in config.tiers.items():
+        if not isinstance(tier, LocalTierConfig):
+            continue
+        key = key_path(["tiers", name, "model"])
+        try:
+            if tier.hf_ref is not None:
+                print(f"pulling {key}: {tier.hf_ref}", file=sys.stderr, flush=True)
+                path = hub.pull(tier.hf_ref, default_models_dir(), key, tier.sha256, bars=terminal,
+                                progress=lambda file: None if terminal else print(f"  {file}", file=sys.stderr,
+                                                                                  flush=True))
+            else:
+                path = tier.model
+                if tier.sha256 is not None and path.is_file() and (actual := hub.verify(path, tier.sha256)):
+                    raise hub.PullError(f"{key}: {path} has sha256 {actual}, not the configured {tier.sha256}")
+        except hub.PullError as exc:
+            failed = True
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        where = f"{path} ({path.stat().st_size / 1e6:,.1f} MB)" if path.is_file() else f"{path} (missing; not a hub model)"
+        print(f"ok     generate_{name}: {where}")
+    return 1 if failed else 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from . import calibrate
 
@@ -316,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--verify-with", help="a tier that reads the first tier's answers (default: its verify_with): "
                      "reports the verifier's signals and the rules that combine them with the tier's own confidence")
     cal.set_defaults(func=cmd_calibrate)
+
+    pull = sub.add_parser("pull", help="download every tier's hf: model into the model cache (serve never does)")
+    pull.add_argument("--config", help=config_help)
+    pull.set_defaults(func=cmd_pull)
 
     rep = sub.add_parser("report", help="calls, energy, cost and savings per tier from the ledger")
     rep.add_argument("--config", help=config_help)

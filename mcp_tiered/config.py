@@ -12,9 +12,11 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from .confidence import VerifyStatistic
+from . import hub
 from .errors import ConfigError
 from .validation import describe_value, explain, key_path
 
@@ -124,7 +126,12 @@ class _TierFields(BaseModel):
 class _ModelFileFields(_TierFields):
     """The keys of the engines that run a GGUF file on this machine."""
 
-    model: Annotated[Path, Field(json_schema_extra={"expect": "a path to a .gguf file"})]
+    model: Annotated[Path, Field(json_schema_extra={"expect": f"a path to a .gguf file or {hub.EXPECT}"})]
+    """A file, or a hub reference (`hf:…`): then the path in the model cache where `mcp-tiered pull` puts it."""
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$",
+                                 json_schema_extra={"expect": "the file's sha256, 64 lowercase hex digits"})] | None = None
+    """Checked by `pull` after a download and by `check`."""
+    _hf: hub.HfRef | None = PrivateAttr(None)
     n_ctx: Annotated[int, Field(ge=256)] = 4096
     n_gpu_layers: Annotated[int, Field(ge=-1)] = -1
     main_gpu: Annotated[int, Field(ge=0)] = 0
@@ -142,9 +149,25 @@ class _ModelFileFields(_TierFields):
     @classmethod
     def _expand_model_path(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, str | Path) or not str(value):
-            raise ValueError(f"must be a path to a .gguf file, got {describe_value(value)}")
+            raise ValueError(f"must be a path to a .gguf file or {hub.EXPECT}, got {describe_value(value)}")
+        if isinstance(value, str) and value.startswith(hub.PREFIX):
+            return hub.parse(value).path(default_models_dir())
         base_dir = (info.context or {}).get("base_dir", Path.cwd())
         return expand_path(str(value), base_dir)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_hub_reference(cls, data: Any, handler: Any) -> Any:
+        tier = handler(data)
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, str) and model.startswith(hub.PREFIX):
+            tier._hf = hub.parse(model)
+        return tier
+
+    @property
+    def hf_ref(self) -> hub.HfRef | None:
+        """The hub reference the model was named by, if it was."""
+        return self._hf
 
 
 class TierConfig(_ModelFileFields):
@@ -558,6 +581,9 @@ def model_file_problem(name: str, tier: LocalTierConfig) -> str | None:
         with tier.model.open("rb") as f:
             magic = f.read(4)
     except FileNotFoundError:
+        if tier.hf_ref is not None:
+            return (f"{path}: {tier.hf_ref} is not downloaded yet; run `mcp-tiered pull` (it fetches every tier's "
+                    f"model into {tier.hf_ref.folder(default_models_dir())})")
         return f"{path}: model file not found: {tier.model} (run scripts/setup.sh to fetch the default models)"
     except IsADirectoryError:
         return f"{path}: {tier.model} is a directory, not a GGUF model file"

@@ -1,0 +1,165 @@
+"""Models named by reference: `model = "hf:<owner>/<repo>/<path/file>.gguf[@revision]"`, fetched ahead of time
+by `mcp-tiered pull` with huggingface_hub (resumable downloads, the hub's auth from `HF_TOKEN`, its offline
+mode) into the model cache, at a path that depends on the reference alone — so `serve` and `check` know
+where the file belongs without the network, and never download.
+
+A split GGUF (`…-00001-of-00003.gguf`) is named by its first part; `pull` fetches every part into the same
+folder, where llama.cpp finds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "hf:"
+REF = re.compile(r"^hf:(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+)/(?P<file>[^@\s]+\.gguf)(?:@(?P<revision>[^\s@]+))?$")
+SPLIT = re.compile(r"^(?P<stem>.*)-(?P<part>\d{5})-of-(?P<parts>\d{5})\.gguf$")
+EXPECT = 'hf:<owner>/<repo>/<file>.gguf with an optional @<revision>, such as "hf:bartowski/Qwen2.5-7B-Instruct-GGUF/Qwen2.5-7B-Instruct-Q4_K_M.gguf"'
+
+
+@dataclass(frozen=True)
+class HfRef:
+    owner: str
+    repo: str
+    file: str
+    """The file's path inside the repository (the first part of a split GGUF)."""
+    revision: str = "main"
+
+    @property
+    def repo_id(self) -> str:
+        return f"{self.owner}/{self.repo}"
+
+    def __str__(self) -> str:
+        return f"{PREFIX}{self.repo_id}/{self.file}" + ("" if self.revision == "main" else f"@{self.revision}")
+
+    def files(self) -> list[str]:
+        """Every file to fetch: the named one, or each part of a split GGUF."""
+        split = SPLIT.match(self.file)
+        if split is None:
+            return [self.file]
+        parts = int(split["parts"])
+        return [f"{split['stem']}-{i:05d}-of-{parts:05d}.gguf" for i in range(1, parts + 1)]
+
+    def folder(self, models_dir: Path) -> Path:
+        """Where `pull` puts the files: one folder per repository and revision."""
+        return models_dir / "hf" / self.owner / self.repo / self.revision.replace("/", "--")
+
+    def path(self, models_dir: Path) -> Path:
+        return self.folder(models_dir) / self.file
+
+
+def parse(text: str) -> HfRef:
+    """Raises ValueError with what is expected."""
+    match = REF.match(text)
+    if match is None:
+        raise ValueError(f"must be {EXPECT}, got {json.dumps(text)}")
+    ref = HfRef(match["owner"], match["repo"], match["file"], match["revision"] or "main")
+    if ".." in Path(ref.file).parts or ref.file.startswith("/") or ".." in ref.revision.split("/"):
+        raise ValueError(f"must name a file inside the repository, got {json.dumps(text)}")
+    split = SPLIT.match(Path(ref.file).name)
+    if split is not None and int(split["part"]) != 1:
+        first = f"{split['stem']}-00001-of-{split['parts']}.gguf"
+        raise ValueError(f"names part {int(split['part'])} of a split GGUF; name its first part, {first}")
+    return ref
+
+
+class PullError(Exception):
+    """One sentence for the user."""
+
+
+def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _marker(path: Path) -> Path:
+    return path.parent / ".cache" / "mcp-tiered" / (path.name + ".verified")
+
+
+def verified(path: Path, sha256: str) -> bool:
+    """Whether `path` was verified against `sha256` since it last changed (a marker beside it)."""
+    try:
+        stat = path.stat()
+        return _marker(path).read_text() == f"{sha256} {stat.st_size} {stat.st_mtime_ns}"
+    except OSError:
+        return False
+
+
+def verify(path: Path, sha256: str) -> str | None:
+    """None when `path` has that sha256 (remembered until the file changes), else the hash it has."""
+    if verified(path, sha256):
+        return None
+    actual = sha256_of(path)
+    if actual != sha256:
+        return actual
+    stat = path.stat()
+    marker = _marker(path)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{sha256} {stat.st_size} {stat.st_mtime_ns}")
+    return None
+
+
+def pull(ref: HfRef, models_dir: Path, key: str, sha256: str | None = None,
+         progress: Callable[[str], None] = lambda _: None, bars: bool = False) -> Path:
+    """Fetch every file of `ref` (a no-op for files already there and current; offline, the files there
+    are kept) and check `sha256`; returns the path llama.cpp loads. `key` (the TOML key path) starts each
+    PullError's sentence."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    (enable_progress_bars if bars else disable_progress_bars)()
+    folder = ref.folder(models_dir)
+    for name in ref.files():
+        progress(f"{ref.repo_id}/{name}@{ref.revision}")
+        try:
+            hf_hub_download(ref.repo_id, name, revision=ref.revision, local_dir=folder)
+        except Exception as exc:  # every failure becomes the sentence naming the key
+            raise PullError(f"{key}: {ref}: {explain(exc, ref, name)}") from exc
+    path = ref.path(models_dir)
+    if sha256 is not None and (actual := verify(path, sha256)) is not None:
+        path.unlink()
+        raise PullError(f"{key}: {ref}: the downloaded file's sha256 is {actual}, not the configured {sha256}; "
+                        "the file was deleted: check the sha256 key (or the revision) and pull again")
+    return path
+
+
+def explain(exc: Exception, ref: HfRef, name: str) -> str:
+    """A download failure in words (the hub's own message without its URL noise)."""
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    token = "HF_TOKEN is set" if os.environ.get("HF_TOKEN") else "HF_TOKEN is not set"
+    if isinstance(exc, GatedRepoError):
+        return (f"the repository {ref.repo_id} is gated or private and refused access ({token}); accept its terms "
+                "on the hub and set HF_TOKEN to a token that may read it")
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"no repository {ref.repo_id} on the hub (or it is private and {token})"
+    if isinstance(exc, RevisionNotFoundError):
+        return f"the repository {ref.repo_id} has no revision {ref.revision!r}"
+    if isinstance(exc, LocalEntryNotFoundError):
+        return (f"cannot reach the hub to fetch {name} ({_endpoint()}), and it is not downloaded yet; check the "
+                "network (or HF_ENDPOINT) and pull again")
+    if isinstance(exc, EntryNotFoundError):
+        return f"the repository {ref.repo_id} has no file {name} at revision {ref.revision!r}"
+    if isinstance(exc, OSError) and getattr(exc, "response", None) is None:
+        return f"cannot write {name} into the model cache ({exc})"
+    return f"the download of {name} failed ({type(exc).__name__}: {_first_line(exc)})"
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"

@@ -1,0 +1,176 @@
+"""`model = "hf:…"` and `mcp-tiered pull`: huggingface_hub against a local stand-in for the Hub (HF_ENDPOINT),
+serving SmolLM2 and small files; the model cache in a temporary folder ($MCP_TIERED_MODELS)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conftest import MCP_TIERED, free_port, server_env, stdio_server
+from fake_hub import Hub, Repo
+from mcp_tiered import hub
+from mcp_tiered.config import load_config, model_file_problem
+
+REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
+FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOKEN = "hf_test_token_that_must_not_be_logged"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The model cache and the hub's own cache in tmp_path; no token, no offline mode."""
+    values = server_env(MCP_TIERED_MODELS=str(tmp_path / "models"), HF_HOME=str(tmp_path / "hf-home"))
+    for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
+        values.pop(name, None)
+    return values
+
+
+def pull(config: Path, env: dict[str, str], endpoint: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MCP_TIERED, "pull", "--config", str(config)], env={**env, "HF_ENDPOINT": endpoint},
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def tier(model: str, extra: str = "", name: str = "small") -> str:
+    return f'[tiers.{name}]\nmodel = "{model}"\ndescription = "{name}"\nn_ctx = 1024\nmax_tokens = 64\n{extra}'
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def blob(tmp_path: Path) -> Path:
+    """8 MB that stand for a model file (pull does not read them)."""
+    path = tmp_path / "blob.gguf"
+    path.write_bytes(b"GGUF" + os.urandom(8 << 20))
+    return path
+
+
+@pytest.fixture
+def big_blob(tmp_path: Path) -> Path:
+    """48 MB: huggingface_hub writes what it received in 10 MB chunks, so a cut after 30 MB leaves 30 MB to keep."""
+    path = tmp_path / "big.gguf"
+    path.write_bytes(b"GGUF" + os.urandom(48 << 20))
+    return path
+
+
+def test_pull_downloads_smollm2_and_verifies_it(write_config, env, smollm2: Path, tmp_path: Path) -> None:
+    config = write_config(tier(f"hf:{REPO}/{FILE}", f'sha256 = "{sha256(smollm2)}"\n'))
+    with Hub({REPO: Repo({FILE: smollm2})}) as fake:
+        done = pull(config, env, fake.url)
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "models" / "hf" / "HuggingFaceTB" / "SmolLM2-135M-Instruct-GGUF" / "main" / FILE
+    assert done.stdout == f"ok     generate_small: {path} (98.4 MB)\n"
+    assert sha256(path) == sha256(smollm2)
+    check = subprocess.run([MCP_TIERED, "check", "--config", str(config)], env=env, capture_output=True, text=True)
+    assert check.returncode == 0 and str(path) in check.stdout
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(write_config, env, big_blob: Path) -> None:
+    config = write_config(tier("hf:owner/repo/big.gguf", f'sha256 = "{sha256(big_blob)}"\n'))
+    size = big_blob.stat().st_size
+    with Hub({"owner/repo": Repo({"big.gguf": big_blob})}, cut_next_get_at=30 << 20) as fake:
+        done = pull(config, env, fake.url)
+        ranges = fake.gets("big.gguf")
+        sent = fake.bytes_sent
+    assert done.returncode == 0, done.stderr
+    assert ranges == [None, f"bytes={30 << 20}-"]  # the second request asks for the rest only
+    assert sent == size
+
+
+def test_a_wrong_sha256_is_one_sentence_and_the_file_is_not_kept(write_config, env, blob: Path) -> None:
+    config = write_config(tier("hf:owner/repo/blob.gguf", f'sha256 = "{"0" * 64}"\n'))
+    with Hub({"owner/repo": Repo({"blob.gguf": blob})}) as fake:
+        done = pull(config, env, fake.url)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"error: tiers.small.model: hf:owner/repo/blob.gguf: the downloaded file's sha256 is {sha256(blob)}, not the "
+        f"configured {'0' * 64}; the file was deleted: check the sha256 key (or the revision) and pull again")
+    assert not hub.parse("hf:owner/repo/blob.gguf").path(Path(env["MCP_TIERED_MODELS"])).exists()
+
+
+@pytest.mark.parametrize(("model", "sentence"), [
+    ("hf:nobody/nothing/x.gguf", "no repository nobody/nothing on the hub (or it is private and HF_TOKEN is not set)"),
+    ("hf:owner/repo/other.gguf", "the repository owner/repo has no file other.gguf at revision 'main'"),
+    ("hf:owner/repo/blob.gguf@v9", "the repository owner/repo has no revision 'v9'"),
+    ("hf:owner/gated/blob.gguf", "the repository owner/gated is gated or private and refused access (HF_TOKEN is not "
+                                 "set); accept its terms on the hub and set HF_TOKEN to a token that may read it"),
+])
+def test_a_failed_pull_names_the_key_and_the_cause(model: str, sentence: str, write_config, env, blob: Path) -> None:
+    config = write_config(tier(model))
+    repos = {"owner/repo": Repo({"blob.gguf": blob}), "owner/gated": Repo({"blob.gguf": blob}, gated_token=TOKEN)}
+    with Hub(repos) as fake:
+        done = pull(config, env, fake.url)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == f"error: tiers.small.model: {model}: {sentence}"
+
+
+def test_a_gated_repository_opens_with_hf_token_and_the_token_is_never_printed(write_config, env, blob: Path) -> None:
+    config = write_config(tier("hf:owner/gated/blob.gguf"))
+    with Hub({"owner/gated": Repo({"blob.gguf": blob}, gated_token=TOKEN)}) as fake:
+        done = pull(config, {**env, "HF_TOKEN": TOKEN}, fake.url)
+    assert done.returncode == 0, done.stderr
+    assert TOKEN not in done.stdout + done.stderr
+
+
+def test_an_unreachable_hub_is_one_sentence(write_config, env) -> None:
+    config = write_config(tier("hf:owner/repo/blob.gguf"))
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    done = pull(config, env, endpoint)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"error: tiers.small.model: hf:owner/repo/blob.gguf: cannot reach the hub to fetch blob.gguf ({endpoint}), "
+        "and it is not downloaded yet; check the network (or HF_ENDPOINT) and pull again")
+
+
+def test_a_second_pull_without_the_hub_keeps_what_is_there_and_succeeds(write_config, env, blob: Path) -> None:
+    config = write_config(tier("hf:owner/repo/blob.gguf", f'sha256 = "{sha256(blob)}"\n'))
+    with Hub({"owner/repo": Repo({"blob.gguf": blob})}) as fake:
+        assert pull(config, env, fake.url).returncode == 0
+    path = hub.parse("hf:owner/repo/blob.gguf").path(Path(env["MCP_TIERED_MODELS"]))
+    before = path.stat().st_mtime_ns
+    again = pull(config, {**env, "HF_HUB_OFFLINE": "1"}, f"http://127.0.0.1:{free_port()}")
+    assert again.returncode == 0, again.stderr
+    assert path.stat().st_mtime_ns == before
+
+
+def test_split_gguf_parts_are_all_fetched(write_config, env, blob: Path, tmp_path: Path) -> None:
+    second = tmp_path / "part2.gguf"
+    second.write_bytes(b"more")
+    files = {"m-00001-of-00002.gguf": blob, "m-00002-of-00002.gguf": second}
+    config = write_config(tier("hf:owner/repo/m-00001-of-00002.gguf"))
+    with Hub({"owner/repo": Repo(files)}) as fake:
+        assert pull(config, env, fake.url).returncode == 0
+    folder = hub.parse("hf:owner/repo/m-00001-of-00002.gguf").folder(Path(env["MCP_TIERED_MODELS"]))
+    assert sorted(p.name for p in folder.glob("*.gguf")) == sorted(files)
+
+
+def test_check_and_serve_never_download_and_name_pull(write_config, env, monkeypatch) -> None:
+    monkeypatch.setenv("MCP_TIERED_MODELS", env["MCP_TIERED_MODELS"])
+    config = write_config(tier("hf:owner/repo/blob.gguf"))
+    problem = model_file_problem("small", load_config(config).tiers["small"])
+    folder = Path(env["MCP_TIERED_MODELS"]) / "hf" / "owner" / "repo" / "main"
+    assert problem == (f"tiers.small.model: hf:owner/repo/blob.gguf is not downloaded yet; run `mcp-tiered pull` "
+                       f"(it fetches every tier's model into {folder})")
+    check = subprocess.run([MCP_TIERED, "check", "--config", str(config)], env=env, capture_output=True, text=True)
+    assert check.returncode == 1 and f"error  {problem}" in check.stdout
+
+
+@pytest.mark.model
+@pytest.mark.anyio
+async def test_serve_answers_the_missing_tier_with_the_pull_sentence_and_serves_the_others(
+        write_config, env, smollm2: Path) -> None:
+    config = write_config(tier("hf:owner/repo/blob.gguf", name="remote") + "\n" + tier(str(smollm2)))
+    with Hub({}) as fake, anyio.fail_after(60):
+        async with stdio_server(config, **{**env, "HF_ENDPOINT": fake.url}) as client:
+            missing = await client.call_tool("generate_remote", {"prompt": "Hi"})
+            local = await client.call_tool("generate_small", {"prompt": "Say OK.", "max_tokens": 4})
+        assert fake.requests == []
+    assert missing.is_error and "hf:owner/repo/blob.gguf is not downloaded yet; run `mcp-tiered pull`" in \
+        missing.content[0].text
+    assert not local.is_error
