@@ -200,6 +200,97 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def tier_plans(config: Config, gpus: list, cpu_bandwidth: float) -> list[dict]:
+    """Each tier's shape, need and verdict (plan.py), or why it has none."""
+    from . import plan
+    from .config import LlamaServerTierConfig
+
+    rows = []
+    for name, tier in config.tiers.items():
+        row: dict[str, Any] = {"tier": name, "engine": tier.engine}
+        if not isinstance(tier, LocalTierConfig):
+            rows.append({**row, "problem": "served by its endpoints (engine openai): plan it on their machines"})
+            continue
+        if problem := model_file_problem(name, tier):
+            rows.append({**row, "problem": problem})
+            continue
+        try:
+            shape = plan.read_shape(tier.model)
+        except (ValueError, OSError) as exc:
+            rows.append({**row, "problem": f"tiers.{name}.model: cannot read the GGUF metadata ({exc})"})
+            continue
+        slots = tier.parallel if isinstance(tier, LlamaServerTierConfig) else 1
+        copies = 1 if isinstance(tier, LlamaServerTierConfig) else tier.instances
+        verdict = plan.fit(shape, tier.n_ctx * slots, copies, gpus, tier.n_gpu_layers, cpu_bandwidth,
+                           flash_attention=bool(gpus))
+        rows.append({**row, "model": str(tier.model), "shape": plan.as_dict(shape), "n_ctx": tier.n_ctx,
+                     "slots": slots, "copies": copies, "context_cells": plan.context_cells(tier.n_ctx * slots),
+                     "need": {**vars(verdict.need), "gpu": verdict.need.gpu, "ram": verdict.need.ram},
+                     "fits": verdict.fits, "n_gpu_layers": verdict.gpu_layers, "available_bytes": verdict.available,
+                     "tokens_per_s": verdict.tokens_per_s, "all_gpu_tokens_per_s": verdict.full_tokens_per_s,
+                     "verdict": verdict.words})
+    return rows
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from . import plan
+
+    config = _load(args)
+    if config is None:
+        return 1
+    try:
+        gpus = [plan.parse_gpu(spec) for spec in args.gpu or []]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    why = None
+    if not gpus:
+        gpus, why = plan.gpus_found()
+    rows = tier_plans(config, gpus, args.cpu_bandwidth * 1e9)
+    if args.format == "json":
+        print(json.dumps({"gpus": [vars(g) for g in gpus], "gpus_from": "given" if args.gpu else "found",
+                          "no_gpu_because": why, "cpu_bandwidth_bytes_per_s": args.cpu_bandwidth * 1e9,
+                          "tiers": rows}, indent=2))
+        return 0
+    print(_gpu_line(gpus, "given" if args.gpu else "found", why))
+    print(_plan_table(rows))
+    return 0
+
+
+def _gpu_line(gpus: list, source: str, why: str | None) -> str:
+    if not gpus:
+        return f"GPUs: none found ({why}); give --gpu to plan for one"
+    parts = [f"{g.name} ({g.memory / 1e9:.0f} GB" + (f", {g.bandwidth / 1e9:.0f} GB/s)" if g.bandwidth else ")")
+             for g in gpus]
+    return f"GPUs ({source}): " + " + ".join(parts)
+
+
+def _plan_table(rows: list[dict]) -> str:
+    gib = lambda n: f"{n / (1 << 30):.2f}"  # noqa: E731
+    header = (f"{'tier':<10} {'model':<34} {'params':>7} {'quant':<7} {'layers':>6} {'context':>11} "
+              f"{'weights':>8} {'KV':>7} {'compute':>8} {'total GiB':>9} {'n_gpu_layers':>12} {'tok/s':>7}  verdict")
+    lines = [header]
+    for row in rows:
+        if "problem" in row:
+            lines.append(f"{row['tier']:<10} {row['problem']}")
+            continue
+        shape, need = row["shape"], row["need"]
+        params = shape["parameters"]
+        size = f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.0f}M"
+        model = f"{shape['architecture']} {shape['name']}"[:34]
+        context = f"{row['n_ctx']}×{row['slots']}" + (f" ×{row['copies']}" if row["copies"] > 1 else "")
+        kv = need["kv_gpu"] + need["kv_ram"]
+        compute = need["compute_gpu"] + need["compute_ram"]
+        total = row["copies"] * (need["gpu"] + need["ram"])
+        speed = f"{row['tokens_per_s']:.0f}" if row["tokens_per_s"] else "?"
+        lines.append(f"{row['tier']:<10} {model:<34} {size:>7} {shape['quantization']:<7} {shape['layers']:>6} "
+                     f"{context:>11} {gib(need['weights_gpu'] + need['weights_ram']):>8} {gib(kv):>7} "
+                     f"{gib(compute):>8} {gib(total):>9} {row['n_gpu_layers']:>12} {speed:>7}  {row['verdict']}")
+    return "\n".join(lines)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from . import calibrate
 
@@ -350,6 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--verify-with", help="a tier that reads the first tier's answers (default: its verify_with): "
                      "reports the verifier's signals and the rules that combine them with the tier's own confidence")
     cal.set_defaults(func=cmd_calibrate)
+
+    planner = sub.add_parser("plan", help="memory per tier from its GGUF metadata, against the GPUs found or given")
+    planner.add_argument("--config", help=config_help)
+    planner.add_argument("--gpu", action="append", metavar="SPEC",
+                         help="a GPU to plan for, instead of those found: a size (24GB, 24GiB) or one of "
+                         "rtx4090, a6000, a100-40, a100-80, h100, h200; repeat for several (tensor split)")
+    planner.add_argument("--cpu-bandwidth", type=float, default=60.0, metavar="GB_S",
+                         help="RAM bandwidth for the layers left on the CPU, in GB/s (default 60)")
+    planner.add_argument("--format", choices=["table", "json"], default="table")
+    planner.set_defaults(func=cmd_plan)
 
     pull = sub.add_parser("pull", help="download every tier's hf: model into the model cache (serve never does)")
     pull.add_argument("--config", help=config_help)
