@@ -137,7 +137,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         env = config.cloud.api_key_env
         state = f"key from ${env}" if os.environ.get(env) else f"disabled until ${env} is set"
         print(f"ok     generate_cloud: {config.cloud.model} ({state})")
+    _check_plan(config)
     return 1 if failed else 0
+
+
+def _check_plan(config: Config) -> None:
+    """The planner's verdict for each tier whose model is here, against this machine's GPUs."""
+    from . import plan
+
+    gpus, why = plan.gpus_found()
+    rows = [row for row in tier_plans(config, gpus, plan.CPU_BANDWIDTH) if "verdict" in row]
+    if rows:
+        print(_gpu_line(gpus, "found", why))
+    for row in rows:
+        print(f"plan   generate_{row['tier']}: {row['verdict']} (weights {row['need']['weights_gpu'] / plan.GIB:.2f} "
+              f"GiB on GPUs, {row['need']['weights_ram'] / plan.GIB:.2f} GiB in RAM; `mcp-tiered plan` for more)")
 
 
 def _scoring(tier: AnyTier) -> str:
@@ -261,7 +275,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _gpu_line(gpus: list, source: str, why: str | None) -> str:
     if not gpus:
-        return f"GPUs: none found ({why}); give --gpu to plan for one"
+        return f"GPUs: none found ({why}); `mcp-tiered plan --gpu SPEC` plans for one"
     parts = [f"{g.name} ({g.memory / 1e9:.0f} GB" + (f", {g.bandwidth / 1e9:.0f} GB/s)" if g.bandwidth else ")")
              for g in gpus]
     return f"GPUs ({source}): " + " + ".join(parts)

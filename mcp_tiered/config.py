@@ -126,7 +126,7 @@ class _TierFields(BaseModel):
 class _ModelFileFields(_TierFields):
     """The keys of the engines that run a GGUF file on this machine."""
 
-    model: Annotated[Path, Field(json_schema_extra={"expect": f"a path to a .gguf file or {hub.EXPECT}"})]
+    model: Annotated[Path, Field(json_schema_extra={"expect": "a path to a .gguf file or hf:<owner>/<repo>/<file>.gguf"})]
     """A file, or a hub reference (`hf:…`): then the path in the model cache where `mcp-tiered pull` puts it."""
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$",
                                  json_schema_extra={"expect": "the file's sha256, 64 lowercase hex digits"})] | None = None
@@ -149,7 +149,8 @@ class _ModelFileFields(_TierFields):
     @classmethod
     def _expand_model_path(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, str | Path) or not str(value):
-            raise ValueError(f"must be a path to a .gguf file or {hub.EXPECT}, got {describe_value(value)}")
+            raise ValueError(f"must be a path to a .gguf file or hf:<owner>/<repo>/<file>.gguf, got "
+                             f"{describe_value(value)}")
         if isinstance(value, str) and value.startswith(hub.PREFIX):
             return hub.parse(value).path(default_models_dir())
         base_dir = (info.context or {}).get("base_dir", Path.cwd())

@@ -20,8 +20,9 @@ def test_check_console_script_validates_the_shipped_config(smollm2: Path, qwen: 
                          env=server_env())
     assert out.returncode == 0, out.stderr
     assert [line.split(":")[0] for line in out.stdout.splitlines()] == [
-        "ok     generate_small", "ok     generate_large", "ok     generate_cloud"]
-    assert out.stdout.splitlines()[-1].endswith("(disabled until $ANTHROPIC_API_KEY is set)")
+        "ok     generate_small", "ok     generate_large", "ok     generate_cloud", "GPUs", "plan   generate_small",
+        "plan   generate_large"]
+    assert out.stdout.splitlines()[2].endswith("(disabled until $ANTHROPIC_API_KEY is set)")
 
 
 def test_check_console_script_exits_nonzero_with_the_sentence_on_stderr(write_config) -> None:

@@ -20,7 +20,7 @@ COMMON_KEYS = ["description", "engine", "max_tokens", "temperature", "max_queue"
                "local_only", "min_confidence", "confidence", "confidence_quantile", "escalate_on_truncated",
                "escalate_on_repetition", "verify_with", "verify_statistic", "verify_quantile", "min_verification",
                "verify_below"]
-MODEL_FILE_KEYS = ["model", "n_ctx", "n_gpu_layers", "main_gpu", "tensor_split", "n_threads", "n_batch", "preload",
+MODEL_FILE_KEYS = ["model", "sha256", "n_ctx", "n_gpu_layers", "main_gpu", "tensor_split", "n_threads", "n_batch", "preload",
                    "idle_unload_s"]
 LLAMA_CPP_KEYS = [*COMMON_KEYS, *MODEL_FILE_KEYS, "chat_format", "instances", "prompt_cache_mb"]
 LLAMA_SERVER_KEYS = [*COMMON_KEYS, *MODEL_FILE_KEYS, "parallel", "server_binary", "startup_timeout_s"]
@@ -52,13 +52,13 @@ MALFORMED = {
     "server_startup_timeout_negative": (VALID_TIER + 'engine = "llama-server"\nstartup_timeout_s = -1',
                                         "tiers.small.startup_timeout_s: must be a number > 0, got -1"),
     "server_without_model": ('[tiers.small]\nengine = "llama-server"\ndescription = "d"',
-                             "tiers.small.model: is required (a path to a .gguf file)"),
+                             "tiers.small.model: is required (a path to a .gguf file or hf:<owner>/<repo>/<file>.gguf)"),
     "server_unknown_key": (VALID_TIER + 'engine = "llama-server"\nslots = 2',
                            "tiers.small.slots: unknown key; valid keys here are " + ", ".join(LLAMA_SERVER_KEYS)),
     "tier_not_a_table": ('[tiers]\nsmall = "model.gguf"', 'tiers.small: must be a table, got "model.gguf"'),
     "wrong_type_n_ctx": (VALID_TIER + 'n_ctx = "big"', 'tiers.small.n_ctx: must be an integer ≥ 256, got "big"'),
     "n_ctx_too_small": (VALID_TIER + "n_ctx = 128", "tiers.small.n_ctx: must be an integer ≥ 256, got 128"),
-    "missing_model": ('[tiers.small]\ndescription = "x"', "tiers.small.model: is required (a path to a .gguf file)"),
+    "missing_model": ('[tiers.small]\ndescription = "x"', "tiers.small.model: is required (a path to a .gguf file or hf:<owner>/<repo>/<file>.gguf)"),
     "missing_description": ('[tiers.small]\nmodel = "{model}"', "tiers.small.description: is required (a non-empty string)"),
     "negative_max_tokens": (VALID_TIER + "max_tokens = -5", "tiers.small.max_tokens: must be an integer ≥ 1, got -5"),
     "max_tokens_not_below_n_ctx": (
@@ -270,6 +270,6 @@ def test_check_says_which_tiers_verify_and_are_verified(write_config, smollm2: P
     config = write_config(VALID_TIER.replace("{model}", str(smollm2)) + 'verify_with = "large"\n'
                           + VALID_TIER.replace("small", "large").replace("{model}", str(smollm2)))
     assert cli.main(["check", "--config", str(config)]) == 0
-    small, large = capsys.readouterr()[0].splitlines()
+    small, large, *_ = capsys.readouterr()[0].splitlines()
     assert small.endswith("in-process llama.cpp; can verify other tiers' answers; its answers are verified by large)")
     assert large.endswith("in-process llama.cpp; can verify other tiers' answers)")
