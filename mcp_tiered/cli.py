@@ -214,10 +214,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def tier_plans(config: Config, gpus: list, cpu_bandwidth: float) -> list[dict]:
-    """Each tier's shape, need and verdict (plan.py), or why it has none."""
-    from . import plan
+def tier_plans(config: Config, gpus: list, cpu_bandwidth: float, remote: bool = False) -> list[dict]:
+    """Each tier's shape, need and verdict (plan.py), or why it has none. `remote`: read the header of an
+    `hf:` model that is not downloaded from the hub (a few MB, not the weights)."""
+    from . import hub, plan
     from .config import LlamaServerTierConfig
+    from .validation import key_path
 
     rows = []
     for name, tier in config.tiers.items():
@@ -225,11 +227,18 @@ def tier_plans(config: Config, gpus: list, cpu_bandwidth: float) -> list[dict]:
         if not isinstance(tier, LocalTierConfig):
             rows.append({**row, "problem": "served by its endpoints (engine openai): plan it on their machines"})
             continue
-        if problem := model_file_problem(name, tier):
-            rows.append({**row, "problem": problem})
-            continue
+        source = "file"
         try:
-            shape = plan.read_shape(tier.model)
+            if remote and tier.hf_ref is not None and not tier.model.exists():
+                shape, source = plan.remote_shape(tier.hf_ref, key_path(["tiers", name, "model"])), "hub header"
+            elif problem := model_file_problem(name, tier):
+                rows.append({**row, "problem": problem})
+                continue
+            else:
+                shape = plan.read_shape(tier.model)
+        except hub.PullError as exc:
+            rows.append({**row, "problem": str(exc)})
+            continue
         except (ValueError, OSError) as exc:
             rows.append({**row, "problem": f"tiers.{name}.model: cannot read the GGUF metadata ({exc})"})
             continue
@@ -237,7 +246,8 @@ def tier_plans(config: Config, gpus: list, cpu_bandwidth: float) -> list[dict]:
         copies = 1 if isinstance(tier, LlamaServerTierConfig) else tier.instances
         verdict = plan.fit(shape, tier.n_ctx * slots, copies, gpus, tier.n_gpu_layers, cpu_bandwidth,
                            flash_attention=bool(gpus))
-        rows.append({**row, "model": str(tier.model), "shape": plan.as_dict(shape), "n_ctx": tier.n_ctx,
+        rows.append({**row, "model": str(tier.hf_ref or tier.model), "metadata_from": source,
+                     "shape": plan.as_dict(shape), "n_ctx": tier.n_ctx,
                      "slots": slots, "copies": copies, "context_cells": plan.context_cells(tier.n_ctx * slots),
                      "need": {**vars(verdict.need), "gpu": verdict.need.gpu, "ram": verdict.need.ram},
                      "fits": verdict.fits, "n_gpu_layers": verdict.gpu_layers, "available_bytes": verdict.available,
@@ -262,7 +272,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     why = None
     if not gpus:
         gpus, why = plan.gpus_found()
-    rows = tier_plans(config, gpus, args.cpu_bandwidth * 1e9)
+    rows = tier_plans(config, gpus, args.cpu_bandwidth * 1e9, remote=True)
     if args.format == "json":
         print(json.dumps({"gpus": [vars(g) for g in gpus], "gpus_from": "given" if args.gpu else "found",
                           "no_gpu_because": why, "cpu_bandwidth_bytes_per_s": args.cpu_bandwidth * 1e9,
@@ -284,7 +294,7 @@ def _gpu_line(gpus: list, source: str, why: str | None) -> str:
 def _plan_table(rows: list[dict]) -> str:
     gib = lambda n: f"{n / (1 << 30):.2f}"  # noqa: E731
     header = (f"{'tier':<10} {'model':<34} {'params':>7} {'quant':<7} {'layers':>6} {'context':>11} "
-              f"{'weights':>8} {'KV':>7} {'compute':>8} {'total GiB':>9} {'n_gpu_layers':>12} {'tok/s':>7}  verdict")
+              f"{'weights':>8} {'KV':>7} {'compute':>8} {'total GiB':>9} {'n_gpu_layers':>12} {'≤tok/s':>7}  verdict")
     lines = [header]
     for row in rows:
         if "problem" in row:

@@ -132,6 +132,33 @@ def pull(ref: HfRef, models_dir: Path, key: str, sha256: str | None = None,
     return path
 
 
+def fetch_head(ref: HfRef, name: str, folder: Path, nbytes: int, key: str) -> Path:
+    """The first `nbytes` of the remote file `name` of `ref`, in a sparse local file of the remote file's full
+    size (the rest reads as zeros): enough for the GGUF header and tensor table without the weights."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    if constants.is_offline_mode():
+        raise PullError(f"{key}: {ref} is not downloaded, and HF_HUB_OFFLINE is set, so its header is not read "
+                        "from the hub; run `mcp-tiered pull` where the hub is reachable")
+    url = hf_hub_url(ref.repo_id, name, revision=ref.revision)
+    try:
+        size = get_hf_file_metadata(url).size or 0
+        response = get_session().get(url, headers={**build_hf_headers(), "Range": f"bytes=0-{nbytes - 1}"},
+                                     follow_redirects=True)
+        hf_raise_for_status(response)
+    except Exception as exc:
+        if _unreachable(exc):
+            raise PullError(f"{key}: {ref}: cannot reach the hub ({_endpoint()}) to read the header of {name}; "
+                            "plan it with the hub reachable, or after `mcp-tiered pull`") from exc
+        raise PullError(f"{key}: {ref}: {explain(exc, ref, name)}") from exc
+    path = folder / Path(name).name
+    with path.open("wb") as f:
+        f.write(response.content[:nbytes])
+        f.truncate(max(size, len(response.content)))
+    return path
+
+
 def explain(exc: Exception, ref: HfRef, name: str) -> str:
     """A download failure in words (the hub's own message without its URL noise)."""
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
@@ -145,7 +172,7 @@ def explain(exc: Exception, ref: HfRef, name: str) -> str:
         return f"no repository {ref.repo_id} on the hub (or it is private and {token})"
     if isinstance(exc, RevisionNotFoundError):
         return f"the repository {ref.repo_id} has no revision {ref.revision!r}"
-    if isinstance(exc, LocalEntryNotFoundError):
+    if isinstance(exc, LocalEntryNotFoundError) or _unreachable(exc):
         return (f"cannot reach the hub to fetch {name} ({_endpoint()}), and it is not downloaded yet; check the "
                 "network (or HF_ENDPOINT) and pull again")
     if isinstance(exc, EntryNotFoundError):
@@ -153,6 +180,12 @@ def explain(exc: Exception, ref: HfRef, name: str) -> str:
     if isinstance(exc, OSError) and getattr(exc, "response", None) is None:
         return f"cannot write {name} into the model cache ({exc})"
     return f"the download of {name} failed ({type(exc).__name__}: {_first_line(exc)})"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    import httpx2
+
+    return isinstance(exc, httpx2.ConnectError | httpx2.TimeoutException)
 
 
 def _endpoint() -> str:

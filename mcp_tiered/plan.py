@@ -19,6 +19,10 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .hub import HfRef
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -115,10 +119,16 @@ class Shape:
 
 
 def read_shape(path: Path) -> Shape:
-    """Raises ValueError naming what is missing."""
+    """Raises ValueError naming what is missing. A split GGUF's tensors are read from every part beside it."""
     from gguf import GGUFReader, LlamaFileType
 
+    from .hub import SPLIT
+
     reader = GGUFReader(str(path))
+    tensors = list(reader.tensors)
+    if split := SPLIT.match(path.name):
+        for part in range(2, int(split["parts"]) + 1):
+            tensors += GGUFReader(str(path.with_name(f"{split['stem']}-{part:05d}-of-{split['parts']}.gguf"))).tensors
 
     def value(key: str, default: object = None) -> object:
         found = reader.fields.get(key)
@@ -138,7 +148,7 @@ def read_shape(path: Path) -> Shape:
     vocab = int(value(f"{arch}.vocab_size", len(tokens.data) if tokens is not None else 0))
     per_layer = [0] * layers
     output = embeddings = 0
-    for tensor in reader.tensors:
+    for tensor in tensors:
         if match := re.match(r"blk\.(\d+)\.", tensor.name):
             per_layer[int(match[1])] += int(tensor.n_bytes)
         elif tensor.name.startswith("token_embd"):
@@ -150,9 +160,34 @@ def read_shape(path: Path) -> Shape:
     except (ValueError, TypeError):
         quantization = "unknown"
     return Shape(arch, str(value("general.name", path.stem)), quantization,
-                 sum(int(t.n_elements) for t in reader.tensors), layers, heads, kv_heads, key_length,
+                 sum(int(t.n_elements) for t in tensors), layers, heads, kv_heads, key_length,
                  int(value(f"{arch}.attention.value_length", key_length)), embedding, vocab,
                  int(value(f"{arch}.context_length", 0)), tuple(per_layer), output, embeddings)
+
+
+def remote_shape(ref: HfRef, key: str, first_bytes: int = 4 << 20, limit: int = 256 << 20) -> Shape:
+    """The shape of a hub model that is not downloaded, from the first megabytes of each of its files
+    (more until the header and tensor table are all there); raises hub.PullError."""
+    import tempfile
+
+    from gguf import GGUFReader
+
+    from . import hub
+
+    with tempfile.TemporaryDirectory(prefix="mcp-tiered-plan-") as folder:
+        for name in ref.files():
+            nbytes = first_bytes
+            while True:
+                path = hub.fetch_head(ref, name, Path(folder), nbytes, key)
+                try:
+                    if GGUFReader(str(path)).data_offset <= nbytes:
+                        break
+                except (ValueError, IndexError, KeyError):
+                    pass  # cut inside the header
+                if nbytes >= limit:
+                    raise hub.PullError(f"{key}: {ref}: the GGUF header of {name} is larger than {limit >> 20} MB")
+                nbytes *= 2
+        return read_shape(Path(folder) / Path(ref.file).name)
 
 
 @dataclass(frozen=True)

@@ -88,20 +88,21 @@ class Hub:
         if source is None:
             return self._error(handler, 404, "EntryNotFound", "Entry not found")
         size = source.stat().st_size
-        start, status = 0, 200
+        start, end, status = 0, size - 1, 200
         if body and (wanted := handler.headers.get("Range")):
-            start, status = int(re.match(r"bytes=(\d+)-", wanted)[1]), 206
+            first, last = re.match(r"bytes=(\d+)-(\d*)", wanted).groups()
+            start, end, status = int(first), min(int(last), size - 1) if last else size - 1, 206
         handler.send_response(status)
         handler.send_header("X-Repo-Commit", repo.commit)
         handler.send_header("ETag", f'"{_sha256(source)}"')
         handler.send_header("Accept-Ranges", "bytes")
-        handler.send_header("Content-Length", str(size - start))
+        handler.send_header("Content-Length", str(end + 1 - start))
         if status == 206:
-            handler.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+            handler.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         handler.end_headers()
         if not body:
             return
-        limit, cut = size - start, False
+        limit, cut = end + 1 - start, False
         if self.cut_next_get_at is not None and start == 0:
             limit, cut, self.cut_next_get_at = self.cut_next_get_at, True, None
         with source.open("rb") as f:

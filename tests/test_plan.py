@@ -117,12 +117,15 @@ def test_the_table_names_every_tier_and_the_gpus(shapes: Path) -> None:
     assert "Q4_K_M" in lines[4] and "69.0B" in lines[4] and "fits:" in lines[4]
 
 
-def test_the_example_config_plans_what_it_can_and_says_why_not_for_the_rest() -> None:
+def test_the_example_config_plans_what_it_can_and_says_why_not_for_the_rest(tmp_path: Path) -> None:
+    env = server_env(HF_HUB_OFFLINE="1", MCP_TIERED_MODELS=str(tmp_path))
     done = subprocess.run([MCP_TIERED, "plan", "--config", str(REPO / "models.example.toml"), "--gpu", "24GB"],
-                          capture_output=True, text=True, env=server_env(), check=True)
+                          capture_output=True, text=True, env=env, check=True)
     rows = done.stdout.splitlines()[2:]
-    assert any("served by its endpoints (engine openai)" in row for row in rows)
-    assert any("model file not found" in row or "not downloaded yet" in row for row in rows)
+    assert [row.split()[0] for row in rows] == ["small", "medium", "large", "long"]
+    assert rows[1].endswith("served by its endpoints (engine openai): plan it on their machines")
+    assert rows[0].endswith("codellama-13b-instruct.Q5_K_M.gguf is not downloaded, and HF_HUB_OFFLINE is set, so "
+                            "its header is not read from the hub; run `mcp-tiered pull` where the hub is reachable")
 
 
 def test_a_gpu_that_is_neither_a_size_nor_a_preset_is_one_sentence(shapes: Path) -> None:

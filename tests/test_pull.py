@@ -174,3 +174,20 @@ async def test_serve_answers_the_missing_tier_with_the_pull_sentence_and_serves_
     assert missing.is_error and "hf:owner/repo/blob.gguf is not downloaded yet; run `mcp-tiered pull`" in \
         missing.content[0].text
     assert not local.is_error
+
+
+def test_plan_reads_the_header_of_a_model_not_downloaded_and_nothing_more(write_config, env, qwen: Path) -> None:
+    config = write_config(tier("hf:Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF/qwen.gguf"))
+    with Hub({"Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF": Repo({"qwen.gguf": qwen})}) as fake:
+        done = subprocess.run([MCP_TIERED, "plan", "--config", str(config), "--gpu", "rtx4090", "--format", "json"],
+                              env={**env, "HF_ENDPOINT": fake.url}, capture_output=True, text=True, timeout=120)
+        ranges = fake.gets("qwen.gguf")
+        sent = fake.bytes_sent
+    assert done.returncode == 0, done.stderr
+    import json
+
+    (row,) = json.loads(done.stdout)["tiers"]
+    assert row["metadata_from"] == "hub header" and row["shape"]["architecture"] == "qwen2"
+    assert row["shape"]["layers"] == 28 and row["fits"]
+    assert ranges == [f"bytes=0-{(4 << 20) - 1}", f"bytes=0-{(8 << 20) - 1}"]  # the header is 5.7 MB
+    assert sent == 12 << 20 and not any(Path(env["MCP_TIERED_MODELS"]).rglob("qwen.gguf"))
