@@ -191,3 +191,36 @@ def test_plan_reads_the_header_of_a_model_not_downloaded_and_nothing_more(write_
     assert row["shape"]["layers"] == 28 and row["fits"]
     assert ranges == [f"bytes=0-{(4 << 20) - 1}", f"bytes=0-{(8 << 20) - 1}"]  # the header is 5.7 MB
     assert sent == 12 << 20 and not any(Path(env["MCP_TIERED_MODELS"]).rglob("qwen.gguf"))
+
+
+def test_a_terminal_gets_progress_bars_and_a_pipe_plain_lines(write_config, env, blob: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    config = write_config(tier("hf:owner/repo/blob.gguf"))
+    with Hub({"owner/repo": Repo({"blob.gguf": blob})}) as fake:
+        piped = pull(config, env, fake.url)
+        for path in Path(env["MCP_TIERED_MODELS"]).rglob("blob.gguf"):
+            path.unlink()
+        terminal, side = pty.openpty()
+        fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        process = subprocess.Popen([MCP_TIERED, "pull", "--config", str(config)], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=side, env={**env, "HF_ENDPOINT": fake.url})
+        assert process.wait(timeout=60) == 0
+        os.close(side)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(terminal, 1 << 16)
+            except OSError:  # the other side is closed and everything is read
+                break
+            if not chunk:
+                break
+            shown += chunk
+        os.close(terminal)
+    assert piped.stderr.splitlines()[:2] == ["pulling tiers.small.model: hf:owner/repo/blob.gguf",
+                                             "  owner/repo/blob.gguf@main"]
+    assert "%|" not in piped.stderr
+    assert "100%|" in shown.decode(errors="replace")
