@@ -123,7 +123,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             failed |= _check_endpoints(name, tier)
             continue
         server = isinstance(tier, LlamaServerTierConfig)
-        problem = model_file_problem(name, tier) or (server_binary_problem(name, tier) if server else None)
+        problem = (model_file_problem(name, tier) or (server_binary_problem(name, tier) if server else None)
+                   or _sha256_problem(name, tier))
         if problem:
             failed = True
             print(f"error  {problem}")
@@ -139,6 +140,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"ok     generate_cloud: {config.cloud.model} ({state})")
     _check_plan(config)
     return 1 if failed else 0
+
+
+def _sha256_problem(name: str, tier: LocalTierConfig) -> str | None:
+    """Whether the model file has the configured sha256 (hashed once per change of the file)."""
+    from . import hub
+
+    if tier.sha256 is None or (actual := hub.verify(tier.model, tier.sha256)) is None:
+        return None
+    return (f"tiers.{name}.sha256: {tier.model} has sha256 {actual}, not {tier.sha256}; the file changed or the key "
+            "is wrong" + ("; run `mcp-tiered pull` again" if tier.hf_ref else ""))
 
 
 def _check_plan(config: Config) -> None:

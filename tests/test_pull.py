@@ -224,3 +224,13 @@ def test_a_terminal_gets_progress_bars_and_a_pipe_plain_lines(write_config, env,
                                              "  owner/repo/blob.gguf@main"]
     assert "%|" not in piped.stderr
     assert "100%|" in shown.decode(errors="replace")
+
+
+def test_check_names_a_model_file_whose_sha256_differs(write_config, env, blob: Path) -> None:
+    config = write_config(tier(str(blob), f'sha256 = "{"1" * 64}"\n'))
+    check = subprocess.run([MCP_TIERED, "check", "--config", str(config)], env=env, capture_output=True, text=True)
+    assert check.returncode == 1
+    assert f"error  tiers.small.sha256: {blob} has sha256 {sha256(blob)}, not {'1' * 64}; the file changed or the " \
+           "key is wrong" in check.stdout
+    good = write_config(tier(str(blob), f'sha256 = "{sha256(blob)}"\n'), name="good.toml")
+    assert subprocess.run([MCP_TIERED, "check", "--config", str(good)], env=env, capture_output=True).returncode == 0
