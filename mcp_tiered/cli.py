@@ -407,6 +407,89 @@ def _measured(config: Config, tier: str, saved: Path | None, load: Callable[[Pat
     return results
 
 
+def parse_span(text: str, option: str) -> tuple[float, float]:
+    """"50M", "2500" or "2000-3000" (k, M, G suffixes) → (low, high); ConfigError naming the option."""
+    import re
+
+    def number(part: str) -> float:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", part)
+        if match is None:
+            raise ConfigError(f"{option}: expected a number such as 50M or 2500, or a range such as 2000-3000, "
+                              f"got {text!r}")
+        return float(match[1]) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match[2].lower()]
+
+    low, _, high = text.partition("-")
+    values = (number(low), number(high) if high else number(low))
+    if values[0] > values[1]:
+        raise ConfigError(f"{option}: a range goes from low to high, got {text!r}")
+    return values
+
+
+def cmd_whatif(args: argparse.Namespace) -> int:
+    import json
+
+    from . import whatif, whatif_render
+    from .report import ledger_traffic
+
+    config = _load(args)
+    if config is None:
+        return 1
+    costs = CostModel.from_config(config)
+    notes: list[str] = []
+    try:
+        seen = ledger_traffic(config.ledger.resolved_path) if config.ledger.resolved_path.exists() else None
+        if args.tokens_per_month:
+            tokens = whatif.Span(*parse_span(args.tokens_per_month, "--tokens-per-month"))
+        elif seen is not None and seen["tokens_per_month"] is not None:
+            tokens = whatif.Span.of(seen["tokens_per_month"])
+            notes.append(f"tokens per month projected from the ledger ({seen['days']:.1f} days of calls)")
+        else:
+            why = seen["why_no_projection"] if seen else "there is no ledger yet"
+            raise ConfigError(f"--tokens-per-month: is needed, since {why}")
+        cloud_bill = whatif.Span(*parse_span(args.cloud_per_month, "--cloud-per-month")) if args.cloud_per_month else None
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    input_share = args.input_share if args.input_share is not None else (seen or {}).get("input_share") or 0.75
+    cloud_share = args.cloud_share if args.cloud_share is not None else (seen or {}).get("cloud_share") or 0.0
+    if args.scenario == "reference":
+        options, currency = whatif.REFERENCE, whatif.REFERENCE_CURRENCY
+        if cloud_bill is None and costs.currency != currency:
+            notes.append(f"the cloud prices are in {costs.currency} and are used as {currency}: no exchange rate is "
+                         "applied; give --cloud-per-month in EUR to compare like with like")
+    else:
+        options = [whatif.Option(name, whatif.Span.of(t.hardware_cost), whatif.Span.of(t.power_watts),
+                                 whatif.Span.of(t.maintenance_per_month), t.amortization_months)
+                   for name, t in costs.tiers.items() if name in config.tiers]
+        currency = costs.currency
+        if not any(t.hardware_cost for t in costs.tiers.values()):
+            notes.append("no tier has a hardware_cost: set [costs.tiers.<name>] hardware_cost (and power_watts, "
+                         "maintenance_per_month) for a break-even")
+    traffic = whatif.Traffic(tokens, input_share, cloud_share, args.duty)
+    prices = whatif.Prices(args.electricity if args.electricity is not None else costs.electricity_per_kwh,
+                           costs.cloud_input_per_mtok, costs.cloud_output_per_mtok, cloud_bill)
+    data = {"scenario": args.scenario, "currency": currency, "traffic": asdict_(traffic), "prices": asdict_(prices),
+            "options": whatif.evaluate(options, traffic, prices), "notes": notes}
+    if args.format == "json":
+        text = json.dumps(data, indent=2) + "\n"
+    elif args.format == "html":
+        text = whatif_render.render_html(data)
+    else:
+        text = whatif_render.render_table(data)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def asdict_(value: Any) -> Any:
+    from dataclasses import asdict
+
+    return asdict(value)
+
+
 def claude_desktop_entry(config_path: Path) -> dict:
     """The `mcpServers` entry that makes Claude Desktop start this server over stdio."""
     executable = Path(sys.executable).with_name("mcp-tiered")
@@ -490,6 +573,24 @@ def build_parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="download every tier's hf: model into the model cache (serve never does)")
     pull.add_argument("--config", help=config_help)
     pull.set_defaults(func=cmd_pull)
+
+    what = sub.add_parser("whatif", help="break-even, ROI and break-even volume of hardware options vs the cloud")
+    what.add_argument("--config", help=config_help)
+    what.add_argument("--scenario", choices=["reference", "config"], default="reference",
+                      help="reference: the 13B/20B/34B/70B boxes of the reference analysis (EUR); config: the "
+                      "tiers' [costs.tiers.*] (default reference)")
+    what.add_argument("--tokens-per-month", help="volume, such as 50M or 40M-60M (default: the ledger's)")
+    what.add_argument("--cloud-per-month", help="the cloud bill for that volume, such as 2500 or 2000-3000 "
+                      "(default: the volume at the cloud prices)")
+    what.add_argument("--input-share", type=float, help="share of the tokens that are input (default: the ledger's, "
+                      "else 0.75)")
+    what.add_argument("--cloud-share", type=float, help="share of the tokens still sent to the cloud (default: the "
+                      "ledger's, else 0)")
+    what.add_argument("--electricity", type=float, help="price per kWh (default: [costs] electricity_per_kwh)")
+    what.add_argument("--duty", type=float, default=1.0, help="share of the hours at full power (default 1)")
+    what.add_argument("--format", choices=["table", "json", "html"], default="table")
+    what.add_argument("--output", "-o", help="write to this file instead of stdout")
+    what.set_defaults(func=cmd_whatif)
 
     rep = sub.add_parser("report", help="calls, energy, cost and savings per tier from the ledger")
     rep.add_argument("--config", help=config_help)

@@ -24,8 +24,17 @@ from .costs import CostModel
 from .ledger import reading
 
 MONTH_S = 30.4375 * 86400
-MIN_PROJECTION_S = 60.0
-"""Shorter histories give no monthly projection: a rate measured over seconds says little."""
+MIN_HISTORY_S = 86400.0
+"""Shorter histories give no monthly projection: a rate measured over minutes or hours says little about a
+month (a morning's test calls are not a month's traffic)."""
+
+
+def history_problem(span_s: float) -> str | None:
+    """Why a history of `span_s` seconds is too short to project a month from, or None."""
+    if span_s >= MIN_HISTORY_S:
+        return None
+    return (f"the ledger covers {span_s / 86400:.2f} days of calls; monthly figures need at least "
+            f"{MIN_HISTORY_S / 86400:g} day of history")
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -140,7 +149,7 @@ def _tier_row(name: str, hops: sqlite3.Row | None, served: list[sqlite3.Row], an
 
 def _projection(costs: CostModel, totals: dict[str, Any], energy_cost: float, cloud_cost: float, months: float,
                 duration_s: float, answered: int) -> dict[str, Any] | None:
-    if duration_s < MIN_PROJECTION_S or not answered:
+    if history_problem(duration_s) or not answered:
         return None
     hardware = sum(t.hardware_cost for t in costs.tiers.values())
     maintenance = sum(t.maintenance_per_month for t in costs.tiers.values())
@@ -163,6 +172,22 @@ def _projection(costs: CostModel, totals: dict[str, Any], energy_cost: float, cl
         "chart": [{"month": m, "local": hardware + m * operating, "cloud_only": m * cloud_only}
                   for m in range(horizon + 1)],
     }
+
+
+def ledger_traffic(path: Path) -> dict[str, Any]:
+    """The ledger's volume and mix for `whatif`: tokens a month (None without enough history, and why),
+    the input share and the share of tokens the cloud answered."""
+    with reading(path) as conn:
+        row = conn.execute(
+            "SELECT MIN(time - latency_s) AS start, MAX(time) AS end, TOTAL(prompt_tokens) AS prompt, "
+            "TOTAL(completion_tokens) AS completion, TOTAL(CASE WHEN served_by = ? THEN prompt_tokens + "
+            "completion_tokens END) AS cloud FROM calls WHERE outcome IN ('ok', 'cache_hit')", (CLOUD,)).fetchone()
+    tokens = row["prompt"] + row["completion"]
+    span = max((row["end"] or 0) - (row["start"] or 0), 0.0)
+    why = history_problem(span)
+    return {"days": span / 86400, "tokens_per_month": None if why or not tokens else tokens / span * MONTH_S,
+            "why_no_projection": why, "input_share": row["prompt"] / tokens if tokens else None,
+            "cloud_share": row["cloud"] / tokens if tokens else None}
 
 
 def _iso(ts: float | None) -> str | None:
