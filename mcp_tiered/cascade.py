@@ -230,7 +230,8 @@ class Cascade:
         elif completion is not None:
             cloud = self.costs.cloud_billed(prompt_tokens, completion_tokens)
         self.trace.hops.append(HopRecord(position, tier.name, tier.backend.model_name, outcome, reason, prompt_tokens,
-                                         completion_tokens, control.queue_s, control.generation_s, energy, cost, cloud))
+                                         completion_tokens, control.queue_s, control.generation_s, energy, cost, cloud,
+                                         prompt_s=control.prompt_s))
 
     def _record_reading(self, position: int, verifier: Tier, value: float | None, reason: Reason | None,
                         evaluated: int, outcome: str) -> None:
@@ -238,7 +239,8 @@ class Cascade:
         energy = self.costs.energy_wh(verifier.name, self.control.generation_s)
         self.trace.hops.append(HopRecord(position, verifier.name, verifier.backend.model_name, outcome, None,
                                          evaluated, 0, self.control.queue_s, self.control.generation_s, energy,
-                                         self.costs.energy_cost(energy), 0.0, verification=value))
+                                         self.costs.energy_cost(energy), 0.0, verification=value,
+                                         prompt_s=self.control.generation_s))
 
 
 def request_for(tier: Tier, call: Call) -> GenerationRequest:

@@ -27,7 +27,7 @@ from .errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
     id INTEGER PRIMARY KEY,
@@ -64,13 +64,15 @@ CREATE TABLE IF NOT EXISTS hops (
     energy_wh REAL NOT NULL,
     local_cost REAL NOT NULL,
     cloud_cost REAL NOT NULL,
-    verification REAL                   -- a verifier's hop: its statistic (escalation.judge_verification)
+    verification REAL,                  -- a verifier's hop: its statistic (escalation.judge_verification)
+    prompt_s REAL NOT NULL DEFAULT 0    -- of generation_s, the seconds before the first token
 );
 CREATE INDEX IF NOT EXISTS calls_time ON calls(time);
 CREATE INDEX IF NOT EXISTS hops_time ON hops(time);
 """
 MIGRATIONS = {
     2: "ALTER TABLE hops ADD COLUMN verification REAL",
+    3: "ALTER TABLE hops ADD COLUMN prompt_s REAL NOT NULL DEFAULT 0",
 }
 """Schema version → the statement that brings a ledger of the version before it there."""
 
@@ -90,6 +92,7 @@ class HopRecord:
     local_cost: float = 0.0
     cloud_cost: float = 0.0
     verification: float | None = None
+    prompt_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +121,7 @@ class CallRecord:
 CALL_COLUMNS = ("time, tool, tier, served_by, model, outcome, prompt_tokens, completion_tokens, latency_s, queue_s, "
                 "generation_s, escalation_reasons, cache_hit, energy_wh, local_cost, cloud_cost")
 HOP_COLUMNS = ("call_id, time, position, tier, model, outcome, escalation_reason, prompt_tokens, completion_tokens, "
-               "queue_s, generation_s, energy_wh, local_cost, cloud_cost, verification")
+               "queue_s, generation_s, energy_wh, local_cost, cloud_cost, verification, prompt_s")
 
 
 def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -159,10 +162,10 @@ def insert(conn: sqlite3.Connection, calls: list[CallRecord]) -> None:
         for call in calls:
             cursor = conn.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 16)})", call.row())
             conn.executemany(
-                f"INSERT INTO hops ({HOP_COLUMNS}) VALUES ({', '.join('?' * 15)})",
+                f"INSERT INTO hops ({HOP_COLUMNS}) VALUES ({', '.join('?' * 16)})",
                 [(cursor.lastrowid, call.time, h.position, h.tier, h.model, h.outcome, h.escalation_reason,
                   h.prompt_tokens, h.completion_tokens, h.queue_s, h.generation_s, h.energy_wh, h.local_cost,
-                  h.cloud_cost, h.verification) for h in call.hops],
+                  h.cloud_cost, h.verification, h.prompt_s) for h in call.hops],
             )
         conn.execute("COMMIT")
     except BaseException:

@@ -47,7 +47,7 @@ SERVED = """SELECT served_by, cache_hit, COUNT(*) AS calls, TOTAL(prompt_tokens)
     TOTAL(completion_tokens) AS completion_tokens FROM calls WHERE outcome IN ('ok', 'cache_hit') {since}
     GROUP BY served_by, cache_hit"""
 HOPS = """SELECT tier, COUNT(*) AS hops, TOTAL(prompt_tokens) AS prompt_tokens,
-    TOTAL(completion_tokens) AS completion_tokens, TOTAL(generation_s) AS generation_s,
+    TOTAL(completion_tokens) AS completion_tokens, TOTAL(generation_s) AS generation_s, {prompt_s} AS prompt_s,
     TOTAL(energy_wh) AS energy_wh, TOTAL(local_cost) AS local_cost, TOTAL(cloud_cost) AS cloud_cost,
     TOTAL(outcome = 'escalated') AS escalated FROM hops {where} GROUP BY tier ORDER BY MIN(id)"""
 PERIOD = """SELECT COUNT(*) AS calls, MIN(time - latency_s) AS start, MAX(time) AS end,
@@ -59,7 +59,9 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
     where, also = ("", "") if since is None else ("WHERE time >= ?", "AND time >= ?")
     period = conn.execute(PERIOD.format(where=where), args).fetchone()
     served = conn.execute(SERVED.format(since=also), args).fetchall()
-    hops = {h["tier"]: h for h in conn.execute(HOPS.format(where=where), args)}
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(hops)")}
+    prompt_s = "TOTAL(prompt_s)" if "prompt_s" in columns else "0.0"  # a ledger the server has not upgraded yet
+    hops = {h["tier"]: h for h in conn.execute(HOPS.format(where=where, prompt_s=prompt_s), args)}
     start = since if since is not None else period["start"]
     end = period["end"] if period["end"] is not None else start
     duration_s = max((end or 0) - (start or 0), 0.0)
@@ -106,6 +108,7 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
         "tiers": tiers,
         "totals": totals,
         "projection": _projection(costs, totals, energy_cost, cloud_cost, months, duration_s, answered),
+        "projection_note": history_problem(duration_s) if answered else "no call has been answered yet",
     }
 
 
@@ -127,6 +130,9 @@ def _tier_row(name: str, hops: sqlite3.Row | None, served: list[sqlite3.Row], an
         "escalated_away": int(total("escalated")),
         "prompt_tokens": prompt, "completion_tokens": completion, "generation_s": generation_s,
         "tokens_per_s": _ratio(completion, generation_s),
+        "prompt_s": total("prompt_s"),
+        "prompt_tokens_per_s": _ratio(prompt, total("prompt_s")),
+        "generation_tokens_per_s": _ratio(completion, generation_s - total("prompt_s")),
         "cloud_equivalent": _equivalent(costs, served),
     }
     if name == CLOUD:
@@ -157,7 +163,13 @@ def _projection(costs: CostModel, totals: dict[str, Any], energy_cost: float, cl
     cloud_only = totals["cloud_only_cost"] / months
     operating = (energy_cost + cloud_cost) / months + maintenance
     saving = cloud_only - operating
-    break_even = (0.0 if hardware == 0 else hardware / saving) if saving > 0 else None
+    break_even = hardware / saving if saving > 0 and hardware else None
+    note = None
+    if not hardware:
+        note = ("no hardware cost is set, so there is nothing to break even on: set hardware_cost (and "
+                "amortization_months) in [costs.tiers.<name>] for each tier's machine")
+    elif saving <= 0:
+        note = "the local tiers cost more to run each month than the cloud would charge for their calls"
     horizon = 12 if break_even is None else min(max(12, math.ceil(break_even * 1.5)), 120)
     return {
         "monthly_calls": answered / months,
@@ -168,6 +180,7 @@ def _projection(costs: CostModel, totals: dict[str, Any], energy_cost: float, cl
         "monthly_savings": cloud_only - operating - amortization,
         "hardware_cost": hardware,
         "break_even_months": break_even,
+        "break_even_note": note,
         "roi_12_months_pct": (12 * saving - hardware) / hardware * 100 if hardware else None,
         "chart": [{"month": m, "local": hardware + m * operating, "cloud_only": m * cloud_only}
                   for m in range(horizon + 1)],

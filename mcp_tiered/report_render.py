@@ -7,7 +7,8 @@ from typing import Any
 
 COLUMNS = [
     ("tier", "tier", "{}"), ("served", "calls", "{:,}"), ("share", "share", "pct"),
-    ("target_share", "target", "pct"), ("tokens", "tokens", "{:,}"), ("tokens_per_s", "tok/s", "{:,.1f}"),
+    ("target_share", "target", "pct"), ("tokens", "tokens", "{:,}"),
+    ("prompt_tokens_per_s", "prompt tok/s", "{:,.1f}"), ("generation_tokens_per_s", "gen tok/s", "{:,.1f}"),
     ("energy_wh", "energy Wh", "{:,.2f}"), ("local_cost", "local cost", "money"),
     ("cost_per_mtok", "per Mtok", "money"), ("cloud_cost", "cloud cost", "money"),
     ("cloud_equivalent", "on cloud", "money"), ("savings_pct", "saved", "pct100"),
@@ -51,7 +52,7 @@ def _summary(report: dict[str, Any]) -> list[tuple[str, str]]:
                     + ("" if t["savings_pct"] is None else f" ({t['savings_pct']:.1f} %)")),
     ]
     if p is None:
-        lines.append(("projection", "not enough history (under a minute of calls)"))
+        lines.append(("projection", f"none: {report.get('projection_note') or 'not enough history'}"))
         return lines
     be = p["break_even_months"]
     roi = p["roi_12_months_pct"]
@@ -59,7 +60,7 @@ def _summary(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("per month", f"{p['monthly_calls']:,.0f} calls; local {_cell(p['monthly_total_cost'], 'money')} {cur} "
                       f"(operating {_cell(p['monthly_operating_cost'], 'money')}) vs cloud only "
                       f"{_cell(p['monthly_cloud_only_cost'], 'money')} {cur}"),
-        ("break-even", "never at this rate" if be is None else f"{be:.1f} months "
+        ("break-even", (p.get("break_even_note") or "never at this rate") if be is None else f"{be:.1f} months "
                        f"(hardware {_cell(p['hardware_cost'], 'money')} {cur})"),
         ("12-month ROI", "–" if roi is None else f"{roi:.0f} %"),
     ]
@@ -83,7 +84,7 @@ def render_table(report: dict[str, Any]) -> str:
 def _chart(report: dict[str, Any]) -> str:
     points = (report["projection"] or {}).get("chart") or []
     if not points:
-        return '<p class="empty">No break-even chart: under a minute of calls recorded.</p>'
+        return f'<p class="empty">No break-even chart: {html.escape(report.get("projection_note") or "no projection")}.</p>'
     w, h, pad, left = 640, 320, 48, 96
     top = max(max(p["local"], p["cloud_only"]) for p in points) or 1.0
     last = points[-1]["month"] or 1

@@ -102,7 +102,7 @@ def _chart(data: dict[str, Any]) -> str:
     shapes, legend = [], []
     cloud_points = series[0][1]
     shapes.append(f'<polygon class="cloud" points="{band(cloud_points, 3, 4)}"/>')
-    legend.append(f'<tspan class="cloud-label">■ cloud for the same tokens</tspan>')
+    legend.append('<tspan class="cloud-label">■ cloud for the same tokens</tspan>')
     for i, (name, points) in enumerate(series):
         color = COLORS[i % len(COLORS)]
         shapes.append(f'<polygon class="option" data-option="{html.escape(name)}" fill="{color}" stroke="{color}" '

@@ -413,13 +413,14 @@ def test_the_report_connection_cannot_write(tmp_path: Path) -> None:
     assert len(rows(path, "calls")) == 1
 
 
-def test_a_ledger_of_schema_1_gains_the_verification_column_and_keeps_its_rows(tmp_path: Path) -> None:
+def test_a_ledger_of_schema_1_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
     from mcp_tiered import ledger as ledger_module
 
     path = tmp_path / "old.sqlite3"
-    old_schema = ledger_module.SCHEMA.replace(",\n    verification REAL                   -- a verifier's hop: its "
-                                              "statistic (escalation.judge_verification)", "")
-    assert "verification" not in old_schema
+    old_schema = ledger_module.SCHEMA.replace(
+        ",\n    verification REAL,                  -- a verifier's hop: its statistic (escalation.judge_verification)"
+        "\n    prompt_s REAL NOT NULL DEFAULT 0    -- of generation_s, the seconds before the first token", "")
+    assert "verification" not in old_schema and "prompt_s" not in old_schema
     with closing(sqlite3.connect(path)) as conn:
         conn.executescript(old_schema)
         conn.execute("INSERT INTO hops (call_id, time, position, tier, model, outcome, prompt_tokens, "
@@ -429,4 +430,25 @@ def test_a_ledger_of_schema_1_gains_the_verification_column_and_keeps_its_rows(t
         conn.commit()
     with closing(ledger_module.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == ledger_module.SCHEMA_VERSION
-        assert [tuple(r) for r in conn.execute("SELECT tier, prompt_tokens, verification FROM hops")] == [("small", 5, None)]
+        assert [tuple(r) for r in conn.execute("SELECT tier, prompt_tokens, verification, prompt_s FROM hops")] == [
+            ("small", 5, None, 0.0)]
+
+
+@pytest.mark.model
+@pytest.mark.anyio
+async def test_a_hop_records_the_seconds_before_its_first_token(smollm2: Path, tmp_path: Path) -> None:
+    from mcp_tiered.backends.llama import LlamaBackend
+    from mcp_tiered.config import TierConfig
+    from mcp_tiered.tiers import Tier, TierRegistry
+
+    backend = LlamaBackend("small", TierConfig(description="s", model=smollm2, n_ctx=1024))
+    tiers = TierRegistry([Tier("small", backend, "small", 32, 0.0)])
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    try:
+        await Dispatcher(tiers, ledger=ledger).generate("small", "Write a haiku about the sea.", max_tokens=24)
+    finally:
+        ledger.close()
+        await tiers.aclose()
+    with closing(sqlite3.connect(tmp_path / "ledger.sqlite3")) as conn:
+        ((prompt_s, generation_s, completion),) = conn.execute("SELECT prompt_s, generation_s, completion_tokens FROM hops")
+    assert completion > 1 and 0 < prompt_s < generation_s

@@ -218,7 +218,7 @@ def test_report_of_an_empty_ledger_has_no_calls_and_no_projection(write_config: 
     report = report_for(config)
     assert report["totals"]["calls"] == 0 and report["totals"]["savings_pct"] is None
     assert report["projection"] is None and report["period"]["since"] is None
-    assert "not enough history" in run_report(config).stdout
+    assert "projection  none: no call has been answered yet" in run_report(config).stdout
 
 
 def test_report_with_the_ledger_disabled_says_so(write_config: Callable[..., Path], smollm2: Path) -> None:
@@ -226,3 +226,45 @@ def test_report_with_the_ledger_disabled_says_so(write_config: Callable[..., Pat
     done = run_report(config)
     assert (done.returncode, done.stderr) == (
         1, "error: ledger.enabled: is false, so the server keeps no ledger and there is nothing to report\n")
+
+
+def write_ledger(config: Path, calls: list[CallRecord]) -> Path:
+    conn = connect(config.parent / "ledger.sqlite3")
+    insert(conn, calls)
+    conn.close()
+    return config
+
+
+def minutes_of_calls() -> list[CallRecord]:
+    return [CallRecord(T0 + 60 * i, "generate_small", "small", "small", "small", "ok", 1000, 200, 2.0,
+                       hops=(hop(0, "small", "answered", 1000, 200, 2, 300),)) for i in range(1, 5)]
+
+
+def test_a_ledger_of_minutes_is_too_short_to_project_and_says_so(write_config, smollm2: Path) -> None:
+    config = write_ledger(write_config(COSTS_TOML.replace("{model}", str(smollm2))), minutes_of_calls())
+    report = report_for(config)
+    assert report["projection"] is None
+    assert report["projection_note"] == "the ledger covers 0.00 days of calls; monthly figures need at least 1 day of history"
+    table = run_report(config).stdout
+    assert "projection  none: the ledger covers 0.00 days of calls; monthly figures need at least 1 day" in table
+    assert "monthly" not in json.dumps(report["projection"])
+
+
+def test_without_a_hardware_cost_the_break_even_names_the_key_to_set(write_config, smollm2: Path) -> None:
+    text = COSTS_TOML.replace("{model}", str(smollm2)).replace("hardware_cost = 3600\n", "")
+    config = write_ledger(write_config(text), example_calls())
+    projection = report_for(config)["projection"]
+    assert projection["break_even_months"] is None and projection["roi_12_months_pct"] is None
+    assert projection["break_even_note"].startswith("no hardware cost is set, so there is nothing to break even on: "
+                                                    "set hardware_cost (and amortization_months) in [costs.tiers.<name>]")
+    assert "break-even    no hardware cost is set" in run_report(config).stdout
+
+
+def test_tokens_per_second_are_split_into_prompt_and_generation(write_config, smollm2: Path) -> None:
+    timed = HopRecord(0, "small", "small", "answered", None, 1000, 200, 0.0, 10.0, prompt_s=2.0)
+    config = write_ledger(write_config(COSTS_TOML.replace("{model}", str(smollm2))), [
+        CallRecord(T0, "generate_small", "small", "small", "small", "ok", 1000, 200, 10.0, hops=(timed,))])
+    small = next(t for t in report_for(config)["tiers"] if t["tier"] == "small")
+    assert small["prompt_tokens_per_s"] == 500 and small["generation_tokens_per_s"] == 25
+    header = run_report(config).stdout.splitlines()[0]
+    assert "prompt tok/s" in header and "gen tok/s" in header

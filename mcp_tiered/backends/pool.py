@@ -26,7 +26,8 @@ class CallControl:
         self.set_deadline(deadline_s)
         self.cancelled = threading.Event()
         self.tier = ""
-        self.phase = "accepted"
+        self.prompt_since = 0.0
+        self._phase = "accepted"
         self.queue_position = 0
         self.tokens = 0
         self.generating_since = 0.0
@@ -35,8 +36,30 @@ class CallControl:
         self.generation_s = 0.0
         """Seconds the current hop's engine worked on it: prompt and generation, model load excluded."""
 
+    PROMPT_PHASES = frozenset({"prompt", "waiting for the cloud"})
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        """Entering a prompt phase starts the clock of `prompt_s`."""
+        self._phase = value
+        if value in self.PROMPT_PHASES:
+            self.prompt_since = time.monotonic()
+
+    @property
+    def prompt_s(self) -> float:
+        """Seconds of the current hop's engine time spent before the first token (the prompt): all of it
+        when no token came (a refusal, a verifier's reading)."""
+        if self.prompt_since and self.generating_since >= self.prompt_since:
+            return min(self.generating_since - self.prompt_since, self.generation_s)
+        return self.generation_s
+
     def start_hop(self) -> None:
         self.queue_s = self.generation_s = 0.0
+        self.prompt_since = self.generating_since = 0.0
 
     def set_deadline(self, deadline_s: float | None) -> None:
         """Seconds from when the call was accepted."""
