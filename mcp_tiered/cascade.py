@@ -62,6 +62,7 @@ class Trace:
 
     hops: list[HopRecord] = field(default_factory=list)
     answered_at: int | None = None
+    client: str | None = None
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         text = json.dumps(data, indent=2) + "\n"
     elif args.format == "html":
         text = report_render.render_html(data)
+    elif args.by == "client":
+        text = report_render.render_clients_table(data)
     else:
         text = report_render.render_table(data)
     if args.output:
@@ -597,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--since", help="only calls from this date or date-time on (ISO 8601, UTC by default)")
     rep.add_argument("--format", choices=["table", "json", "html"], default="table",
                      help="table (default), json (as the tiered://report resource) or html (with a break-even chart)")
+    rep.add_argument("--by", choices=["tier", "client"], default="tier",
+                     help="the table's rows: tiers (default) or MCP clients (their clientInfo names); json and html "
+                     "always hold both")
     rep.add_argument("--output", "-o", help="write to this file instead of stdout")
     rep.set_defaults(func=cmd_report)
 

@@ -66,7 +66,7 @@ class Dispatcher:
                 if n in self.tiers and not self.tiers.get(n).capabilities.prompt_leaves_machine]
 
     async def generate_routed(self, prompt: str, system: str = "", control: CallControl | None = None,
-                              **options: Any) -> GenerateResult:
+                              *, client: str | None = None, **options: Any) -> GenerateResult:
         """The `generate` tool: pick the entry tier, then the usual cascade from it."""
         try:
             route = self.route(prompt, system, options)
@@ -74,17 +74,19 @@ class Dispatcher:
             log.warning("tool_call", tool=ROUTER_TOOL, outcome="error", error=type(exc).__name__, reason=str(exc))
             raise
         result = await self.generate(route.tier, prompt, system, control, via=ROUTER_TOOL, route_note=route.why,
-                                     **options)
+                                     client=client, **options)
         return result
 
     async def generate(self, tier_name: str, prompt: str, system: str = "", control: CallControl | None = None,
-                       *, via: str | None = None, route_note: str | None = None, **options: Any) -> GenerateResult:
-        """`via`: the tool that was called, when not the tier's own; `route_note`: why `generate` chose the tier."""
+                       *, via: str | None = None, route_note: str | None = None, client: str | None = None,
+                       **options: Any) -> GenerateResult:
+        """`via`: the tool that was called, when not the tier's own; `route_note`: why `generate` chose the tier;
+        `client`: the MCP client's name, for the ledger."""
         started = time.perf_counter()
         control = control or CallControl()
         tool = via or self.tiers.get(tier_name).tool_name
         event = log.bind(tool=tool, tier=tier_name)
-        trace = Trace()
+        trace = Trace(client=client)
         try:
             result = await self._serve(tier_name, prompt, system, options, started, control, trace)
             if route_note is not None:
@@ -130,6 +132,7 @@ class Dispatcher:
             prompt_tokens=result.usage.prompt_tokens if result else 0,
             completion_tokens=result.usage.completion_tokens if result else 0,
             latency_s=time.perf_counter() - started, cache_hit=outcome == "cache_hit", hops=tuple(trace.hops),
+            client=trace.client,
         )
 
     async def _commit(self, row: CallRecord | None) -> None:

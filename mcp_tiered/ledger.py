@@ -27,7 +27,7 @@ from .errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
     id INTEGER PRIMARY KEY,
@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS calls (
     cache_hit INTEGER NOT NULL,
     energy_wh REAL NOT NULL,
     local_cost REAL NOT NULL,           -- energy of the hops, at the electricity price
-    cloud_cost REAL NOT NULL            -- billed by the cloud
+    cloud_cost REAL NOT NULL,           -- billed by the cloud
+    client TEXT                         -- the MCP client's clientInfo name, as it gave it; NULL when it gave none
 );
 CREATE TABLE IF NOT EXISTS hops (
     id INTEGER PRIMARY KEY,
@@ -69,10 +70,19 @@ CREATE TABLE IF NOT EXISTS hops (
 );
 CREATE INDEX IF NOT EXISTS calls_time ON calls(time);
 CREATE INDEX IF NOT EXISTS hops_time ON hops(time);
+-- Covering indexes for the report's per-tier, per-answerer and per-client sums: read in index order, a
+-- million calls aggregate without sorting them (2.9 s to 1.2 s; see scripts/bench_report.py).
+CREATE INDEX IF NOT EXISTS hops_by_tier ON hops(tier, outcome, prompt_tokens, completion_tokens, generation_s,
+    prompt_s, energy_wh, local_cost, cloud_cost, time);
+CREATE INDEX IF NOT EXISTS calls_by_server ON calls(served_by, cache_hit, outcome, prompt_tokens, completion_tokens,
+    time);
+CREATE INDEX IF NOT EXISTS calls_by_client ON calls(client, outcome, prompt_tokens, completion_tokens, local_cost,
+    cloud_cost, time);
 """
 MIGRATIONS = {
     2: "ALTER TABLE hops ADD COLUMN verification REAL",
     3: "ALTER TABLE hops ADD COLUMN prompt_s REAL NOT NULL DEFAULT 0",
+    4: "ALTER TABLE calls ADD COLUMN client TEXT",
 }
 """Schema version → the statement that brings a ledger of the version before it there."""
 
@@ -108,6 +118,7 @@ class CallRecord:
     latency_s: float
     cache_hit: bool = False
     hops: tuple[HopRecord, ...] = ()
+    client: str | None = None
 
     def row(self) -> tuple:
         hops = self.hops
@@ -115,11 +126,11 @@ class CallRecord:
         return (self.time, self.tool, self.tier, self.served_by, self.model, self.outcome, self.prompt_tokens,
                 self.completion_tokens, self.latency_s, sum(h.queue_s for h in hops),
                 sum(h.generation_s for h in hops), reasons, int(self.cache_hit), sum(h.energy_wh for h in hops),
-                sum(h.local_cost for h in hops), sum(h.cloud_cost for h in hops))
+                sum(h.local_cost for h in hops), sum(h.cloud_cost for h in hops), self.client)
 
 
 CALL_COLUMNS = ("time, tool, tier, served_by, model, outcome, prompt_tokens, completion_tokens, latency_s, queue_s, "
-                "generation_s, escalation_reasons, cache_hit, energy_wh, local_cost, cloud_cost")
+                "generation_s, escalation_reasons, cache_hit, energy_wh, local_cost, cloud_cost, client")
 HOP_COLUMNS = ("call_id, time, position, tier, model, outcome, escalation_reason, prompt_tokens, completion_tokens, "
                "queue_s, generation_s, energy_wh, local_cost, cloud_cost, verification, prompt_s")
 
@@ -160,7 +171,7 @@ def insert(conn: sqlite3.Connection, calls: list[CallRecord]) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         for call in calls:
-            cursor = conn.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 16)})", call.row())
+            cursor = conn.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 17)})", call.row())
             conn.executemany(
                 f"INSERT INTO hops ({HOP_COLUMNS}) VALUES ({', '.join('?' * 16)})",
                 [(cursor.lastrowid, call.time, h.position, h.tier, h.model, h.outcome, h.escalation_reason,

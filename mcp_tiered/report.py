@@ -52,6 +52,11 @@ HOPS = """SELECT tier, COUNT(*) AS hops, TOTAL(prompt_tokens) AS prompt_tokens,
     TOTAL(outcome = 'escalated') AS escalated FROM hops {where} GROUP BY tier ORDER BY MIN(id)"""
 PERIOD = """SELECT COUNT(*) AS calls, MIN(time - latency_s) AS start, MAX(time) AS end,
     TOTAL(outcome IN ('error', 'busy')) AS errors FROM calls {where}"""
+CLIENTS = """SELECT client, COUNT(*) AS calls, TOTAL(outcome IN ('ok', 'cache_hit')) AS answered,
+    TOTAL(CASE WHEN outcome IN ('ok', 'cache_hit') THEN prompt_tokens END) AS prompt_tokens,
+    TOTAL(CASE WHEN outcome IN ('ok', 'cache_hit') THEN completion_tokens END) AS completion_tokens,
+    TOTAL(local_cost) AS energy_cost, TOTAL(cloud_cost) AS cloud_cost FROM calls {where} GROUP BY client
+    ORDER BY calls DESC"""
 
 
 def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None = None) -> dict[str, Any]:
@@ -108,8 +113,30 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
         "tiers": tiers,
         "totals": totals,
         "projection": _projection(costs, totals, energy_cost, cloud_cost, months, duration_s, answered),
+        "clients": _clients(conn, costs, where, args, totals),
         "projection_note": history_problem(duration_s) if answered else "no call has been answered yet",
     }
+
+
+def _clients(conn: sqlite3.Connection, costs: CostModel, where: str, args: tuple,
+             totals: dict[str, Any]) -> list[dict[str, Any]]:
+    """Calls, tokens and cost per MCP client (its clientInfo name). Each call's energy and cloud bill are its
+    own; the rest of the local cost (hardware, maintenance, idle power), which no call causes alone, is
+    shared by tokens."""
+    groups = conn.execute(CLIENTS.format(where=where), args).fetchall()
+    tokens = totals["prompt_tokens"] + totals["completion_tokens"]
+    shared = max(totals["local_cost"] - sum(r["energy_cost"] for r in groups), 0.0)
+    rows = []
+    for r in groups:
+        share = (r["prompt_tokens"] + r["completion_tokens"]) / tokens if tokens else 0.0
+        cost = r["energy_cost"] + r["cloud_cost"] + share * shared
+        equivalent = costs.cloud_equivalent(r["prompt_tokens"], r["completion_tokens"])
+        rows.append({"client": r["client"], "calls": r["calls"], "answered": int(r["answered"]),
+                     "prompt_tokens": int(r["prompt_tokens"]), "completion_tokens": int(r["completion_tokens"]),
+                     "token_share": share, "energy_cost": r["energy_cost"], "cloud_cost": r["cloud_cost"],
+                     "shared_cost": share * shared, "total_cost": cost, "cloud_equivalent": equivalent,
+                     "savings": equivalent - cost})
+    return rows
 
 
 def _equivalent(costs: CostModel, served: list[sqlite3.Row]) -> float:

@@ -67,6 +67,34 @@ def _summary(report: dict[str, Any]) -> list[tuple[str, str]]:
     return lines
 
 
+CLIENT_COLUMNS = [
+    ("client", "client", "{}"), ("calls", "calls", "{:,}"), ("answered", "answered", "{:,}"),
+    ("tokens", "tokens", "{:,}"), ("token_share", "token share", "pct"), ("energy_cost", "energy", "money"),
+    ("cloud_cost", "cloud cost", "money"), ("shared_cost", "shared", "money"), ("total_cost", "cost", "money"),
+    ("cloud_equivalent", "on cloud", "money"), ("savings", "saved", "money"),
+]
+
+
+def _client_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [[_cell({**c, "client": c["client"] or "(no clientInfo)",
+                    "tokens": c["prompt_tokens"] + c["completion_tokens"]}.get(key), fmt)
+             for key, _, fmt in CLIENT_COLUMNS] for c in report.get("clients", [])]
+
+
+def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            for r in [header, *rows]]
+
+
+def render_clients_table(report: dict[str, Any]) -> str:
+    """`report --by client`: each MCP client's calls, tokens and cost (shared costs split by tokens)."""
+    out = _aligned([label for _, label, _ in CLIENT_COLUMNS], _client_rows(report))
+    out += ["", f"(amounts in {report['currency']}; \"shared\": hardware, maintenance and idle power, split by "
+                "tokens)"]
+    return "\n".join(out) + "\n"
+
+
 def render_table(report: dict[str, Any]) -> str:
     header = [label for _, label, _ in COLUMNS]
     rows = _rows(report)
@@ -129,6 +157,9 @@ def render_html(report: dict[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _rows(report))
     summary = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _summary(report))
+    client_head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in CLIENT_COLUMNS)
+    client_body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                          for row in _client_rows(report))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>mcp-tiered savings report</title><style>{STYLE}</style></head>
 <body><h1>mcp-tiered savings report</h1>
@@ -136,6 +167,8 @@ def render_html(report: dict[str, Any]) -> str:
 {_chart(report)}
 <h2>Per tier</h2>
 <table id="tiers"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>Per client</h2>
+<table id="clients"><thead><tr>{client_head}</tr></thead><tbody>{client_body}</tbody></table>
 <p>Amounts in {html.escape(report['currency'])}.</p>
 <h2>Summary</h2><dl>{summary}</dl>
 </body></html>

@@ -64,6 +64,20 @@ class _GenerateTool(Tool):
         return await super().run(arguments, context, convert_result)
 
 
+CLIENT_NAME_CHARS = 64
+
+
+def client_name(ctx: Context) -> str | None:
+    """The MCP client's `clientInfo` name (cut to 64 characters), or None when it gave none."""
+    try:
+        params = ctx.session.client_params
+    except Exception:  # no session (a direct call in tests)
+        return None
+    info = getattr(params, "client_info", None)
+    name = getattr(info, "name", None)
+    return name[:CLIENT_NAME_CHARS] if isinstance(name, str) and name else None
+
+
 def _tool_signature() -> inspect.Signature:
     """The tool function's parameters: GenerateArguments' fields, taken loosely (`Any`, default None) so that
     arguments.parse_arguments can reject a bad value in one sentence; prompt and system stay `str`, which
@@ -86,6 +100,7 @@ def _generation_tool(name: str, title: str, description: str, annotations: ToolA
         control = CallControl()
         failure: TieredError | None = None
         prompt, system = arguments.pop("prompt", ""), arguments.pop("system", "")
+        arguments["client"] = client_name(ctx)
         async with anyio.create_task_group() as progress:
             progress.start_soon(_report_progress, ctx, control, server.progress_interval_s)
             try:

@@ -417,10 +417,12 @@ def test_a_ledger_of_schema_1_gains_the_new_columns_and_keeps_its_rows(tmp_path:
     from mcp_tiered import ledger as ledger_module
 
     path = tmp_path / "old.sqlite3"
-    old_schema = ledger_module.SCHEMA.replace(
-        ",\n    verification REAL,                  -- a verifier's hop: its statistic (escalation.judge_verification)"
-        "\n    prompt_s REAL NOT NULL DEFAULT 0    -- of generation_s, the seconds before the first token", "")
-    assert "verification" not in old_schema and "prompt_s" not in old_schema
+    import re
+
+    newer = ("verification REAL", "prompt_s REAL", "client TEXT")  # the columns schemas 2 to 4 added
+    lines = [line for line in ledger_module.SCHEMA.splitlines() if not line.strip().startswith(newer)]
+    old_schema = re.sub(r",(\s*--[^\n]*)?\n\)", r"\1\n)", "\n".join(lines))
+    assert "verification" not in old_schema and "prompt_s" not in old_schema and "client" not in old_schema
     with closing(sqlite3.connect(path)) as conn:
         conn.executescript(old_schema)
         conn.execute("INSERT INTO hops (call_id, time, position, tier, model, outcome, prompt_tokens, "
