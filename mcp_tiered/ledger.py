@@ -74,10 +74,8 @@ CREATE INDEX IF NOT EXISTS hops_time ON hops(time);
 -- million calls aggregate without sorting them (2.9 s to 1.2 s; see scripts/bench_report.py).
 CREATE INDEX IF NOT EXISTS hops_by_tier ON hops(tier, outcome, prompt_tokens, completion_tokens, generation_s,
     prompt_s, energy_wh, local_cost, cloud_cost, time);
-CREATE INDEX IF NOT EXISTS calls_by_server ON calls(served_by, cache_hit, outcome, prompt_tokens, completion_tokens,
-    time);
-CREATE INDEX IF NOT EXISTS calls_by_client ON calls(client, outcome, prompt_tokens, completion_tokens, local_cost,
-    cloud_cost, time);
+CREATE INDEX IF NOT EXISTS calls_by_server ON calls(served_by, cache_hit, outcome, client, prompt_tokens,
+    completion_tokens, local_cost, cloud_cost, time);
 """
 MIGRATIONS = {
     2: "ALTER TABLE hops ADD COLUMN verification REAL",

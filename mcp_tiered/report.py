@@ -43,29 +43,33 @@ def _ratio(a: float, b: float) -> float | None:
 
 # Served calls by the tier that answered (cache hits apart) and per-tier hop sums: the report reads
 # aggregates, never the rows, so its cost does not grow with the ledger's size in Python.
-SERVED = """SELECT served_by, cache_hit, COUNT(*) AS calls, TOTAL(prompt_tokens) AS prompt_tokens,
-    TOTAL(completion_tokens) AS completion_tokens FROM calls WHERE outcome IN ('ok', 'cache_hit') {since}
-    GROUP BY served_by, cache_hit"""
+SERVED = """SELECT served_by, cache_hit, outcome, client, COUNT(*) AS calls, TOTAL(prompt_tokens) AS prompt_tokens,
+    TOTAL(completion_tokens) AS completion_tokens, TOTAL(local_cost) AS energy_cost, TOTAL(cloud_cost) AS cloud_cost,
+    MAX(time) AS end FROM calls {where} GROUP BY served_by, cache_hit, outcome, client"""
+"""One pass over the calls (in the order of the calls_by_server index) for the answers per tier, the period,
+the errors and the clients."""
 HOPS = """SELECT tier, COUNT(*) AS hops, TOTAL(prompt_tokens) AS prompt_tokens,
-    TOTAL(completion_tokens) AS completion_tokens, TOTAL(generation_s) AS generation_s, {prompt_s} AS prompt_s,
+    TOTAL(completion_tokens) AS completion_tokens, TOTAL(generation_s) AS generation_s,
+    TOTAL({prompt_s}) AS prompt_s, TOTAL(CASE WHEN {prompt_s} > 0 THEN prompt_tokens END) AS timed_prompt_tokens,
+    TOTAL(CASE WHEN {prompt_s} > 0 THEN completion_tokens END) AS timed_completion_tokens,
+    TOTAL(CASE WHEN {prompt_s} > 0 THEN generation_s END) AS timed_generation_s,
     TOTAL(energy_wh) AS energy_wh, TOTAL(local_cost) AS local_cost, TOTAL(cloud_cost) AS cloud_cost,
     TOTAL(outcome = 'escalated') AS escalated FROM hops {where} GROUP BY tier ORDER BY MIN(id)"""
-PERIOD = """SELECT COUNT(*) AS calls, MIN(time - latency_s) AS start, MAX(time) AS end,
-    TOTAL(outcome IN ('error', 'busy')) AS errors FROM calls {where}"""
-CLIENTS = """SELECT client, COUNT(*) AS calls, TOTAL(outcome IN ('ok', 'cache_hit')) AS answered,
-    TOTAL(CASE WHEN outcome IN ('ok', 'cache_hit') THEN prompt_tokens END) AS prompt_tokens,
-    TOTAL(CASE WHEN outcome IN ('ok', 'cache_hit') THEN completion_tokens END) AS completion_tokens,
-    TOTAL(local_cost) AS energy_cost, TOTAL(cloud_cost) AS cloud_cost FROM calls {where} GROUP BY client
-    ORDER BY calls DESC"""
-
-
+START = """SELECT MIN(time - latency_s) AS start FROM calls
+    WHERE time <= (SELECT MIN(time) FROM calls {where}) + 3600 {also}"""
+"""When the period starts: the earliest call's start, among those that ended in its first hour (through the
+time index; no call runs for an hour)."""
 def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None = None) -> dict[str, Any]:
     args = () if since is None else (since,)
     where, also = ("", "") if since is None else ("WHERE time >= ?", "AND time >= ?")
-    period = conn.execute(PERIOD.format(where=where), args).fetchone()
-    served = conn.execute(SERVED.format(since=also), args).fetchall()
+    groups = conn.execute(SERVED.format(where=where), args).fetchall()
+    served = _merge([g for g in groups if g["outcome"] in ("ok", "cache_hit")], ("served_by", "cache_hit"))
+    period = {"calls": sum(g["calls"] for g in groups),
+              "errors": sum(g["calls"] for g in groups if g["outcome"] in ("error", "busy")),
+              "start": conn.execute(START.format(where=where, also=also), args * 2).fetchone()["start"],
+              "end": max((g["end"] for g in groups), default=None)}
     columns = {row[1] for row in conn.execute("PRAGMA table_info(hops)")}
-    prompt_s = "TOTAL(prompt_s)" if "prompt_s" in columns else "0.0"  # a ledger the server has not upgraded yet
+    prompt_s = "prompt_s" if "prompt_s" in columns else "0.0"  # a ledger the server has not upgraded yet
     hops = {h["tier"]: h for h in conn.execute(HOPS.format(where=where, prompt_s=prompt_s), args)}
     start = since if since is not None else period["start"]
     end = period["end"] if period["end"] is not None else start
@@ -113,25 +117,40 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
         "tiers": tiers,
         "totals": totals,
         "projection": _projection(costs, totals, energy_cost, cloud_cost, months, duration_s, answered),
-        "clients": _clients(conn, costs, where, args, totals),
+        "clients": _clients(groups, costs, totals),
         "projection_note": history_problem(duration_s) if answered else "no call has been answered yet",
     }
 
 
-def _clients(conn: sqlite3.Connection, costs: CostModel, where: str, args: tuple,
-             totals: dict[str, Any]) -> list[dict[str, Any]]:
+def _merge(groups: list[Any], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """`groups` summed by `keys` (the sums of SERVED)."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for g in groups:
+        row = merged.setdefault(tuple(g[k] for k in keys), {**{k: g[k] for k in keys}, "calls": 0, "answered": 0,
+                                "prompt_tokens": 0.0, "completion_tokens": 0.0, "energy_cost": 0.0, "cloud_cost": 0.0})
+        answered = g["outcome"] in ("ok", "cache_hit")
+        row["calls"] += g["calls"]
+        row["answered"] += g["calls"] if answered else 0
+        for key in ("prompt_tokens", "completion_tokens"):
+            row[key] += g[key] if answered else 0.0
+        row["energy_cost"] += g["energy_cost"]
+        row["cloud_cost"] += g["cloud_cost"]
+    return list(merged.values())
+
+
+def _clients(groups: list[Any], costs: CostModel, totals: dict[str, Any]) -> list[dict[str, Any]]:
     """Calls, tokens and cost per MCP client (its clientInfo name). Each call's energy and cloud bill are its
     own; the rest of the local cost (hardware, maintenance, idle power), which no call causes alone, is
     shared by tokens."""
-    groups = conn.execute(CLIENTS.format(where=where), args).fetchall()
+    per_client = sorted(_merge(groups, ("client",)), key=lambda r: -r["calls"])
     tokens = totals["prompt_tokens"] + totals["completion_tokens"]
-    shared = max(totals["local_cost"] - sum(r["energy_cost"] for r in groups), 0.0)
+    shared = max(totals["local_cost"] - sum(r["energy_cost"] for r in per_client), 0.0)
     rows = []
-    for r in groups:
+    for r in per_client:
         share = (r["prompt_tokens"] + r["completion_tokens"]) / tokens if tokens else 0.0
         cost = r["energy_cost"] + r["cloud_cost"] + share * shared
         equivalent = costs.cloud_equivalent(r["prompt_tokens"], r["completion_tokens"])
-        rows.append({"client": r["client"], "calls": r["calls"], "answered": int(r["answered"]),
+        rows.append({"client": r["client"], "calls": r["calls"], "answered": r["answered"],
                      "prompt_tokens": int(r["prompt_tokens"]), "completion_tokens": int(r["completion_tokens"]),
                      "token_share": share, "energy_cost": r["energy_cost"], "cloud_cost": r["cloud_cost"],
                      "shared_cost": share * shared, "total_cost": cost, "cloud_equivalent": equivalent,
@@ -157,9 +176,11 @@ def _tier_row(name: str, hops: sqlite3.Row | None, served: list[sqlite3.Row], an
         "escalated_away": int(total("escalated")),
         "prompt_tokens": prompt, "completion_tokens": completion, "generation_s": generation_s,
         "tokens_per_s": _ratio(completion, generation_s),
+        # Over the hops that timed their prompt (rows written before schema 3 did not).
         "prompt_s": total("prompt_s"),
-        "prompt_tokens_per_s": _ratio(prompt, total("prompt_s")),
-        "generation_tokens_per_s": _ratio(completion, generation_s - total("prompt_s")),
+        "prompt_tokens_per_s": _ratio(total("timed_prompt_tokens"), total("prompt_s")),
+        "generation_tokens_per_s": _ratio(total("timed_completion_tokens"),
+                                          total("timed_generation_s") - total("prompt_s")),
         "cloud_equivalent": _equivalent(costs, served),
     }
     if name == CLOUD:
@@ -234,6 +255,10 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def report_json(path: Path, costs: CostModel, since: float | None) -> str:
+def report_data(path: Path, costs: CostModel, since: float | None) -> dict[str, Any]:
     with reading(path) as conn:
-        return json.dumps(build_report(conn, costs, since), indent=2)
+        return build_report(conn, costs, since)
+
+
+def report_json(path: Path, costs: CostModel, since: float | None) -> str:
+    return json.dumps(report_data(path, costs, since), indent=2)

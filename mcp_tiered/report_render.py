@@ -153,15 +153,17 @@ svg{max-width:100%;font-size:11px}.frame{fill:none;stroke:#ccc}polyline,.legend 
 .local{stroke:#2a7ab9}.cloud-only{stroke:#d9622b}.break-even{stroke:#555;stroke-dasharray:4 3}dt{font-weight:600}"""
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: dict[str, Any], refresh_s: int | None = None) -> str:
+    """`refresh_s`: the page reloads itself that often (the live page at /report)."""
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _rows(report))
     summary = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _summary(report))
+    refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
     client_head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in CLIENT_COLUMNS)
     client_body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
                           for row in _client_rows(report))
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>mcp-tiered savings report</title><style>{STYLE}</style></head>
+<html lang="en"><head><meta charset="utf-8">{refresh}<title>mcp-tiered savings report</title><style>{STYLE}</style></head>
 <body><h1>mcp-tiered savings report</h1>
 <h2>Break-even: cumulative cost, local tiers vs the same traffic on the cloud</h2>
 {_chart(report)}

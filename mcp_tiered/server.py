@@ -15,6 +15,8 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
 
 import structlog
 
@@ -156,6 +158,8 @@ def _router_tool(dispatcher: Dispatcher, server: ServerConfig) -> Tool:
 
 
 REPORT_URI = "tiered://report"
+REPORT_PAGE = "/report"
+REPORT_REFRESH_S = 10
 
 
 def build_server(tiers: TierRegistry, server: ServerConfig | None = None, metrics: Metrics | None = None,
@@ -190,6 +194,15 @@ def _add_report_resource(mcp: MCPServer, ledger: Ledger, costs: CostModel) -> No
     async def savings_report() -> str:
         await anyio.to_thread.run_sync(ledger.flush, 10.0)  # include the calls answered just now
         return await anyio.to_thread.run_sync(report.report_json, ledger.path, costs, None)
+
+    @mcp.custom_route(REPORT_PAGE, methods=["GET"])
+    async def report_page(_: Request) -> Response:
+        """The savings report as a page that reloads itself (HTTP transports; the same token as /metrics)."""
+        from . import report_render
+
+        await anyio.to_thread.run_sync(ledger.flush, 10.0)
+        data = await anyio.to_thread.run_sync(report.report_data, ledger.path, costs, None)
+        return HTMLResponse(report_render.render_html(data, refresh_s=REPORT_REFRESH_S))
 
 
 def _accept_log_level(mcp: MCPServer) -> None:

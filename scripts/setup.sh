@@ -123,6 +123,7 @@ if [ "$WITH_TEST" = 1 ]; then TARGET=".[test]"; else TARGET="."; fi
 
 if [ "$WITH_TEST" = 1 ]; then
   scripts/install_node_tools.sh
+  scripts/install_browser.sh
 fi
 
 if [ "$WITH_MODELS" = 1 ]; then
