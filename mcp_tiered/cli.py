@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import asdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -104,12 +105,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         text = report_render.render_clients_table(data)
     else:
         text = report_render.render_table(data)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}", file=sys.stderr)
+    _emit(text, args.output)
+    return 0
+
+
+def _emit(text: str, output: str | None) -> None:
+    """`text` to the --output file (saying so on stderr), else to stdout."""
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        print(f"wrote {output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -156,12 +162,12 @@ def _sha256_problem(name: str, tier: LocalTierConfig) -> str | None:
 
 def _check_plan(config: Config) -> None:
     """The planner's verdict for each tier whose model is here, against this machine's GPUs."""
-    from . import plan
+    from . import plan, plan_report
 
     gpus, why = plan.gpus_found()
-    rows = [row for row in tier_plans(config, gpus, plan.CPU_BANDWIDTH) if "verdict" in row]
+    rows = [row for row in plan_report.tier_plans(config, gpus, plan.CPU_BANDWIDTH) if "verdict" in row]
     if rows:
-        print(_gpu_line(gpus, "found", why))
+        print(plan_report.gpu_line(gpus, "found", why))
     for row in rows:
         print(f"plan   generate_{row['tier']}: {row['verdict']} (weights {row['need']['weights_gpu'] / plan.GIB:.2f} "
               f"GiB on GPUs, {row['need']['weights_ram'] / plan.GIB:.2f} GiB in RAM; `mcp-tiered plan` for more)")
@@ -227,52 +233,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def tier_plans(config: Config, gpus: list, cpu_bandwidth: float, remote: bool = False) -> list[dict]:
-    """Each tier's shape, need and verdict (plan.py), or why it has none. `remote`: read the header of an
-    `hf:` model that is not downloaded from the hub (a few MB, not the weights)."""
-    from . import hub, plan
-    from .config import LlamaServerTierConfig
-    from .validation import key_path
-
-    rows = []
-    for name, tier in config.tiers.items():
-        row: dict[str, Any] = {"tier": name, "engine": tier.engine}
-        if not isinstance(tier, LocalTierConfig):
-            rows.append({**row, "problem": "served by its endpoints (engine openai): plan it on their machines"})
-            continue
-        source = "file"
-        try:
-            if remote and tier.hf_ref is not None and not tier.model.exists():
-                shape, source = plan.remote_shape(tier.hf_ref, key_path(["tiers", name, "model"])), "hub header"
-            elif problem := model_file_problem(name, tier):
-                rows.append({**row, "problem": problem})
-                continue
-            else:
-                shape = plan.read_shape(tier.model)
-        except hub.PullError as exc:
-            rows.append({**row, "problem": str(exc)})
-            continue
-        except (ValueError, OSError) as exc:
-            rows.append({**row, "problem": f"tiers.{name}.model: cannot read the GGUF metadata ({exc})"})
-            continue
-        slots = tier.parallel if isinstance(tier, LlamaServerTierConfig) else 1
-        copies = 1 if isinstance(tier, LlamaServerTierConfig) else tier.instances
-        verdict = plan.fit(shape, tier.n_ctx * slots, copies, gpus, tier.n_gpu_layers, cpu_bandwidth,
-                           flash_attention=bool(gpus))
-        rows.append({**row, "model": str(tier.hf_ref or tier.model), "metadata_from": source,
-                     "shape": plan.as_dict(shape), "n_ctx": tier.n_ctx,
-                     "slots": slots, "copies": copies, "context_cells": plan.context_cells(tier.n_ctx * slots),
-                     "need": {**vars(verdict.need), "gpu": verdict.need.gpu, "ram": verdict.need.ram},
-                     "fits": verdict.fits, "n_gpu_layers": verdict.gpu_layers, "available_bytes": verdict.available,
-                     "tokens_per_s": verdict.tokens_per_s, "all_gpu_tokens_per_s": verdict.full_tokens_per_s,
-                     "verdict": verdict.words})
-    return rows
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
-    from . import plan
+    from . import plan, plan_report
 
     config = _load(args)
     if config is None:
@@ -285,47 +249,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     why = None
     if not gpus:
         gpus, why = plan.gpus_found()
-    rows = tier_plans(config, gpus, args.cpu_bandwidth * 1e9, remote=True)
+    rows = plan_report.tier_plans(config, gpus, args.cpu_bandwidth * 1e9, remote=True)
     if args.format == "json":
         print(json.dumps({"gpus": [vars(g) for g in gpus], "gpus_from": "given" if args.gpu else "found",
                           "no_gpu_because": why, "cpu_bandwidth_bytes_per_s": args.cpu_bandwidth * 1e9,
                           "tiers": rows}, indent=2))
         return 0
-    print(_gpu_line(gpus, "given" if args.gpu else "found", why))
-    print(_plan_table(rows))
+    print(plan_report.gpu_line(gpus, "given" if args.gpu else "found", why))
+    print(plan_report.plan_table(rows))
     return 0
-
-
-def _gpu_line(gpus: list, source: str, why: str | None) -> str:
-    if not gpus:
-        return f"GPUs: none found ({why}); `mcp-tiered plan --gpu SPEC` plans for one"
-    parts = [f"{g.name} ({g.memory / 1e9:.0f} GB" + (f", {g.bandwidth / 1e9:.0f} GB/s)" if g.bandwidth else ")")
-             for g in gpus]
-    return f"GPUs ({source}): " + " + ".join(parts)
-
-
-def _plan_table(rows: list[dict]) -> str:
-    gib = lambda n: f"{n / (1 << 30):.2f}"  # noqa: E731
-    header = (f"{'tier':<10} {'model':<34} {'params':>7} {'quant':<7} {'layers':>6} {'context':>11} "
-              f"{'weights':>8} {'KV':>7} {'compute':>8} {'total GiB':>9} {'n_gpu_layers':>12} {'≤tok/s':>7}  verdict")
-    lines = [header]
-    for row in rows:
-        if "problem" in row:
-            lines.append(f"{row['tier']:<10} {row['problem']}")
-            continue
-        shape, need = row["shape"], row["need"]
-        params = shape["parameters"]
-        size = f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.0f}M"
-        model = f"{shape['architecture']} {shape['name']}"[:34]
-        context = f"{row['n_ctx']}×{row['slots']}" + (f" ×{row['copies']}" if row["copies"] > 1 else "")
-        kv = need["kv_gpu"] + need["kv_ram"]
-        compute = need["compute_gpu"] + need["compute_ram"]
-        total = row["copies"] * (need["gpu"] + need["ram"])
-        speed = f"{row['tokens_per_s']:.0f}" if row["tokens_per_s"] else "?"
-        lines.append(f"{row['tier']:<10} {model:<34} {size:>7} {shape['quantization']:<7} {shape['layers']:>6} "
-                     f"{context:>11} {gib(need['weights_gpu'] + need['weights_ram']):>8} {gib(kv):>7} "
-                     f"{gib(compute):>8} {gib(total):>9} {row['n_gpu_layers']:>12} {speed:>7}  {row['verdict']}")
-    return "\n".join(lines)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -470,7 +402,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     traffic = whatif.Traffic(tokens, input_share, cloud_share, args.duty)
     prices = whatif.Prices(args.electricity if args.electricity is not None else costs.electricity_per_kwh,
                            costs.cloud_input_per_mtok, costs.cloud_output_per_mtok, cloud_bill)
-    data = {"scenario": args.scenario, "currency": currency, "traffic": asdict_(traffic), "prices": asdict_(prices),
+    data = {"scenario": args.scenario, "currency": currency, "traffic": asdict(traffic), "prices": asdict(prices),
             "options": whatif.evaluate(options, traffic, prices), "notes": notes}
     if args.format == "json":
         text = json.dumps(data, indent=2) + "\n"
@@ -478,18 +410,8 @@ def cmd_whatif(args: argparse.Namespace) -> int:
         text = whatif_render.render_html(data)
     else:
         text = whatif_render.render_table(data)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    _emit(text, args.output)
     return 0
-
-
-def asdict_(value: Any) -> Any:
-    from dataclasses import asdict
-
-    return asdict(value)
 
 
 def claude_desktop_entry(config_path: Path) -> dict:
