@@ -68,10 +68,13 @@ class Dispatcher:
     async def generate_routed(self, prompt: str, system: str = "", control: CallControl | None = None,
                               *, client: str | None = None, **options: Any) -> GenerateResult:
         """The `generate` tool: pick the entry tier, then the usual cascade from it."""
+        started = time.perf_counter()
         try:
             route = self.route(prompt, system, options)
         except RequestError as exc:
+            first = next(iter(self.tiers)).name
             log.warning("tool_call", tool=ROUTER_TOOL, outcome="error", error=type(exc).__name__, reason=str(exc))
+            await self._commit(self._account(ROUTER_TOOL, first, "error", started, Trace(client=client)))
             raise
         result = await self.generate(route.tier, prompt, system, control, via=ROUTER_TOOL, route_note=route.why,
                                      client=client, **options)

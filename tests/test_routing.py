@@ -93,12 +93,22 @@ async def test_generate_records_its_choice_and_the_tool_name(tmp_path: Path) -> 
         assert conn.execute("SELECT tool, tier FROM calls").fetchall() == [("generate", "large")]
 
 
-async def test_generate_refuses_max_tokens_over_every_limit_in_one_sentence() -> None:
+async def test_generate_refuses_max_tokens_over_every_limit_in_one_sentence_and_records_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    from mcp_tiered.ledger import Ledger
+
     tiers = TierRegistry([Tier("small", ScriptedBackend([]), "s", 100, 0.2, Policy("large")),
                           Tier("large", ScriptedBackend([]), "l", 200, 0.2)])
-    with pytest.raises(RequestError, match=r"^max_tokens: must be an integer between 1 and 200 \(the largest limit "
-                                           r"of the tiers generate may use\), got 500$"):
-        await Dispatcher(tiers).generate_routed("q", max_tokens=500)
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    try:
+        with pytest.raises(RequestError, match=r"^max_tokens: must be an integer between 1 and 200 \(the largest "
+                                               r"limit of the tiers generate may use\), got 500$"):
+            await Dispatcher(tiers, ledger=ledger).generate_routed("q", max_tokens=500, client="agent")
+    finally:
+        ledger.close()
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as conn:
+        assert conn.execute("SELECT tool, outcome, client FROM calls").fetchall() == [("generate", "error", "agent")]
 
 
 @pytest.mark.model
