@@ -46,8 +46,8 @@ class Option:
 
 
 # The reference analysis the product was specified from (about 50 M tokens a month; EUR). Its "monthly
-# totals" are energy and maintenance together; the maintenance here is what is left after 24/7 energy at
-# 0.30 EUR/kWh, so that the two add up to its figures.
+# totals" (energy and maintenance together) are each option's operating cost as given; its power draw is
+# kept beside them (24/7 at 0.30 EUR/kWh it would be 77-99 of the 13B box's 200-300 a month).
 REFERENCE_CURRENCY = "EUR"
 REFERENCE = [
     Option("13B", Span(2500, 3000), Span(350, 450), Span(0, 0), operating=Span(200, 300)),
