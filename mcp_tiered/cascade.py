@@ -10,8 +10,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import anyio
+import structlog
 
-from .backends import Completion, GenerationRequest
+from .backends import Completion, GenerationRequest, reported
 from .backends.pool import CallControl
 from .budget import BudgetExceeded
 from .config import CLOUD
@@ -22,6 +23,7 @@ from .escalation import (HANDED_ON, Escalate, HandOn, Reason, Standing, Stop, Ve
 from .ledger import HopRecord
 from .tiers import Tier, TierRegistry
 
+log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class Call:
@@ -128,7 +130,10 @@ class Cascade:
         request = request_for(tier, self.call)
         try:
             with self._cloud_spend(tier, request) as settle:
-                completion = await tier.backend.generate(request, control)
+                completion, problems = reported.checked(await tier.backend.generate(request, control), request)
+                if problems:
+                    log.warning("engine_report_invalid", tier=tier.name, model=tier.backend.model_name,
+                                problems=problems, action="counted at the bounds instead")
                 settle(completion)
         except HANDED_ON as exc:
             self.failure = (tier.name, exc)

@@ -12,8 +12,8 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 
 from .confidence import VerifyStatistic
 from . import hub
@@ -50,6 +50,8 @@ def expand_path(raw: str, base_dir: Path) -> Path:
             return str(default_models_dir())
         raise ValueError(f"environment variable ${name} is not set")
 
+    if "\0" in raw:  # no system call takes it: every later open() would raise
+        raise ValueError(f"a path cannot contain a NUL character, got {describe_value(raw)}")
     path = Path(_VAR.sub(substitute, raw)).expanduser()
     return path if path.is_absolute() else base_dir / path
 
@@ -199,6 +201,22 @@ class LlamaServerTierConfig(_ModelFileFields):
 
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_BASE_URL = re.compile(r"https?://[^/\s?#@]+(/[^\s?#]*)?")
+
+
+def _base_url(value: str) -> str:
+    """An http(s) base URL without credentials: a password in it would be in every error and log line that
+    names the endpoint, and the HTTP client would send it as Basic auth instead of the tier's key. The
+    refusal does not repeat the URL."""
+    if "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+        raise ValueError("must not hold a user name or password; put the key in an environment variable and "
+                         "name it in api_key_env")
+    if not _BASE_URL.fullmatch(value):
+        raise ValueError(f"must be an http(s) base URL such as http://gpu-1:8000/v1, got {describe_value(value)}")
+    return value
+
+
+BaseUrl = Annotated[str, AfterValidator(_base_url)]
 
 
 class EndpointConfig(BaseModel):
@@ -206,8 +224,8 @@ class EndpointConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    url: Annotated[str, Field(pattern=r"^https?://[^/\s?#]+(/[^\s?#]*)?$", json_schema_extra={
-        "expect": "the base URL an OpenAI client takes, such as http://gpu-1:8000/v1"})]
+    url: BaseUrl
+    """The base URL an OpenAI client takes, such as http://gpu-1:8000/v1."""
     api_key_env: Annotated[str, Field(pattern=ENV_NAME,
                                       json_schema_extra={"expect": "an environment variable name"})] | None = None
     """None: the endpoint takes no key."""
@@ -323,18 +341,25 @@ class LedgerConfig(BaseModel):
         return self.path or default_ledger_path()
 
 
+MAX_AMOUNT = 1e15
+Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False,
+                                json_schema_extra={"expect": "a number from 0 to 1e15"})]
+"""A price, cost or power draw in [costs]: finite (the report's arithmetic and JSON have no infinity)."""
+
+
 class TierCostConfig(BaseModel):
     """`[costs.tiers.<name>]`: what a local tier's hardware draws and costs."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    power_watts: Annotated[float, Field(ge=0)] = 0.0
+    power_watts: Amount = 0.0
     """Draw while generating (GPU and the rest of the box under load)."""
-    idle_watts: Annotated[float, Field(ge=0)] = 0.0
+    idle_watts: Amount = 0.0
     """Draw while the tier waits for calls; counted for the hours it is not generating."""
-    hardware_cost: Annotated[float, Field(ge=0)] = 0.0
-    amortization_months: Annotated[float, Field(gt=0)] = 36.0
-    maintenance_per_month: Annotated[float, Field(ge=0)] = 0.0
+    hardware_cost: Amount = 0.0
+    amortization_months: Annotated[float, Field(ge=1, le=1200, allow_inf_nan=False,
+                                                json_schema_extra={"expect": "a number of months from 1 to 1200"})] = 36.0
+    maintenance_per_month: Amount = 0.0
     target_share: Probability | None = None
     """The share of calls this tier is meant to answer (the design's 70/25/5), shown beside the measured one."""
 
@@ -346,9 +371,9 @@ class CostsConfig(BaseModel):
 
     currency: Annotated[str, Field(min_length=1)] | None = None
     """None: the [cloud] currency (USD without a [cloud] section)."""
-    electricity_per_kwh: Annotated[float, Field(ge=0)] = 0.30
-    cloud_input_price_per_mtok: Annotated[float, Field(ge=0)] | None = None
-    cloud_output_price_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    electricity_per_kwh: Amount = 0.30
+    cloud_input_price_per_mtok: Amount | None = None
+    cloud_output_price_per_mtok: Amount | None = None
     """The cloud prices for "what the same traffic would have cost"; None: those of [cloud]."""
     cloud_target_share: Probability | None = None
     tiers: dict[str, TierCostConfig] = {}
@@ -367,7 +392,7 @@ class CloudConfig(BaseModel):
     )
     api_key_env: Annotated[str, Field(pattern=ENV_NAME,
                                       json_schema_extra={"expect": "an environment variable name"})] = "ANTHROPIC_API_KEY"
-    base_url: Annotated[str, Field(pattern=r"^https?://", json_schema_extra={"expect": "an http(s) URL"})] | None = None
+    base_url: BaseUrl | None = None
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
     max_tokens: Annotated[int, Field(ge=1)] = 1024

@@ -42,9 +42,11 @@ class Dispatcher:
         self.ledger = ledger
         self.costs = costs or CostModel()
 
-    def route(self, prompt: str, system: str, options: dict[str, Any]) -> Route:
-        """The tier the `generate` tool starts this call at (routing.pick_entry on the tiers' state now)."""
+    async def route(self, prompt: str, system: str, options: dict[str, Any]) -> Route:
+        """The tier the `generate` tool starts this call at (routing.pick_entry on the tiers' state now); the
+        prompt's features are read on a worker thread, so a long prompt does not hold up other calls."""
         args = parse_arguments({"prompt": prompt, "system": system, **options})
+        prompt_features = await anyio.to_thread.run_sync(routing.features, args.prompt, args.system)
         candidates = [routing.Candidate(t.name, t.max_tokens, t.n_ctx,
                                         *((t.backend.pool.queue_depth, t.backend.pool.max_queue) if t.backend.pool
                                           else (0, None)))
@@ -52,8 +54,7 @@ class Dispatcher:
         if not candidates:
             first = next(iter(self.tiers)).name
             return Route(first, f"no local tier to choose from → {first}")
-        route = routing.pick_entry(routing.features(args.prompt, args.system), candidates, args.max_tokens,
-                                   args.deadline_s)
+        route = routing.pick_entry(prompt_features, candidates, args.max_tokens, args.deadline_s)
         if route is None:
             raise RequestError(f"max_tokens: must be an integer between 1 and {max(c.max_tokens for c in candidates)} "
                                f"(the largest limit of the tiers generate may use), got {args.max_tokens}")
@@ -70,7 +71,7 @@ class Dispatcher:
         """The `generate` tool: pick the entry tier, then the usual cascade from it."""
         started = time.perf_counter()
         try:
-            route = self.route(prompt, system, options)
+            route = await self.route(prompt, system, options)
         except RequestError as exc:
             first = next(iter(self.tiers)).name
             log.warning("tool_call", tool=ROUTER_TOOL, outcome="error", error=type(exc).__name__, reason=str(exc))

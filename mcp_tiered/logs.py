@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import math
 import os
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
@@ -30,6 +31,7 @@ def configure(level: str = "INFO") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                _finite_numbers,
                 structlog.processors.JSONRenderer(),
             ],
         )
@@ -50,6 +52,21 @@ def configure(level: str = "INFO") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,  # lets structlog.testing.capture_logs() see every event
     )
+
+
+def _finite_numbers(_logger: object, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """NaN and infinities as strings: bare `NaN` or `Infinity` would make the line invalid JSON."""
+    return {key: _finite(value) for key, value in event.items()}
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    return value
 
 
 _crash_stream: TextIO | None = None

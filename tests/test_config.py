@@ -118,7 +118,7 @@ MALFORMED = {
     "costs_for_unknown_tier": (VALID_TIER + "\n[costs.tiers.smal]\npower_watts = 300",
                                'costs.tiers.smal: unknown tier "smal"; valid tiers are "small"'),
     "costs_negative_watts": (VALID_TIER + "\n[costs.tiers.small]\npower_watts = -5",
-                             "costs.tiers.small.power_watts: must be a number ≥ 0, got -5"),
+                             "costs.tiers.small.power_watts: must be a number from 0 to 1e15, got -5"),
     "costs_currency_differs_from_cloud": (
         VALID_TIER + '\n[cloud]\nmodel = "claude-sonnet-4-5"\n[costs]\ncurrency = "EUR"',
         'costs.currency: must be the currency of the cloud prices (cloud.currency = "USD"), got "EUR"; '
@@ -128,10 +128,10 @@ MALFORMED = {
     "openai_empty_endpoints": (OPENAI_TIER + "endpoints = []", "tiers.big.endpoints: must be a list of at least one "
                                "{ url = ... } table, got an empty list"),
     "openai_url_without_scheme": (OPENAI_TIER + 'endpoints = [{ url = "gpu-1:8000/v1" }]',
-                                  "tiers.big.endpoints[0].url: must be the base URL an OpenAI client takes, such as "
+                                  "tiers.big.endpoints[0].url: must be an http(s) base URL such as "
                                   'http://gpu-1:8000/v1, got "gpu-1:8000/v1"'),
     "openai_url_with_query": (OPENAI_TIER + 'endpoints = [{ url = "http://gpu-1:8000/v1?key=x" }]',
-                              "tiers.big.endpoints[0].url: must be the base URL an OpenAI client takes, such as "
+                              "tiers.big.endpoints[0].url: must be an http(s) base URL such as "
                               'http://gpu-1:8000/v1, got "http://gpu-1:8000/v1?key=x"'),
     "openai_model_not_a_string": (OPENAI_TIER.replace('model = "qwen-72b-awq"', "model = 7") + ENDPOINT,
                                   "tiers.big.model: must be the model name the endpoints serve (as in their /v1/models), "

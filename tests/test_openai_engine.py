@@ -108,6 +108,9 @@ class FakeEndpoint:
                            if line.lower().startswith(b"content-length")), 0)
             while len(body) < length:
                 body += await stream.receive()
+            if b" /tokenize " in head.split(b"\r\n")[0]:  # the engine asking for llama.cpp's tokenizer: none here
+                await stream.send(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
             self.requests += 1
             await stream.send(self.response())
             if self.mode == "slow":

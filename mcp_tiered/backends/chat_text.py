@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 
 
@@ -54,8 +55,16 @@ CONTROL_SPELLINGS = re.compile(
 )
 
 
-def neutralize(text: str) -> str:
-    """`text` with the spellings of known control-token families broken by an invisible WORD JOINER
-    after their first character, for engines that tokenize rendered text themselves (the OpenAI chat
-    API): `<|im_start|>` stays visible to the model but can no longer be read as the control token."""
-    return CONTROL_SPELLINGS.sub(lambda m: m.group()[0] + WORD_JOINER + m.group()[1:], text)
+def neutralize(text: str, spellings: Collection[str] = ()) -> str:
+    """`text` with the spellings of known control-token families, and the given `spellings` (those the
+    engine's own vocabulary reads as control tokens, `llama_api.control_spellings`), broken by an invisible
+    WORD JOINER after their first character, for engines that tokenize rendered text themselves (the
+    OpenAI chat API): `<|im_start|>` stays visible to the model but can no longer be read as the token."""
+    text = CONTROL_SPELLINGS.sub(lambda m: _broken(m.group()), text)
+    for spelling in sorted(spellings, key=len, reverse=True):
+        text = text.replace(spelling, _broken(spelling))
+    return text
+
+
+def _broken(spelling: str) -> str:
+    return spelling[0] + WORD_JOINER + spelling[1:]

@@ -19,6 +19,7 @@ from ..config import TierConfig, model_file_problem
 from ..errors import BackendError, BusyError, RequestError
 from .base import (LOOP_CHECK_EVERY, SAMPLING, Backend, Capabilities, Completion, GenerationRequest, ScoredAnswer,
                    prefix_affinity, refuse_if_too_long)
+from .abort import AbortFlag
 from .chat_text import chat_messages, mark
 from .pool import CallControl, InstancePool
 from .prompt_states import PromptStates, shared_prefix
@@ -153,6 +154,7 @@ class LlamaBackend(Backend):
         self._instances = [_Instance(WorkerThread(f"llama-{tier}-{i}")) for i in range(config.instances)]
         self._scratch: dict[int, Any] = {}
         self._states: dict[int, PromptStates] = {}
+        self._aborts: dict[int, AbortFlag] = {}
         self.pool: InstancePool[_Instance] = InstancePool(tier, list(self._instances), config.max_queue,
                                                           config.queue_timeout_s)
 
@@ -200,9 +202,15 @@ class LlamaBackend(Backend):
                     raise load.error
             control.phase = "prompt"
             started = time.perf_counter()
+            abort = self._aborts[id(instance.llama)]
+            abort.clear()
+
+            def stop() -> None:  # cancelled: the token loop sees the first, a decode in progress the second
+                control.cancelled.set()
+                abort.set()
+
             try:
-                return await instance.worker.run(job, instance.llama, request, *args, control,
-                                                 on_cancel=control.cancelled.set)
+                return await instance.worker.run(job, instance.llama, request, *args, control, on_cancel=stop)
             finally:
                 control.generation_s = time.perf_counter() - started
                 instance.last_request = text
@@ -231,6 +239,7 @@ class LlamaBackend(Backend):
                 llama = self._load()
                 if self.config.prompt_cache_mb:
                     self._states[id(llama)] = PromptStates(self.config.prompt_cache_mb << 20)
+                self._aborts[id(llama)] = AbortFlag(llama)
                 instance.llama = llama
             except BaseException as exc:  # handed to the waiting calls
                 load.error = exc
@@ -265,6 +274,7 @@ class LlamaBackend(Backend):
             self._scratch.pop(id(llama), None)
             self._states.pop(id(llama), None)
             await instance.worker.run(llama.close)
+            self._aborts.pop(id(llama), None)  # after close: llama.cpp holds its address until then
             log.info("model_unloaded", tier=self.tier, model=self.model_name, **why)
 
     async def aclose(self) -> None:
@@ -431,6 +441,8 @@ class LlamaBackend(Backend):
         except (BackendError, RequestError):
             raise
         except Exception as exc:
+            if (stopped := control.stop_reason()) is not None:  # the decode was aborted
+                raise BackendError(f"tier {self.tier}: verification stopped ({stopped})") from None
             raise BackendError(f"tier {self.tier}: llama.cpp failed while scoring an answer ({exc})") from exc
         finally:
             llama._requires_eval = True

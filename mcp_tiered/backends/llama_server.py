@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from ..validation import key_path
 from ..errors import BackendError, BusyError
 from . import llama_api
 from .base import Backend, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
-from .http_stream import EndpointError, stream_answer
+from .http_stream import DeadlinePassed, EndpointError, stream_answer
 from .llama import available_cpus
 from .pool import CallControl, InstancePool
 
@@ -62,8 +63,9 @@ def find_server_binary(config: LlamaServerTierConfig) -> Path | None:
     return Path(found) if found else None
 
 
-def server_binary_problem(name: str, config: LlamaServerTierConfig) -> str | None:
-    """Why the tier's llama-server cannot be run, or None."""
+def server_binary_problem(name: str, config: LlamaServerTierConfig, run: bool = False) -> str | None:
+    """Why the tier's llama-server cannot be run, or None. `run` (for `check`): also run it with `--version`
+    to see that it is llama.cpp's server."""
     binary = find_server_binary(config)
     path = key_path(["tiers", name, "server_binary"])
     if binary is None:
@@ -71,7 +73,46 @@ def server_binary_problem(name: str, config: LlamaServerTierConfig) -> str | Non
                 "which builds it, or name one with server_binary")
     if not binary.is_file() or not os.access(binary, os.X_OK):
         return f"{path}: {binary} is not an executable file"
+    if run and (problem := _version_problem(binary)):
+        return f"{path}: {binary} {problem}"
     return None
+
+
+def _version_problem(binary: Path, timeout_s: float = 10.0, limit: int = 1 << 16) -> str | None:
+    """Why `binary --version` is not llama.cpp's answer ("version: …" then "built with … for …", on stderr),
+    or None. Reads at most `limit` bytes for at most `timeout_s`, then kills what it started."""
+    import re
+    import selectors
+
+    try:
+        process = subprocess.Popen([str(binary), "--version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        return f"cannot be run ({exc.strerror or exc})"
+    out, deadline = b"", time.monotonic() + timeout_s
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            while len(out) < limit and (left := deadline - time.monotonic()) > 0:
+                if selector.select(min(left, 0.1)):
+                    if not (chunk := os.read(process.stdout.fileno(), limit - len(out))):
+                        break
+                    out += chunk
+                elif process.poll() is not None:  # exited, and what it left running holds the pipe
+                    break
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # it and anything it started
+        except OSError:  # gone already
+            pass
+        process.wait()
+        process.stdout.close()
+    if re.search(rb"^version: \S.*\nbuilt with .+ for ", out, re.MULTILINE):
+        return None
+    if time.monotonic() >= deadline:
+        return f"did not answer --version within {timeout_s:.0f} s, so it is not llama.cpp's llama-server"
+    return ("is not llama.cpp's llama-server: `--version` did not print llama.cpp's version banner (\"version: …\" "
+            "and \"built with … for …\")")
 
 
 def _die_with_parent() -> None:
@@ -102,6 +143,14 @@ class _Server:
         self.url = url
         self.headers = {"Authorization": f"Bearer {key}"}
         self.log_path = log_path
+        self.exited_at: float | None = None
+        """When the process ended (monotonic), noted by a thread that waits for it: the restart backoff
+        counts from the exit, not from when a call noticed it."""
+        threading.Thread(target=self._wait, name=f"llama-server-{process.pid}", daemon=True).start()
+
+    def _wait(self) -> None:
+        self.process.wait()
+        self.exited_at = time.monotonic()
 
     @property
     def alive(self) -> bool:
@@ -128,6 +177,8 @@ class LlamaServerBackend(Backend):
         self._start_error: BaseException | None = None
         self._failures = 0
         self._retry_at = 0.0
+        self._last_failure = ""
+        """What went wrong last, for the calls refused until `_retry_at`."""
         self._busy = 0
         self._last_used = time.monotonic()
         # No keep-alive: llama-server may close an idle connection just as a call picks it from the pool
@@ -151,7 +202,10 @@ class LlamaServerBackend(Backend):
             server = await self._running(control)
             started = time.perf_counter()  # generation seconds, as on the in-process engine, exclude the start
             control.phase = "prompt"
-            tokens = await self._tokens(server, request)
+            try:
+                tokens = await self._tokens(server, request, control)
+            except DeadlinePassed:
+                return Completion("", "deadline", 0, 0)
             refuse_if_too_long(self.tier, len(tokens), request.max_tokens, self.config.n_ctx)
             completion = await self._complete(server, slot, tokens, request, control)
             slot.last_request = text
@@ -170,14 +224,13 @@ class LlamaServerBackend(Backend):
         if self._server is not None and self._server.alive:
             return self._server
         if self._server is not None:  # it died since the last call
-            log.error("llama_server_exited", tier=self.tier, code=self._server.process.returncode,
-                      log=self._server.log_tail())
-            self._server = None
-            self._note_failure()
+            dead, self._server = self._server, None
+            log.error("llama_server_exited", tier=self.tier, code=dead.process.returncode, log=dead.log_tail())
+            self._note_failure(f"llama-server exited with {dead.process.returncode}", dead.exited_at)
         if self._starting is None:
             wait = self._retry_at - time.monotonic()
             if wait > 0:
-                raise BackendError(f"tier {self.tier}: llama-server exited; it is started again in {wait:.1f} s")
+                raise BackendError(f"tier {self.tier}: {self._last_failure}; it is started again in {wait:.1f} s")
             self._starting = anyio.Event()
             self._start_error = None
             self._start_task = asyncio.get_running_loop().create_task(self._start_on_its_own(self._starting))
@@ -201,14 +254,15 @@ class LlamaServerBackend(Backend):
             self._failures = 0
         except Exception as exc:
             self._start_error = exc
-            self._note_failure()
+            self._note_failure(f"llama-server could not be started ({str(exc).removeprefix(f'tier {self.tier}: ')})")
         finally:
             self._starting = None
             done.set()
 
-    def _note_failure(self) -> None:
+    def _note_failure(self, what: str, at: float | None = None) -> None:
         self._failures += 1
-        self._retry_at = time.monotonic() + min(2.0 ** (self._failures - 1), BACKOFF_MAX_S)
+        self._last_failure = what
+        self._retry_at = (time.monotonic() if at is None else at) + min(2.0 ** (self._failures - 1), BACKOFF_MAX_S)
 
     async def _start(self) -> _Server:
         if problem := model_file_problem(self.tier, self.config) or server_binary_problem(self.tier, self.config):
@@ -309,9 +363,9 @@ class LlamaServerBackend(Backend):
         state = "it exited" if not server.alive else "it is still running"
         return BackendError(f"tier {self.tier}: llama-server {exc} ({state})")
 
-    async def _tokens(self, server: _Server, request: GenerationRequest) -> list[int]:
+    async def _tokens(self, server: _Server, request: GenerationRequest, control: CallControl) -> list[int]:
         try:
-            return await llama_api.prompt_tokens(self._http, server.url, server.headers, request)
+            return await llama_api.prompt_tokens(self._http, server.url, server.headers, request, control)
         except EndpointError as exc:
             raise await self._failure(server, exc) from exc
 

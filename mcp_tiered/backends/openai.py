@@ -12,6 +12,7 @@ endpoint says does not fit its context escalates as `context`, on the same endpo
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ from ..errors import BackendError, PromptTooLongError
 from ..validation import key_path
 from . import llama_api, openai_api
 from .base import Backend, Capabilities, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
-from .http_stream import EndpointError, stream_answer
+from .http_stream import MAX_ERROR_BYTES, PLAIN, DeadlinePassed, EndpointError, read_bounded, stream_answer
 from .pool import CallControl, InstancePool
 
 log = structlog.get_logger(__name__)
@@ -47,6 +48,9 @@ class _Endpoint:
     held: list[_Slot] = field(default_factory=list)
     """Its slots, out of the pool while it cools down."""
     warned_no_logprobs: bool = False
+    tokenizer: bool | None = None
+    """Whether it serves llama.cpp's `/tokenize` (None: not asked yet), which finds every control-token
+    spelling in the caller's text for its vocabulary."""
 
     @property
     def url(self) -> str:
@@ -134,14 +138,38 @@ class OpenAIBackend(Backend):
     async def _attempt(self, endpoint: _Endpoint, request: GenerationRequest, control: CallControl) -> Completion:
         if self.config.api == "llama-server":
             root = endpoint.url.removesuffix("/v1")
-            tokens = await llama_api.prompt_tokens(self._http, root, endpoint.headers, request)
+            try:
+                tokens = await llama_api.prompt_tokens(self._http, root, endpoint.headers, request, control)
+            except DeadlinePassed:
+                return Completion("", "deadline", 0, 0)
             if self.config.n_ctx is not None:
                 refuse_if_too_long(self.tier, len(tokens), request.max_tokens, self.config.n_ctx)
             return await stream_answer(self._http, root, "/completion", llama_api.completion_body(tokens, request),
                                        endpoint.headers, request, control, llama_api.NativeReader(), len(tokens))
-        body = openai_api.chat_body(self.config.model, request, self.config.logprobs)
+        try:
+            spellings = await self._control_spellings(endpoint, request, control)
+        except DeadlinePassed:
+            return Completion("", "deadline", 0, 0)
+        body = openai_api.chat_body(self.config.model, request, self.config.logprobs, spellings)
         return await stream_answer(self._http, endpoint.url, openai_api.PATH, body, endpoint.headers, request,
                                    control, openai_api.ChatReader())
+
+    async def _control_spellings(self, endpoint: _Endpoint, request: GenerationRequest,
+                                 control: CallControl) -> set[str]:
+        root = endpoint.url.removesuffix("/v1")
+        if endpoint.tokenizer is None:
+            endpoint.tokenizer = await llama_api.has_tokenizer(self._http, root, endpoint.headers)
+            if not endpoint.tokenizer:
+                log.warning("endpoint_without_tokenizer", tier=self.tier, endpoint=endpoint.url,
+                            hint="only the known control-token families are broken in the caller's text; "
+                                 f'tiers.{self.tier}.api = "llama-server" tokenizes it exactly')
+        if not endpoint.tokenizer:
+            return set()
+        spellings: set[str] = set()
+        for text in (request.system, request.prompt):
+            if text:
+                spellings |= await llama_api.control_spellings(self._http, root, endpoint.headers, text, control)
+        return spellings
 
     def _score(self, slot: _Slot, text: str) -> tuple[float, int]:
         endpoint = slot.endpoint
@@ -237,8 +265,9 @@ async def _probe_one(backend: OpenAIBackend, endpoint: _Endpoint, config: OpenAI
 
 async def _served_models(backend: OpenAIBackend, endpoint: _Endpoint) -> str:
     try:
-        models = (await backend._http.get(endpoint.url + "/models", headers=endpoint.headers)).json()
+        async with backend._http.stream("GET", endpoint.url + "/models", headers={**endpoint.headers, **PLAIN}) as answer:
+            models = json.loads(await read_bounded(answer, MAX_ERROR_BYTES, "/models"))
         names = [str(m["id"]) for m in models["data"]]
-    except (httpx2.HTTPError, ValueError, KeyError, TypeError):
+    except (httpx2.HTTPError, EndpointError, ValueError, KeyError, TypeError, RecursionError):
         return "models it does not list (/models failed)"
     return ", ".join(names[:5]) or "no models"
