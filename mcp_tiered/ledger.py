@@ -15,6 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 import anyio
 import structlog
 
+from .config import MAX_AMOUNT
 from .errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -47,7 +49,7 @@ CREATE TABLE IF NOT EXISTS calls (
     energy_wh REAL NOT NULL,
     local_cost REAL NOT NULL,           -- energy of the hops, at the electricity price
     cloud_cost REAL NOT NULL,           -- billed by the cloud
-    client TEXT                         -- the MCP client's clientInfo name, as it gave it; NULL when it gave none
+    client TEXT                         -- the MCP client's clientInfo name (visible()); NULL when it gave none
 );
 CREATE TABLE IF NOT EXISTS hops (
     id INTEGER PRIMARY KEY,
@@ -83,6 +85,58 @@ MIGRATIONS = {
     4: "ALTER TABLE calls ADD COLUMN client TEXT",
 }
 """Schema version → the statement that brings a ledger of the version before it there."""
+DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+               OverflowError, ValueError, TypeError)
+"""Failures of a write caused by a row's values rather than by the file."""
+FILE_ERRORS = (sqlite3.Error, OSError, ConfigError)
+
+
+INT64_MAX = 2**63 - 1
+TEXT_CHARS = 4096
+"""Of a text column: more than any tier, model path or client name needs."""
+
+
+def visible(text: str) -> str:
+    """`text` with every character that is not printable data (C0 and C1 controls such as ESC and BEL,
+    format characters such as bidirectional overrides, surrogates, line separators) written as its escape,
+    such as \\x1b or \\u202e: caller text shown in a terminal cannot drive it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+class _Values:
+    """A record's values as the ledger stores them. A number SQLite cannot hold or a sum cannot use (not a
+    finite number, negative, a count beyond int64, seconds, watt-hours or money beyond MAX_AMOUNT, so that
+    sums stay finite) is no measurement: it is stored as 0 (a statistic as NULL), and its column named in
+    `replaced` for the log. Text is stored visible() and bounded."""
+
+    def __init__(self) -> None:
+        self.replaced: list[str] = []
+
+    def count(self, column: str, value: object) -> int:
+        if isinstance(value, int | float) and 0 <= value <= INT64_MAX:
+            return int(value)
+        self.replaced.append(column)
+        return 0
+
+    def amount(self, column: str, value: object) -> float:
+        if isinstance(value, int | float) and 0 <= value <= MAX_AMOUNT:
+            return float(value)
+        self.replaced.append(column)
+        return 0.0
+
+    def statistic(self, column: str, value: object) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, int | float) and -MAX_AMOUNT <= value <= MAX_AMOUNT:
+            return float(value)
+        self.replaced.append(column)
+        return None
+
+    @staticmethod
+    def text(value: object) -> str | None:
+        return None if value is None else visible(str(value))[:TEXT_CHARS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +156,15 @@ class HopRecord:
     verification: float | None = None
     prompt_s: float = 0.0
 
+    def row(self, v: _Values) -> tuple:
+        """HOP_COLUMNS from `position` on (the call's id and time come from its call)."""
+        return (v.count("hops.position", self.position), v.text(self.tier), v.text(self.model), v.text(self.outcome),
+                v.text(self.escalation_reason), v.count("hops.prompt_tokens", self.prompt_tokens),
+                v.count("hops.completion_tokens", self.completion_tokens), v.amount("hops.queue_s", self.queue_s),
+                v.amount("hops.generation_s", self.generation_s), v.amount("hops.energy_wh", self.energy_wh),
+                v.amount("hops.local_cost", self.local_cost), v.amount("hops.cloud_cost", self.cloud_cost),
+                v.statistic("hops.verification", self.verification), v.amount("hops.prompt_s", self.prompt_s))
+
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
@@ -118,23 +181,33 @@ class CallRecord:
     hops: tuple[HopRecord, ...] = ()
     client: str | None = None
 
-    def row(self) -> tuple:
-        hops = self.hops
-        reasons = ",".join(h.escalation_reason for h in hops if h.escalation_reason)
-        return (self.time, self.tool, self.tier, self.served_by, self.model, self.outcome, self.prompt_tokens,
-                self.completion_tokens, self.latency_s, sum(h.queue_s for h in hops),
-                sum(h.generation_s for h in hops), reasons, int(self.cache_hit), sum(h.energy_wh for h in hops),
-                sum(h.local_cost for h in hops), sum(h.cloud_cost for h in hops), self.client)
+    def rows(self, v: _Values) -> tuple[tuple, list[tuple]]:
+        """The calls row (CALL_COLUMNS) and its hops' rows (HOP_COLUMNS without call_id)."""
+        time = v.amount("calls.time", self.time)
+        hops = [(time, *hop.row(v)) for hop in self.hops]
+        reasons = ",".join(h[_HOP_AT["escalation_reason"]] for h in hops if h[_HOP_AT["escalation_reason"]])
+
+        def total(column: str) -> float:
+            return sum(h[_HOP_AT[column]] for h in hops)
+
+        return (time, v.text(self.tool), v.text(self.tier), v.text(self.served_by), v.text(self.model),
+                v.text(self.outcome), v.count("calls.prompt_tokens", self.prompt_tokens),
+                v.count("calls.completion_tokens", self.completion_tokens), v.amount("calls.latency_s", self.latency_s),
+                total("queue_s"), total("generation_s"), reasons, int(bool(self.cache_hit)), total("energy_wh"),
+                total("local_cost"), total("cloud_cost"), v.text(self.client)), hops
 
 
 CALL_COLUMNS = ("time, tool, tier, served_by, model, outcome, prompt_tokens, completion_tokens, latency_s, queue_s, "
                 "generation_s, escalation_reasons, cache_hit, energy_wh, local_cost, cloud_cost, client")
 HOP_COLUMNS = ("call_id, time, position, tier, model, outcome, escalation_reason, prompt_tokens, completion_tokens, "
                "queue_s, generation_s, energy_wh, local_cost, cloud_cost, verification, prompt_s")
+_HOP_AT = {column: i for i, column in enumerate(HOP_COLUMNS.split(", ")[1:])}
+"""Where each column is in a hop's row without its call_id (CallRecord.rows)."""
 
 
 def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
-    """Open (creating if needed) the ledger; raises ConfigError naming the path when it cannot."""
+    """Open (creating if needed) the ledger; raises ConfigError naming the path when it cannot, or when the
+    file is not a ledger this version may write: then it is left exactly as it was."""
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise ConfigError(f"ledger.path: cannot create the ledger {path}: {blocking} is a file, not a folder")
@@ -143,13 +216,17 @@ def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=10, check_same_thread=check_same_thread, isolation_level=None)
+        try:  # only reads until the file is known to be a ledger of this version or an empty database
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            problem = _not_a_ledger(conn, path, version, empty_ok=True)
+        except BaseException:
+            conn.close()
+            raise
+        if problem:
+            conn.close()
+            raise ConfigError(problem)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            conn.close()
-            raise ConfigError(f"ledger.path: {path} was written by a newer mcp-tiered (schema {version}); "
-                              "upgrade or point ledger.path elsewhere")
         if version and version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             for step in range(version + 1, SCHEMA_VERSION + 1):
@@ -164,22 +241,38 @@ def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection
     return conn
 
 
-def insert(conn: sqlite3.Connection, calls: list[CallRecord]) -> None:
-    """Commit `calls` and their hops in one transaction; a failure raises the error that caused it."""
+def _not_a_ledger(conn: sqlite3.Connection, path: Path, version: int, *, empty_ok: bool) -> str | None:
+    """Why the database at `path` is not an mcp-tiered ledger of this version or older (one sentence), or
+    None. An empty database is one where `empty_ok` (the server creates the tables)."""
+    if version > SCHEMA_VERSION:
+        return (f"ledger.path: {path} was written by a newer mcp-tiered (schema {version}, this one knows up to "
+                f"{SCHEMA_VERSION}); upgrade mcp-tiered or point ledger.path elsewhere")
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if {"calls", "hops"} <= tables or (empty_ok and not tables):
+        return None
+    held = "no tables" if not tables else "other tables"
+    return (f"ledger.path: {path} is not an mcp-tiered ledger (it holds {held}, not calls and hops); point "
+            "ledger.path at a new file")
+
+
+def insert(conn: sqlite3.Connection, calls: list[CallRecord]) -> Counter[str]:
+    """Commit `calls` and their hops in one transaction; returns how many values of each column had to be
+    stored as 0 (_Values). A failure raises the error that caused it."""
+    replaced: Counter[str] = Counter()
     conn.execute("BEGIN IMMEDIATE")
     try:
         for call in calls:
-            cursor = conn.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 17)})", call.row())
-            conn.executemany(
-                f"INSERT INTO hops ({HOP_COLUMNS}) VALUES ({', '.join('?' * 16)})",
-                [(cursor.lastrowid, call.time, h.position, h.tier, h.model, h.outcome, h.escalation_reason,
-                  h.prompt_tokens, h.completion_tokens, h.queue_s, h.generation_s, h.energy_wh, h.local_cost,
-                  h.cloud_cost, h.verification, h.prompt_s) for h in call.hops],
-            )
+            values = _Values()
+            row, hops = call.rows(values)
+            cursor = conn.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 17)})", row)
+            conn.executemany(f"INSERT INTO hops ({HOP_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+                             [(cursor.lastrowid, *hop) for hop in hops])
+            replaced.update(values.replaced)
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
         raise
+    return replaced
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -235,6 +328,7 @@ class Ledger:
     The ledger file is checked before each write: deleted or replaced, it is created anew (and said so).
     Rows that cannot be written (disk full, no permission) stay in memory, up to `MAX_UNWRITTEN`, and are
     written with the next call or every `RETRY_S`; the error is logged once, and again when writing resumes.
+    A row that cannot be stored at all (DATA_ERRORS) is dropped and logged, and the rows around it written.
     """
 
     PRUNE_EVERY_S = 86400.0
@@ -366,39 +460,79 @@ class Ledger:
             entries = [item for item in items if isinstance(item, _Entry)]
             if batch := [*self._unwritten, *(entry.call for entry in entries)]:
                 try:
-                    committed = self._write(batch)
+                    kept, dropped = self._write(batch)
                 except Exception:  # a bug here must not stop the writer, nor hold the answers waiting on it
                     log.exception("ledger_writer_error", path=str(self.path), kept_in_memory=len(batch))
-                    committed = False
-                self._unwritten = [] if committed else self._keep(batch)
+                    kept, dropped = batch, []
+                self._unwritten = self._keep(kept)
+                unwritten = {id(call) for call in (*kept, *dropped)}
                 for entry in entries:
                     if entry.waiter is not None:
-                        entry.waiter.wake(committed)
+                        entry.waiter.wake(id(entry.call) not in unwritten)
             for item in items:
                 if isinstance(item, threading.Event):
                     item.set()
 
-    def _write(self, batch: list[CallRecord]) -> bool:
+    def _write(self, batch: list[CallRecord]) -> tuple[list[CallRecord], list[CallRecord]]:
+        """Write `batch`; returns the rows kept for a retry (the ledger cannot be written now) and the rows
+        dropped (they cannot be stored at all: _write_each)."""
         try:
             self._ensure_file()
-            assert self._conn is not None
             self._guard_shm()
-            insert(self._conn, batch)
-            self._note_shm_size()
-        except (sqlite3.Error, OSError, ConfigError) as exc:
-            error = str(exc)
-            if self._failure is None:
-                log.error("ledger_write_failed", path=str(self.path), error=error, kept_in_memory=len(batch),
-                          retry_s=self.RETRY_S)
-            self._failure = error
-            if self._conn is not None:  # start over with a fresh connection at the next try
-                self._conn.close()
-                self._conn = None
-            return False
+            try:
+                self._insert(batch)
+            except DATA_ERRORS:
+                return self._write_each(batch)
+        except FILE_ERRORS as exc:
+            self._failed(exc, len(batch))
+            return batch, []
+        self._resumed(len(batch))
+        return [], []
+
+    def _write_each(self, batch: list[CallRecord]) -> tuple[list[CallRecord], list[CallRecord]]:
+        """The rows of a batch that failed on its data, one transaction each: a row that cannot be stored is
+        dropped and counted in the log, instead of holding back every row after it."""
+        kept: list[CallRecord] = []
+        dropped: list[CallRecord] = []
+        errors: Counter[str] = Counter()
+        for i, call in enumerate(batch):
+            try:
+                self._insert([call])
+            except DATA_ERRORS as exc:
+                dropped.append(call)
+                errors[f"{type(exc).__name__}: {exc}"[:200]] += 1
+            except FILE_ERRORS as exc:
+                self._failed(exc, len(batch) - i)
+                kept = batch[i:]
+                break
+        if dropped:
+            log.error("ledger_rows_dropped", path=str(self.path), calls=len(dropped), errors=dict(errors),
+                      reason="these rows cannot be stored; the rows around them are")
+        if not kept:
+            self._resumed(len(batch) - len(dropped))
+        return kept, dropped
+
+    def _insert(self, batch: list[CallRecord]) -> None:
+        assert self._conn is not None
+        replaced = insert(self._conn, batch)
+        self._note_shm_size()
+        if replaced:
+            log.warning("ledger_values_replaced", path=str(self.path), values=dict(replaced),
+                        action="stored as 0: not a finite, non-negative number the ledger can hold")
+
+    def _failed(self, exc: Exception, kept: int) -> None:
+        error = str(exc)
+        if self._failure is None:
+            log.error("ledger_write_failed", path=str(self.path), error=error, kept_in_memory=kept, retry_s=self.RETRY_S)
+        self._failure = error
+        if self._conn is not None:  # start over with a fresh connection at the next try
+            self._conn.close()
+            self._conn = None
+
+    def _resumed(self, calls: int) -> None:
         if self._failure is not None:
-            log.warning("ledger_write_resumed", path=str(self.path), calls=len(batch))
+            log.warning("ledger_write_resumed", path=str(self.path), calls=calls)
             self._failure = None
-        return True
 
     def _keep(self, batch: list[CallRecord]) -> list[CallRecord]:
         if len(batch) <= self.MAX_UNWRITTEN:
@@ -433,12 +567,9 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
             # not write to): with no writer running, the file alone is the whole ledger.
             conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=10)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
+        if problem := _not_a_ledger(conn, path, version, empty_ok=False):
             conn.close()
-            raise ConfigError(f"ledger.path: {path} was written by a newer mcp-tiered (schema {version}); upgrade")
-        if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name IN ('calls', 'hops')").fetchone()[0] != 2:
-            conn.close()
-            raise ConfigError(f"ledger.path: {path} is not an mcp-tiered ledger (no calls and hops tables)")
+            raise ConfigError(problem)
     except sqlite3.Error as exc:
         raise ConfigError(f"ledger.path: cannot read the ledger {path} ({exc})") from exc
     conn.row_factory = sqlite3.Row

@@ -41,9 +41,14 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
+def _whole(tokens: float) -> int | float:
+    """A sum of token counts as an int; one that is not finite stays a float (finite() makes it None)."""
+    return int(tokens) if math.isfinite(tokens) else tokens
+
+
 # Served calls by the tier that answered (cache hits apart) and per-tier hop sums: the report reads
 # aggregates, never the rows, so its cost does not grow with the ledger's size in Python.
-SERVED = """SELECT served_by, cache_hit, outcome, client, COUNT(*) AS calls, TOTAL(prompt_tokens) AS prompt_tokens,
+SERVED = """SELECT served_by, cache_hit, outcome, {client} AS client, COUNT(*) AS calls, TOTAL(prompt_tokens) AS prompt_tokens,
     TOTAL(completion_tokens) AS completion_tokens, TOTAL(local_cost) AS energy_cost, TOTAL(cloud_cost) AS cloud_cost,
     MAX(time) AS end FROM calls {where} GROUP BY served_by, cache_hit, outcome, client"""
 """One pass over the calls (in the order of the calls_by_server index) for the answers per tier, the period,
@@ -59,18 +64,28 @@ START = """SELECT MIN(time - latency_s) AS start FROM calls
     WHERE time <= (SELECT MIN(time) FROM calls {where}) + 3600 {also}"""
 """When the period starts: the earliest call's start, among those that ended in its first hour (through the
 time index; no call runs for an hour)."""
+ADDED_COLUMNS = {"client": ("calls", "NULL"), "prompt_s": ("hops", "0.0")}
+"""Columns that later schemas added (ledger.MIGRATIONS) and the report reads, with their defaults: a ledger
+no server has upgraded yet is read as it is (the reader never writes), its missing columns as the defaults."""
+
+
+def _columns(conn: sqlite3.Connection) -> dict[str, str]:
+    """Each of ADDED_COLUMNS as the report's queries read it: the column, or its default where it is absent."""
+    present = {table: {row[1] for row in conn.execute(f"PRAGMA table_info({table})")} for table in ("calls", "hops")}
+    return {name: name if name in present[table] else default for name, (table, default) in ADDED_COLUMNS.items()}
+
+
 def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None = None) -> dict[str, Any]:
     args = () if since is None else (since,)
     where, also = ("", "") if since is None else ("WHERE time >= ?", "AND time >= ?")
-    groups = conn.execute(SERVED.format(where=where), args).fetchall()
+    columns = _columns(conn)
+    groups = conn.execute(SERVED.format(where=where, client=columns["client"]), args).fetchall()
     served = _merge([g for g in groups if g["outcome"] in ("ok", "cache_hit")], ("served_by", "cache_hit"))
     period = {"calls": sum(g["calls"] for g in groups),
               "errors": sum(g["calls"] for g in groups if g["outcome"] in ("error", "busy")),
               "start": conn.execute(START.format(where=where, also=also), args * 2).fetchone()["start"],
               "end": max((g["end"] for g in groups), default=None)}
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(hops)")}
-    prompt_s = "prompt_s" if "prompt_s" in columns else "0.0"  # a ledger the server has not upgraded yet
-    hops = {h["tier"]: h for h in conn.execute(HOPS.format(where=where, prompt_s=prompt_s), args)}
+    hops = {h["tier"]: h for h in conn.execute(HOPS.format(where=where, prompt_s=columns["prompt_s"]), args)}
     start = since if since is not None else period["start"]
     end = period["end"] if period["end"] is not None else start
     duration_s = max((end or 0) - (start or 0), 0.0)
@@ -97,15 +112,15 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
     totals = {
         "calls": period["calls"], "answered": answered, "cache_hits": sum(r["calls"] for r in cached),
         "errors": int(period["errors"]),
-        "prompt_tokens": int(sum(r["prompt_tokens"] for r in served)),
-        "completion_tokens": int(sum(r["completion_tokens"] for r in served)),
+        "prompt_tokens": _whole(sum(r["prompt_tokens"] for r in served)),
+        "completion_tokens": _whole(sum(r["completion_tokens"] for r in served)),
         "energy_wh": sum(t["energy_wh"] + t["idle_wh"] for t in local),
         "energy_cost": energy_cost, "fixed_cost": sum(t["fixed_cost"] for t in local),
         "local_cost": local_cost, "cloud_cost": cloud_cost, "total_cost": total,
         "cloud_only_cost": cloud_only, "savings": cloud_only - total,
         "savings_pct": None if not cloud_only else (cloud_only - total) / cloud_only * 100,
     }
-    return {
+    return finite({
         "currency": costs.currency,
         "period": {
             "since": _iso(start), "until": _iso(end), "days": duration_s / 86400, "months": months,
@@ -119,7 +134,25 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
         "projection": _projection(costs, totals, energy_cost, cloud_cost, months, duration_s, answered),
         "clients": _clients(groups, costs, totals),
         "projection_note": history_problem(duration_s) if answered else "no call has been answered yet",
-    }
+    })
+
+
+def finite(value: Any) -> Any:
+    """`value` (a report: dicts, lists, numbers, text) with every NaN or infinite number as None: such a
+    figure was not computed (a ledger row an older server stored with an infinite cost), and JSON has none."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
+
+
+def json_text(data: Any) -> str:
+    """`data` as strict JSON (no NaN or Infinity: see finite), as report --format json, tiered://report and
+    whatif --format json write it."""
+    return json.dumps(finite(data), indent=2, allow_nan=False)
 
 
 def _merge(groups: list[Any], keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -151,7 +184,7 @@ def _clients(groups: list[Any], costs: CostModel, totals: dict[str, Any]) -> lis
         cost = r["energy_cost"] + r["cloud_cost"] + share * shared
         equivalent = costs.cloud_equivalent(r["prompt_tokens"], r["completion_tokens"])
         rows.append({"client": r["client"], "calls": r["calls"], "answered": r["answered"],
-                     "prompt_tokens": int(r["prompt_tokens"]), "completion_tokens": int(r["completion_tokens"]),
+                     "prompt_tokens": _whole(r["prompt_tokens"]), "completion_tokens": _whole(r["completion_tokens"]),
                      "token_share": share, "energy_cost": r["energy_cost"], "cloud_cost": r["cloud_cost"],
                      "shared_cost": share * shared, "total_cost": cost, "cloud_equivalent": equivalent,
                      "savings": equivalent - cost})
@@ -167,7 +200,7 @@ def _tier_row(name: str, hops: sqlite3.Row | None, served: list[sqlite3.Row], an
     def total(key: str) -> float:
         return hops[key] if hops is not None else 0.0
 
-    prompt, completion, generation_s = int(total("prompt_tokens")), int(total("completion_tokens")), total("generation_s")
+    prompt, completion, generation_s = _whole(total("prompt_tokens")), _whole(total("completion_tokens")), total("generation_s")
     calls = sum(r["calls"] for r in served)
     row: dict[str, Any] = {
         "tier": name, "kind": "cloud" if name == CLOUD else "local",
@@ -218,7 +251,7 @@ def _projection(costs: CostModel, totals: dict[str, Any], energy_cost: float, cl
                 "amortization_months) in [costs.tiers.<name>] for each tier's machine")
     elif saving <= 0:
         note = "the local tiers cost more to run each month than the cloud would charge for their calls"
-    horizon = 12 if break_even is None else min(max(12, math.ceil(break_even * 1.5)), 120)
+    horizon = 12 if break_even is None else min(max(12, math.ceil(min(break_even, 120) * 1.5)), 120)
     return {
         "monthly_calls": answered / months,
         "monthly_cloud_only_cost": cloud_only,
@@ -252,7 +285,11 @@ def ledger_traffic(path: Path) -> dict[str, Any]:
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    """None for no time, or one no calendar holds (a ledger row written with a bad clock)."""
+    try:
+        return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def report_data(path: Path, costs: CostModel, since: float | None) -> dict[str, Any]:
@@ -261,4 +298,4 @@ def report_data(path: Path, costs: CostModel, since: float | None) -> dict[str, 
 
 
 def report_json(path: Path, costs: CostModel, since: float | None) -> str:
-    return json.dumps(report_data(path, costs, since), indent=2)
+    return json_text(report_data(path, costs, since))

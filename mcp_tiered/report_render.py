@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from .ledger import visible
+
 COLUMNS = [
     ("tier", "tier", "{}"), ("served", "calls", "{:,}"), ("share", "share", "pct"),
     ("target_share", "target", "pct"), ("tokens", "tokens", "{:,}"),
@@ -16,8 +18,11 @@ COLUMNS = [
 
 
 def _cell(value: Any, fmt: str) -> str:
+    """`value` in a table: "–" for none (not computed), caller text visible() (a client's name)."""
     if value is None:
         return "–"
+    if isinstance(value, str):
+        return visible(value)
     if fmt == "pct":
         return f"{value * 100:.1f} %"
     if fmt == "pct100":
@@ -27,12 +32,16 @@ def _cell(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
+def _sum(*values: float | None) -> float | None:
+    return None if None in values else sum(v or 0.0 for v in values)
+
+
 def _rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for tier in report["tiers"]:
-        values = {**tier, "tokens": tier.get("prompt_tokens", 0) + tier.get("completion_tokens", 0)
+        values = {**tier, "tokens": _sum(tier["prompt_tokens"], tier["completion_tokens"])
                   if "prompt_tokens" in tier else None,
-                  "energy_wh": tier["energy_wh"] + tier["idle_wh"] if "energy_wh" in tier else None}
+                  "energy_wh": _sum(tier.get("energy_wh"), tier.get("idle_wh"))}
         rows.append([_cell(values.get(key), fmt) for key, _, fmt in COLUMNS])
     return rows
 
@@ -41,7 +50,8 @@ def _summary(report: dict[str, Any]) -> list[tuple[str, str]]:
     cur, t, p = report["currency"], report["totals"], report["projection"]
     period = report["period"]
     lines = [
-        ("period", f"{period['since']} to {period['until']} ({period['days']:.2f} days)"),
+        ("period", f"{_cell(period['since'], '{}')} to {_cell(period['until'], '{}')} "
+                   f"({_cell(period['days'], '{:.2f}')} days)"),
         ("calls", f"{t['calls']:,} ({t['answered']:,} answered, {t['cache_hits']:,} from the cache, "
                   f"{t['errors']:,} errors)"),
         ("cost", f"{_cell(t['total_cost'], 'money')} {cur} = local {_cell(t['local_cost'], 'money')} "
@@ -53,18 +63,18 @@ def _summary(report: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if p is None:
         lines.append(("projection", f"none: {report.get('projection_note') or 'not enough history'}"))
-        return lines
-    be = p["break_even_months"]
-    roi = p["roi_12_months_pct"]
-    lines += [
-        ("per month", f"{p['monthly_calls']:,.0f} calls; local {_cell(p['monthly_total_cost'], 'money')} {cur} "
-                      f"(operating {_cell(p['monthly_operating_cost'], 'money')}) vs cloud only "
-                      f"{_cell(p['monthly_cloud_only_cost'], 'money')} {cur}"),
-        ("break-even", (p.get("break_even_note") or "never at this rate") if be is None else f"{be:.1f} months "
-                       f"(hardware {_cell(p['hardware_cost'], 'money')} {cur})"),
-        ("12-month ROI", "–" if roi is None else f"{roi:.0f} %"),
-    ]
-    return lines
+    else:
+        be, roi = p["break_even_months"], p["roi_12_months_pct"]
+        lines += [
+            ("per month", f"{_cell(p['monthly_calls'], '{:,.0f}')} calls; local "
+                          f"{_cell(p['monthly_total_cost'], 'money')} {cur} (operating "
+                          f"{_cell(p['monthly_operating_cost'], 'money')}) vs cloud only "
+                          f"{_cell(p['monthly_cloud_only_cost'], 'money')} {cur}"),
+            ("break-even", (p.get("break_even_note") or "never at this rate") if be is None else f"{be:.1f} months "
+                           f"(hardware {_cell(p['hardware_cost'], 'money')} {cur})"),
+            ("12-month ROI", "–" if roi is None else f"{roi:.0f} %"),
+        ]
+    return [(key, visible(value)) for key, value in lines]
 
 
 CLIENT_COLUMNS = [
@@ -77,7 +87,7 @@ CLIENT_COLUMNS = [
 
 def _client_rows(report: dict[str, Any]) -> list[list[str]]:
     return [[_cell({**c, "client": c["client"] or "(no clientInfo)",
-                    "tokens": c["prompt_tokens"] + c["completion_tokens"]}.get(key), fmt)
+                    "tokens": _sum(c["prompt_tokens"], c["completion_tokens"])}.get(key), fmt)
              for key, _, fmt in CLIENT_COLUMNS] for c in report.get("clients", [])]
 
 
@@ -111,8 +121,12 @@ def render_table(report: dict[str, Any]) -> str:
 
 def _chart(report: dict[str, Any]) -> str:
     points = (report["projection"] or {}).get("chart") or []
+    if any(p["local"] is None or p["cloud_only"] is None for p in points):
+        points, why = [], "a monthly figure is not a finite number"
+    else:
+        why = report.get("projection_note") or "no projection"
     if not points:
-        return f'<p class="empty">No break-even chart: {html.escape(report.get("projection_note") or "no projection")}.</p>'
+        return f'<p class="empty">No break-even chart: {html.escape(why)}.</p>'
     w, h, pad, left = 640, 320, 48, 96
     top = max(max(p["local"], p["cloud_only"]) for p in points) or 1.0
     last = points[-1]["month"] or 1

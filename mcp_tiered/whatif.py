@@ -93,7 +93,8 @@ class Case:
     cloud: float
     saving: float
     break_even_months: float | None
-    roi_12_months_pct: float
+    roi_12_months_pct: float | None
+    """None without a hardware cost: there is nothing to return on."""
     break_even_tokens_per_month: float | None
 
 
@@ -121,7 +122,7 @@ def _case(option: Option, traffic: Traffic, prices: Prices, best: bool) -> Case:
     local_per_token = per_token * (1 - traffic.cloud_share)
     volume = (own + amortization) / local_per_token if local_per_token > 0 else None
     return Case(hardware, operating, amortization, cloud, saving, hardware / saving if saving > 0 else None,
-                (12 * saving - hardware) / hardware * 100 if hardware else float("inf"), volume)
+                (12 * saving - hardware) / hardware * 100 if hardware else None, volume)
 
 
 def evaluate(options: list[Option], traffic: Traffic, prices: Prices) -> list[dict]:

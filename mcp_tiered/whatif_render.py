@@ -11,9 +11,10 @@ from .whatif import REFERENCE_CLAIMS, chart_points
 COLORS = ["#2a7ab9", "#3a9d5d", "#8e5bb5", "#c0392b", "#b8860b", "#16a085"]
 
 
-def _span(best: float | None, worst: float | None, fmt: str, suffix: str = "") -> str:
+def _span(best: float | None, worst: float | None, fmt: str, suffix: str = "", none: str = "never") -> str:
+    """The best–worst range; `none` for a figure neither case has (a break-even never reached)."""
     if best is None and worst is None:
-        return "never"
+        return none
     if best is None or worst is None:
         known = best if best is not None else worst
         return f"{format(known, fmt)}{suffix} (worst case: never)" if worst is None else f"never–{format(known, fmt)}"
@@ -27,15 +28,15 @@ def _mtok(value: float | None) -> float | None:
     return None if value is None else value / 1e6
 
 
-COLUMNS = [
-    ("hardware", "hardware", ",.0f", ""),
-    ("operating", "operating / month", ",.0f", ""),
-    ("amortization", "amortization / month", ",.0f", ""),
-    ("cloud", "cloud / month", ",.0f", ""),
-    ("saving", "saving / month", ",.0f", ""),
-    ("break_even_months", "break-even (months)", ".1f", ""),
-    ("roi_12_months_pct", "ROI after 12 months", ",.0f", " %"),
-    ("break_even_tokens_per_month", "break-even volume (M tokens / month)", ",.1f", ""),
+COLUMNS = [  # key, label, format, suffix, the text for a figure that is not computed
+    ("hardware", "hardware", ",.0f", "", "–"),
+    ("operating", "operating / month", ",.0f", "", "–"),
+    ("amortization", "amortization / month", ",.0f", "", "–"),
+    ("cloud", "cloud / month", ",.0f", "", "–"),
+    ("saving", "saving / month", ",.0f", "", "–"),
+    ("break_even_months", "break-even (months)", ".1f", "", "never"),
+    ("roi_12_months_pct", "ROI after 12 months", ",.0f", " %", "– (no hardware cost)"),
+    ("break_even_tokens_per_month", "break-even volume (M tokens / month)", ",.1f", "", "never"),
 ]
 
 
@@ -43,11 +44,11 @@ def rows(data: dict[str, Any]) -> list[list[str]]:
     out = []
     for row in data["options"]:
         cells = [row["option"]]
-        for key, _, fmt, suffix in COLUMNS:
+        for key, _, fmt, suffix, none in COLUMNS:
             best, worst = row["best"][key], row["worst"][key]
             if key == "break_even_tokens_per_month":
                 best, worst = _mtok(best), _mtok(worst)
-            cells.append(_span(best, worst, fmt, suffix))
+            cells.append(_span(best, worst, fmt, suffix, none))
         if data["scenario"] == "reference":
             months, roi = REFERENCE_CLAIMS.get(row["option"], ("", ""))
             cells.append(f"{months} months, {roi}" if months else "")
@@ -56,7 +57,7 @@ def rows(data: dict[str, Any]) -> list[list[str]]:
 
 
 def headers(data: dict[str, Any]) -> list[str]:
-    return ["option", *(label for _, label, _, _ in COLUMNS)] + (["the reference says"] if data["scenario"] == "reference" else [])
+    return ["option", *(label for _, label, *_ in COLUMNS)] + (["the reference says"] if data["scenario"] == "reference" else [])
 
 
 def describe(data: dict[str, Any]) -> str:
@@ -83,7 +84,7 @@ def render_table(data: dict[str, Any]) -> str:
 
 def _chart(data: dict[str, Any]) -> str:
     worst = [r["worst"]["break_even_months"] for r in data["options"]]
-    months = min(max(12, math.ceil(max((m for m in worst if m), default=12) * 1.5)), 60)
+    months = min(max(12, math.ceil(min(max((m for m in worst if m), default=12), 60) * 1.5)), 60)
     series = [(r["option"], chart_points(r, months)) for r in data["options"]]
     top = max(max(max(p[1:]) for p in points) for _, points in series) or 1.0
     w, h, pad, left = 720, 360, 48, 96

@@ -4,10 +4,12 @@ out by hand), the config's tiers, the ledger's volume, and the formats."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from conftest import MCP_TIERED, server_env
 from mcp_tiered import cli
 
 MONTH_H = 730.5
@@ -94,3 +96,35 @@ def test_the_table_puts_the_reference_beside_the_computed_figures(config: Path, 
     lines = capsys.readouterr().out.splitlines()
     row = next(line for line in lines if line.startswith("13B"))
     assert "1.1–1.4" in row and "780–1,004 %" in row and row.endswith("2–3 months, 400–500 %")
+
+
+def run_whatif(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MCP_TIERED, "whatif", "--config", str(config), *args], capture_output=True, text=True,
+                          env=server_env(), timeout=60)
+
+
+@pytest.mark.parametrize(("option", "value", "sentence"), [
+    ("--input-share", "5", "--input-share: must be a number from 0 to 1, got 5"),
+    ("--input-share", "nan", "--input-share: must be a number from 0 to 1, got nan"),
+    ("--cloud-share", "1.5", "--cloud-share: must be a number from 0 to 1, got 1.5"),
+    ("--duty", "-1", "--duty: must be a number from 0 to 1, got -1"),
+    ("--electricity", "inf", "--electricity: must be a number from 0 to 1e15, got inf"),
+    ("--tokens-per-month", "2000000000000000", "--tokens-per-month: must be at most 1e15, got '2000000000000000'"),
+], ids=["input-share-5", "input-share-nan", "cloud-share-1.5", "duty-negative", "electricity-inf", "tokens-huge"])
+def test_an_option_out_of_its_range_is_one_sentence_naming_it(config: Path, option: str, value: str,
+                                                             sentence: str) -> None:
+    args = [] if option == "--tokens-per-month" else ["--tokens-per-month", "50M"]
+    done = run_whatif(config, *args, f"{option}={value}")
+    assert (done.returncode, done.stderr) == (1, f"error: {sentence}\n")
+
+
+def test_whatif_json_has_null_not_infinity_for_the_roi_of_an_option_without_hardware(config: Path) -> None:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    done = run_whatif(config, "--scenario", "config", "--tokens-per-month", "100M", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout, parse_constant=refuse)
+    large = next(row for row in data["options"] if row["option"] == "large")
+    assert large["best"]["roi_12_months_pct"] is None and large["worst"]["roi_12_months_pct"] is None
+    assert "large: no hardware_cost, so there is no return on it to compute (ROI null)" in data["notes"]
