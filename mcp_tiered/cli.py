@@ -78,8 +78,6 @@ def parse_since(text: str) -> float:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import json
-
     from . import report, report_render
 
     config = _load(args)
@@ -98,7 +96,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.format == "json":
-        text = json.dumps(data, indent=2) + "\n"
+        text = report.json_text(data) + "\n"
     elif args.format == "html":
         text = report_render.render_html(data)
     elif args.by == "client":
@@ -123,16 +121,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     failed = False
+    from . import plan, plan_report
     from .backends.llama_server import find_server_binary, server_binary_problem
     from .config import LlamaServerTierConfig
 
+    gpus, why = plan.gpus_found()
+    plans = {row["tier"]: row for row in plan_report.tier_plans(config, gpus, plan.CPU_BANDWIDTH)}
     for name, tier in config.tiers.items():
         if isinstance(tier, OpenAITierConfig):
             failed |= _check_endpoints(name, tier)
             continue
         server = isinstance(tier, LlamaServerTierConfig)
-        problem = (model_file_problem(name, tier) or (server_binary_problem(name, tier) if server else None)
-                   or _sha256_problem(name, tier))
+        # A header the planner cannot read is one llama.cpp refuses too (or one past the planner's bounds).
+        problem = (model_file_problem(name, tier) or _sha256_problem(name, tier) or plans[name].get("problem")
+                   or (server_binary_problem(name, tier, run=True) if server else None))
         if problem:
             failed = True
             print(f"error  {problem}")
@@ -146,7 +148,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         env = config.cloud.api_key_env
         state = f"key from ${env}" if os.environ.get(env) else f"disabled until ${env} is set"
         print(f"ok     generate_cloud: {config.cloud.model} ({state})")
-    _check_plan(config)
+    _check_plan(list(plans.values()), gpus, why)
     return 1 if failed else 0
 
 
@@ -160,12 +162,11 @@ def _sha256_problem(name: str, tier: LocalTierConfig) -> str | None:
             "is wrong" + ("; run `mcp-tiered pull` again" if tier.hf_ref else ""))
 
 
-def _check_plan(config: Config) -> None:
-    """The planner's verdict for each tier whose model is here, against this machine's GPUs."""
+def _check_plan(rows: list[dict], gpus: list, why: str | None) -> None:
+    """The planner's verdict for each tier whose model is here (`tier_plans`' rows), against this machine's GPUs."""
     from . import plan, plan_report
 
-    gpus, why = plan.gpus_found()
-    rows = [row for row in plan_report.tier_plans(config, gpus, plan.CPU_BANDWIDTH) if "verdict" in row]
+    rows = [row for row in rows if "verdict" in row]
     if rows:
         print(plan_report.gpu_line(gpus, "found", why))
     for row in rows:
@@ -345,12 +346,17 @@ def parse_span(text: str, option: str) -> tuple[float, float]:
     """"50M", "2500" or "2000-3000" (k, M, G suffixes) → (low, high); ConfigError naming the option."""
     import re
 
+    from .config import MAX_AMOUNT
+
     def number(part: str) -> float:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", part)
         if match is None:
             raise ConfigError(f"{option}: expected a number such as 50M or 2500, or a range such as 2000-3000, "
                               f"got {text!r}")
-        return float(match[1]) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match[2].lower()]
+        value = float(match[1]) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match[2].lower()]
+        if not value <= MAX_AMOUNT:
+            raise ConfigError(f"{option}: must be at most {_number(MAX_AMOUNT)}, got {text!r}")
+        return value
 
     low, _, high = text.partition("-")
     values = (number(low), number(high) if high else number(low))
@@ -359,11 +365,20 @@ def parse_span(text: str, option: str) -> tuple[float, float]:
     return values
 
 
-def cmd_whatif(args: argparse.Namespace) -> int:
-    import json
+def _number(value: float) -> str:
+    return f"{value:g}".replace("e+", "e")
 
+
+def _in_range(value: float | None, option: str, high: float) -> None:
+    """Raises ConfigError naming `option` unless `value` is None or a number from 0 to `high`."""
+    if value is not None and not 0 <= value <= high:  # NaN is neither
+        raise ConfigError(f"{option}: must be a number from 0 to {_number(high)}, got {_number(value)}")
+
+
+def cmd_whatif(args: argparse.Namespace) -> int:
     from . import whatif, whatif_render
-    from .report import ledger_traffic
+    from .config import MAX_AMOUNT
+    from .report import json_text, ledger_traffic
 
     config = _load(args)
     if config is None:
@@ -371,6 +386,9 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     costs = CostModel.from_config(config)
     notes: list[str] = []
     try:
+        for option, value, high in (("--input-share", args.input_share, 1), ("--cloud-share", args.cloud_share, 1),
+                                    ("--duty", args.duty, 1), ("--electricity", args.electricity, MAX_AMOUNT)):
+            _in_range(value, option, high)
         seen = ledger_traffic(config.ledger.resolved_path) if config.ledger.resolved_path.exists() else None
         if args.tokens_per_month:
             tokens = whatif.Span(*parse_span(args.tokens_per_month, "--tokens-per-month"))
@@ -399,13 +417,15 @@ def cmd_whatif(args: argparse.Namespace) -> int:
         if not any(t.hardware_cost for t in costs.tiers.values()):
             notes.append("no tier has a hardware_cost: set [costs.tiers.<name>] hardware_cost (and power_watts, "
                          "maintenance_per_month) for a break-even")
+        elif without := [o.name for o in options if not o.hardware.high]:
+            notes.append(f"{', '.join(without)}: no hardware_cost, so there is no return on it to compute (ROI null)")
     traffic = whatif.Traffic(tokens, input_share, cloud_share, args.duty)
     prices = whatif.Prices(args.electricity if args.electricity is not None else costs.electricity_per_kwh,
                            costs.cloud_input_per_mtok, costs.cloud_output_per_mtok, cloud_bill)
     data = {"scenario": args.scenario, "currency": currency, "traffic": asdict(traffic), "prices": asdict(prices),
             "options": whatif.evaluate(options, traffic, prices), "notes": notes}
     if args.format == "json":
-        text = json.dumps(data, indent=2) + "\n"
+        text = json_text(data) + "\n"
     elif args.format == "html":
         text = whatif_render.render_html(data)
     else:

@@ -15,11 +15,17 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 PREFIX = "hf:"
-REF = re.compile(r"^hf:(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+)/(?P<file>[^@\s]+\.gguf)(?:@(?P<revision>[^\s@]+))?$")
+NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
+"""An owner or repository name as the hub allows it (and without '--' or '..')."""
 SPLIT = re.compile(r"^(?P<stem>.*)-(?P<part>\d{5})-of-(?P<parts>\d{5})\.gguf$")
+MAX_PARTS = 1024
+"""llama.cpp holds every part of a split GGUF open while it loads the model, so more parts than the usual
+limit of 1024 open files cannot load (gguf-split's own split.count field would allow 65535)."""
 EXPECT = 'hf:<owner>/<repo>/<file>.gguf with an optional @<revision>, such as "hf:bartowski/Qwen2.5-7B-Instruct-GGUF/Qwen2.5-7B-Instruct-Q4_K_M.gguf"'
 
 
@@ -55,18 +61,42 @@ class HfRef:
 
 
 def parse(text: str) -> HfRef:
-    """Raises ValueError with what is expected."""
-    match = REF.match(text)
-    if match is None:
-        raise ValueError(f"must be {EXPECT}, got {json.dumps(text)}")
-    ref = HfRef(match["owner"], match["repo"], match["file"], match["revision"] or "main")
-    if ".." in Path(ref.file).parts or ref.file.startswith("/") or ".." in ref.revision.split("/"):
-        raise ValueError(f"must name a file inside the repository, got {json.dumps(text)}")
-    split = SPLIT.match(Path(ref.file).name)
+    """Raises ValueError with what is expected. Every part becomes a path in the model cache, so none may leave
+    it: owner and repository are hub names, the file and the revision relative paths without '.', '..' or
+    empty segments."""
+    shown = json.dumps(text)
+    body, at, revision = text.removeprefix(PREFIX).partition("@")
+    owner, _, rest = body.partition("/")
+    repo, _, file = rest.partition("/")
+    if not text.startswith(PREFIX) or not file.endswith(".gguf") or (at and not revision) or "@" in revision:
+        raise ValueError(f"must be {EXPECT}, got {shown}")
+    for role, name in (("owner", owner), ("repository", repo)):
+        if not NAME.fullmatch(name) or ".." in name or "--" in name:
+            raise ValueError(f"the {role} {json.dumps(name)} in {shown} is not a hub name (letters, digits, '-', '_' "
+                             "and '.', not starting or ending with '-' or '.', no '--' or '..')")
+    for role, path, expect in (("file", file, "a relative path inside the repository"),
+                               ("revision", revision or "main", "a branch, tag or commit")):
+        if problem := _path_problem(path):
+            raise ValueError(f"the {role} {json.dumps(path)} in {shown} must be {expect}, without {problem}")
+    split = SPLIT.match(Path(file).name)
+    if split is not None and not 1 <= int(split["parts"]) <= MAX_PARTS:
+        raise ValueError(f"{shown} names a GGUF split into {int(split['parts'])} parts; a split GGUF has 1 to "
+                         f"{MAX_PARTS} parts (llama.cpp holds every part open while it loads)")
     if split is not None and int(split["part"]) != 1:
         first = f"{split['stem']}-00001-of-{split['parts']}.gguf"
         raise ValueError(f"names part {int(split['part'])} of a split GGUF; name its first part, {first}")
-    return ref
+    return HfRef(owner, repo, file, revision or "main")
+
+
+def _path_problem(path: str) -> str | None:
+    """What makes `path` unfit to be joined to a folder, in words, or None."""
+    if any(not c.isprintable() or c.isspace() for c in path):
+        return "whitespace or control characters"
+    if "\\" in path:
+        return "backslashes"
+    if any(segment in ("", ".", "..") for segment in path.split("/")):
+        return "empty, '.' or '..' segments (or a leading '/')"
+    return None
 
 
 class PullError(Exception):
@@ -132,9 +162,11 @@ def pull(ref: HfRef, models_dir: Path, key: str, sha256: str | None = None,
     return path
 
 
-def fetch_head(ref: HfRef, name: str, folder: Path, nbytes: int, key: str) -> Path:
+def fetch_head(ref: HfRef, name: str, folder: Path, nbytes: int, key: str) -> tuple[Path, int]:
     """The first `nbytes` of the remote file `name` of `ref`, in a sparse local file of the remote file's full
-    size (the rest reads as zeros): enough for the GGUF header and tensor table without the weights."""
+    size (the rest reads as zeros): enough for the GGUF header and tensor table without the weights. Returns
+    the file and how many bytes of it came from the hub (fewer than `nbytes` for a shorter file). The answer
+    is streamed and read no further than `nbytes`, whatever the hub sends."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
@@ -142,21 +174,50 @@ def fetch_head(ref: HfRef, name: str, folder: Path, nbytes: int, key: str) -> Pa
         raise PullError(f"{key}: {ref} is not downloaded, and HF_HUB_OFFLINE is set, so its header is not read "
                         "from the hub; run `mcp-tiered pull` where the hub is reachable")
     url = hf_hub_url(ref.repo_id, name, revision=ref.revision)
+    path = folder / Path(name).name
+    got = 0
     try:
         size = get_hf_file_metadata(url).size or 0
-        response = get_session().get(url, headers={**build_hf_headers(), "Range": f"bytes=0-{nbytes - 1}"},
-                                     follow_redirects=True)
-        hf_raise_for_status(response)
+        with get_session().stream("GET", url, headers={**build_hf_headers(), "Range": f"bytes=0-{nbytes - 1}"},
+                                  follow_redirects=True, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
+            if response.status_code >= 400:
+                hf_raise_for_status(_bounded(response))
+            with path.open("wb") as f:
+                for chunk in response.iter_bytes(1 << 16):
+                    chunk = chunk[:nbytes - got]
+                    f.write(chunk)
+                    got += len(chunk)
+                    if got >= nbytes:
+                        break
     except Exception as exc:
         if _unreachable(exc):
             raise PullError(f"{key}: {ref}: cannot reach the hub ({_endpoint()}) to read the header of {name}; "
                             "plan it with the hub reachable, or after `mcp-tiered pull`") from exc
+        if isinstance(exc, OSError) and getattr(exc, "response", None) is None:
+            raise PullError(f"{key}: {ref}: cannot write the header of {name} into {folder} ({exc})") from exc
         raise PullError(f"{key}: {ref}: {explain(exc, ref, name)}") from exc
-    path = folder / Path(name).name
-    with path.open("wb") as f:
-        f.write(response.content[:nbytes])
-        f.truncate(max(size, len(response.content)))
-    return path
+    try:
+        with path.open("r+b") as f:
+            f.truncate(max(size, got))
+    except (OSError, OverflowError) as exc:
+        raise PullError(f"{key}: {ref}: the hub gives {name} a size of {size} bytes, which no file here can have "
+                        f"({exc})") from exc
+    return path, got
+
+
+def _bounded(response: Any, limit: int = 1 << 16) -> Any:
+    """A copy of a streamed error answer with at most `limit` bytes of its body, for hf_raise_for_status (which
+    reads the whole body for the hub's message)."""
+    import httpx2
+
+    body = b""
+    for chunk in response.iter_bytes(1 << 14):
+        body += chunk
+        if len(body) >= limit:
+            break
+    headers = [(k, v) for k, v in response.headers.items()
+               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx2.Response(response.status_code, headers=headers, content=body[:limit], request=response.request)
 
 
 def explain(exc: Exception, ref: HfRef, name: str) -> str:
@@ -172,14 +233,36 @@ def explain(exc: Exception, ref: HfRef, name: str) -> str:
         return f"no repository {ref.repo_id} on the hub (or it is private and {token})"
     if isinstance(exc, RevisionNotFoundError):
         return f"the repository {ref.repo_id} has no revision {ref.revision!r}"
+    if isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError):
+        return f"the repository {ref.repo_id} has no file {name} at revision {ref.revision!r}"
+    if (status := _http_status(exc)) is not None:
+        return (f"the hub ({_endpoint()}) answered HTTP {status}{_phrase(status)} to the request for {name}"
+                + ("; try again later" if status >= 500 else ""))
     if isinstance(exc, LocalEntryNotFoundError) or _unreachable(exc):
         return (f"cannot reach the hub to fetch {name} ({_endpoint()}), and it is not downloaded yet; check the "
                 "network (or HF_ENDPOINT) and pull again")
-    if isinstance(exc, EntryNotFoundError):
-        return f"the repository {ref.repo_id} has no file {name} at revision {ref.revision!r}"
     if isinstance(exc, OSError) and getattr(exc, "response", None) is None:
         return f"cannot write {name} into the model cache ({exc})"
     return f"the download of {name} failed ({type(exc).__name__}: {_first_line(exc)})"
+
+
+def _phrase(status: int) -> str:
+    try:
+        return f" ({HTTPStatus(status).phrase})"
+    except ValueError:
+        return ""
+
+
+def _http_status(exc: BaseException | None) -> int | None:
+    """The HTTP status of the hub's answer behind `exc` (huggingface_hub wraps it in other errors), if any."""
+    for _ in range(8):  # a chain of causes is short (and may loop)
+        if exc is None:
+            return None
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _unreachable(exc: BaseException) -> bool:

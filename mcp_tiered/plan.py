@@ -1,5 +1,5 @@
-"""`mcp-tiered plan`: the memory a tier needs, from its GGUF's metadata alone (the `gguf` package reads the
-header and the tensor table; no weights are loaded), against the GPUs found (NVIDIA's management library)
+"""`mcp-tiered plan`: the memory a tier needs, from its GGUF's metadata alone (its header and tensor table,
+read by `gguf_header`; no weights are loaded), against the GPUs found (NVIDIA's management library)
 or named (`--gpu 24GB`, `--gpu a100-80`, one flag per GPU).
 
 The figures follow what llama.cpp allocates (checked against the buffer sizes it reports when it loads the
@@ -19,7 +19,9 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .gguf_header import ARRAY, INTEGERS, STRING, TYPE_NAMES, GGUFError, HeaderCut, read_header, shown
 
 if TYPE_CHECKING:
     from .hub import HfRef
@@ -118,59 +120,91 @@ class Shape:
         return sum(self.layer_bytes) + self.output_bytes + self.embedding_bytes
 
 
+MAX_LAYERS = 512
+"""llama.cpp's LLAMA_MAX_LAYERS."""
+
+
 def read_shape(path: Path) -> Shape:
-    """Raises ValueError naming what is missing. A split GGUF's tensors are read from every part beside it."""
-    from gguf import GGUFReader, LlamaFileType
+    """Raises GGUFError (a ValueError) naming the file and what is wrong or missing, or OSError. A split GGUF's
+    tensors are read from every part beside it."""
+    from gguf import LlamaFileType
 
-    from .hub import SPLIT
+    from .hub import MAX_PARTS, SPLIT
 
-    reader = GGUFReader(str(path))
-    tensors = list(reader.tensors)
+    seen: set[str] = set()
+    first = read_header(path, seen)
+    tensors = list(first.tensors)
+    parts = 1
     if split := SPLIT.match(path.name):
-        for part in range(2, int(split["parts"]) + 1):
-            tensors += GGUFReader(str(path.with_name(f"{split['stem']}-{part:05d}-of-{split['parts']}.gguf"))).tensors
+        parts = int(split["parts"])
+        if not 1 <= parts <= MAX_PARTS:
+            raise GGUFError(path, f"the name says the GGUF is split into {parts} parts; a split GGUF has 1 to "
+                                  f"{MAX_PARTS} (llama.cpp holds every part open while it loads)")
+        for part in range(2, parts + 1):
+            other = path.with_name(f"{split['stem']}-{part:05d}-of-{split['parts']}.gguf")
+            if not other.is_file():
+                raise GGUFError(other, f"part {part} of the {parts} of this split GGUF is missing")
+            tensors += read_header(other, seen).tensors
 
-    def value(key: str, default: object = None) -> object:
-        found = reader.fields.get(key)
-        if found is None:
+    def value(key: str, default: Any = None, kinds: frozenset[int] = INTEGERS, low: int = 0,
+              high: int | None = None) -> Any:
+        if key not in first.types:
             if default is None:
-                raise ValueError(f"{path}: the GGUF metadata has no {key}")
+                raise GGUFError(path, f"the GGUF metadata has no {shown(key)}")
             return default
-        return found.contents()
+        kind, found = first.types[key], first.values[key]
+        if kind not in kinds:
+            expected = "a string" if kinds == {STRING} else "an integer"
+            raise GGUFError(path, f"{shown(key)} has GGUF type {TYPE_NAMES[kind]}, not {expected} type")
+        if kind in INTEGERS and (found < low or (high is not None and found > high)):
+            raise GGUFError(path, f"{shown(key)} is {found}; it must be "
+                                  + (f"between {low} and {high}" if high is not None else f"at least {low}"))
+        return found
 
-    arch = str(value("general.architecture"))
-    layers = int(value(f"{arch}.block_count"))
-    heads = int(value(f"{arch}.attention.head_count"))
-    kv_heads = int(value(f"{arch}.attention.head_count_kv", heads))
-    embedding = int(value(f"{arch}.embedding_length"))
-    key_length = int(value(f"{arch}.attention.key_length", embedding // heads))
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = int(value(f"{arch}.vocab_size", len(tokens.data) if tokens is not None else 0))
+    arch = value("general.architecture", kinds=frozenset({STRING})).decode("utf-8", "replace")
+    if (count := value("split.count", 0, high=MAX_PARTS)) not in (0, parts):
+        raise GGUFError(path, f"split.count says {count} parts, the file name {parts}")
+    layers = value(f"{arch}.block_count", low=1, high=MAX_LAYERS)
+    heads = value(f"{arch}.attention.head_count", low=1)
+    kv_heads = value(f"{arch}.attention.head_count_kv", heads, low=1)
+    embedding = value(f"{arch}.embedding_length", low=1)
+    key_length = value(f"{arch}.attention.key_length", embedding // heads)
+    tokens = first.values.get("tokenizer.ggml.tokens") if first.types.get("tokenizer.ggml.tokens") == ARRAY else 0
+    vocab = value(f"{arch}.vocab_size", tokens or 0)
     per_layer = [0] * layers
     output = embeddings = 0
-    for tensor in tensors:
-        if match := re.match(r"blk\.(\d+)\.", tensor.name):
-            per_layer[int(match[1])] += int(tensor.n_bytes)
-        elif tensor.name.startswith("token_embd"):
-            embeddings += int(tensor.n_bytes)
+    for name, _, nbytes in tensors:
+        if match := re.match(r"blk\.(\d+)\.", name):
+            if int(match[1]) >= layers:
+                raise GGUFError(path, f"the tensor {shown(name)} is in layer {match[1]}, but "
+                                      f"{shown(f'{arch}.block_count')} is {layers}")
+            per_layer[int(match[1])] += nbytes
+        elif name.startswith("token_embd"):
+            embeddings += nbytes
         else:
-            output += int(tensor.n_bytes)
+            output += nbytes
+    file_type = first.values.get("general.file_type") if first.types.get("general.file_type") in INTEGERS else None
     try:
-        quantization = LlamaFileType(int(value("general.file_type"))).name.removeprefix("MOSTLY_")
-    except (ValueError, TypeError):
+        quantization = LlamaFileType(file_type).name.removeprefix("MOSTLY_")
+    except ValueError:
         quantization = "unknown"
-    return Shape(arch, str(value("general.name", path.stem)), quantization,
-                 sum(int(t.n_elements) for t in tensors), layers, heads, kv_heads, key_length,
-                 int(value(f"{arch}.attention.value_length", key_length)), embedding, vocab,
-                 int(value(f"{arch}.context_length", 0)), tuple(per_layer), output, embeddings)
+    name = first.values.get("general.name") if first.types.get("general.name") == STRING else None
+    return Shape(_printable(arch), _printable(name.decode("utf-8", "replace")) if name else path.stem, quantization,
+                 sum(elements for _, elements, _ in tensors), layers, heads, kv_heads, key_length,
+                 value(f"{arch}.attention.value_length", key_length), embedding, vocab,
+                 value(f"{arch}.context_length", 0), tuple(per_layer), output, embeddings)
+
+
+def _printable(text: str) -> str:
+    """Text from a file for a table: control characters (terminal escapes) as \\x.. escapes."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def remote_shape(ref: HfRef, key: str, first_bytes: int = 4 << 20, limit: int = 256 << 20) -> Shape:
     """The shape of a hub model that is not downloaded, from the first megabytes of each of its files
-    (more until the header and tensor table are all there); raises hub.PullError."""
+    (more until the header and tensor table are all there); raises hub.PullError, or GGUFError naming the
+    hub file."""
     import tempfile
-
-    from gguf import GGUFReader
 
     from . import hub
 
@@ -178,16 +212,23 @@ def remote_shape(ref: HfRef, key: str, first_bytes: int = 4 << 20, limit: int = 
         for name in ref.files():
             nbytes = first_bytes
             while True:
-                path = hub.fetch_head(ref, name, Path(folder), nbytes, key)
+                path, got = hub.fetch_head(ref, name, Path(folder), nbytes, key)
                 try:
-                    if GGUFReader(str(path)).data_offset <= nbytes:
-                        break
-                except (ValueError, IndexError, KeyError):
-                    pass  # cut inside the header
+                    read_header(path, set(), got)
+                    break
+                except HeaderCut:
+                    if got < nbytes:
+                        raise hub.PullError(f"{key}: {ref}: the hub sent {got} bytes of {name} where {nbytes} were "
+                                            "asked, and its GGUF header goes on past them") from None
+                except GGUFError as exc:
+                    raise GGUFError(f"{ref} ({name} on the hub)", exc.what) from None
                 if nbytes >= limit:
                     raise hub.PullError(f"{key}: {ref}: the GGUF header of {name} is larger than {limit >> 20} MB")
                 nbytes *= 2
-        return read_shape(Path(folder) / Path(ref.file).name)
+        try:
+            return read_shape(Path(folder) / Path(ref.file).name)
+        except GGUFError as exc:
+            raise GGUFError(f"{ref} (on the hub)", exc.what) from None
 
 
 @dataclass(frozen=True)

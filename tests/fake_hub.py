@@ -1,7 +1,8 @@
 """A local stand-in for the Hugging Face Hub: the part of its file API that `huggingface_hub.hf_hub_download`
 uses (HEAD and GET on /<repo>/resolve/<revision>/<file>, ranged GETs, the X-Repo-Commit / ETag headers and
 the X-Error-Code answers for a missing repository, revision or file and a gated repository), on a free port
-in a thread. Point HF_ENDPOINT at `url`."""
+in a thread. Point HF_ENDPOINT at `url`. Hostile modes: a repository that answers every file name, ranges
+ignored, every request answered by an error page."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ class Repo:
     gated_token: str | None = None
     """Set: the repository is gated; only this bearer token may read it."""
     commit: str = "a" * 40
+    any_file: Path | None = None
+    """Set: every file name the repository does not list is answered with this file (a hostile hub)."""
 
 
 @dataclass
@@ -33,6 +36,10 @@ class Hub:
     cut_next_get_at: int | None = None
     """Set: the next full GET sends its headers and this many bytes, then closes the connection."""
     bytes_sent: int = 0
+    ignore_range: bool = False
+    """Set: ranged GETs get the whole file (200), as from a server that does not do ranges."""
+    fail_with: int | None = None
+    """Set: every request is answered with this status and an HTML page, as from a proxy in front of the hub."""
 
     def __post_init__(self) -> None:
         hub = self
@@ -76,6 +83,8 @@ class Hub:
         path = unquote(handler.path.split("?")[0])
         self.requests.append((handler.command, path, handler.headers.get("Range"),
                               handler.headers.get("Authorization")))
+        if self.fail_with is not None:
+            return self._html_error(handler, self.fail_with, body)
         match = RESOLVE.match(path)
         repo = self.repos.get(match["repo"]) if match else None
         if match is None or repo is None:
@@ -84,12 +93,12 @@ class Hub:
             return self._error(handler, 401, "GatedRepo", "Access to this repository is restricted")
         if match["revision"] not in (*repo.revisions, repo.commit):
             return self._error(handler, 404, "RevisionNotFound", "Invalid rev id")
-        source = repo.files.get(match["file"])
+        source = repo.files.get(match["file"], repo.any_file)
         if source is None:
             return self._error(handler, 404, "EntryNotFound", "Entry not found")
         size = source.stat().st_size
         start, end, status = 0, size - 1, 200
-        if body and (wanted := handler.headers.get("Range")):
+        if body and (wanted := handler.headers.get("Range")) and not self.ignore_range:
             first, last = re.match(r"bytes=(\d+)-(\d*)", wanted).groups()
             start, end, status = int(first), min(int(last), size - 1) if last else size - 1, 206
         handler.send_response(status)
@@ -108,11 +117,25 @@ class Hub:
         with source.open("rb") as f:
             f.seek(start)
             while limit > 0 and (chunk := f.read(min(1 << 20, limit))):
-                handler.wfile.write(chunk)
+                try:
+                    handler.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
+                    handler.close_connection = True
+                    return
                 self.bytes_sent += len(chunk)
                 limit -= len(chunk)
         handler.wfile.flush()
         handler.close_connection = cut  # the rest of the promised body never comes
+
+    def _html_error(self, handler: BaseHTTPRequestHandler, status: int, body: bool) -> None:
+        page = f"<html><body><h1>{status} Bad Gateway</h1><p>nginx</p></body></html>".encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "text/html")
+        handler.send_header("Retry-After", "0")  # huggingface_hub's retries then wait 1 s each, not up to 8
+        handler.send_header("Content-Length", str(len(page)))
+        handler.end_headers()
+        if body:
+            handler.wfile.write(page)
 
 
 _hashes: dict[Path, str] = {}

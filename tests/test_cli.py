@@ -59,3 +59,19 @@ async def test_claude_desktop_entry_runs_as_printed(small_config: Path) -> None:
         async with Client(params) as client:
             tools = (await client.list_tools()).tools
     assert [t.name for t in tools] == ["generate_small"]
+
+
+NUL_PATH = '[tiers.small]\nmodel = "/tmp/x\\u0000.gguf"\ndescription = "x"\n'
+NUL_SENTENCE = 'error: tiers.small.model: a path cannot contain a NUL character, got "/tmp/x\\u0000.gguf"\n'
+
+
+def test_check_refuses_a_model_path_with_a_nul_byte_in_one_sentence(write_config) -> None:
+    out = subprocess.run([MCP_TIERED, "check", "--config", str(write_config(NUL_PATH))], capture_output=True,
+                         text=True, timeout=30)
+    assert (out.returncode, out.stdout, out.stderr) == (1, "", NUL_SENTENCE)
+
+
+def test_serve_refuses_a_model_path_with_a_nul_byte_in_one_sentence(write_config) -> None:
+    out = subprocess.run([MCP_TIERED, "serve", "--config", str(write_config(NUL_PATH))], capture_output=True,
+                         text=True, stdin=subprocess.DEVNULL, timeout=30)
+    assert (out.returncode, out.stdout, out.stderr) == (1, "", NUL_SENTENCE)

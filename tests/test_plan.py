@@ -8,6 +8,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -15,6 +16,7 @@ import pytest
 
 from conftest import MCP_TIERED, REPO, server_env
 from mcp_tiered import plan
+from small_gguf import write_smollm2_like
 
 
 def _script(name: str):  # noqa: ANN202
@@ -147,3 +149,49 @@ def test_kv_cache_counts_every_slot_of_a_llama_server_tier(shapes: Path, tmp_pat
     config.write_text(text.replace('model = "', f'model = "{shapes.parent}/'))
     one, four = plan_json(shapes, "h200")["t13b"], plan_json(config, "h200")["t13b"]
     assert four["context_cells"] == 4 * one["context_cells"] and four["need"]["kv_gpu"] == 4 * one["need"]["kv_gpu"]
+
+
+def hostile_tier(model: Path, extra: str = "") -> str:
+    return f'[tiers.t]\nmodel = "{model}"\ndescription = "hostile"\nn_ctx = 1024\nmax_tokens = 64\n{extra}'
+
+
+def test_plan_says_in_one_sentence_that_a_model_has_no_attention_heads(write_config, tmp_path: Path) -> None:
+    model = tmp_path / "heads.gguf"
+    write_smollm2_like(model, head_count=0)
+    done = subprocess.run([MCP_TIERED, "plan", "--config", str(write_config(hostile_tier(model))), "--gpu", "24GB"],
+                          capture_output=True, text=True, env=server_env(), timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.splitlines()[-1] == (f"t          tiers.t.model: cannot read the GGUF metadata ({model}: "
+                                            "llama.attention.head_count is 0; it must be at least 1)")
+
+
+def test_check_exits_nonzero_naming_a_header_llama_cpp_would_refuse(write_config, tmp_path: Path) -> None:
+    model = tmp_path / "cut.gguf"
+    write_smollm2_like(model)
+    with model.open("r+b") as f:  # the tensor table cut short: llama.cpp's "failed to read tensor info"
+        f.truncate(20_000)
+    done = subprocess.run([MCP_TIERED, "check", "--config", str(write_config(hostile_tier(model)))],
+                          capture_output=True, text=True, env=server_env(), timeout=60)
+    assert done.returncode == 1
+    (line,) = done.stdout.splitlines()
+    assert line.startswith(f"error  tiers.t.model: cannot read the GGUF metadata ({model}: the file ends inside ")
+
+
+@pytest.mark.parametrize("script", [None, "#!/bin/sh\necho 'llama-server, honest'\nsleep 30 &\n"],
+                         ids=["bin-true", "a-script-that-leaves-a-child"])
+def test_check_says_that_a_server_binary_is_not_llama_server(script: str | None, write_config, tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    write_smollm2_like(model)
+    binary = Path("/bin/true")
+    if script is not None:  # one that answers something else, and leaves a child holding its output open
+        binary = tmp_path / "server.sh"
+        binary.write_text(script)
+        binary.chmod(0o755)
+    config = write_config(hostile_tier(model, f'engine = "llama-server"\nserver_binary = "{binary}"\n'))
+    started = time.monotonic()
+    done = subprocess.run([MCP_TIERED, "check", "--config", str(config)], capture_output=True, text=True,
+                          env=server_env(), timeout=60)
+    assert done.returncode == 1 and time.monotonic() - started < 10
+    assert done.stdout.splitlines()[0] == (
+        f"error  tiers.t.server_binary: {binary} is not llama.cpp's llama-server: `--version` did not print "
+        "llama.cpp's version banner (\"version: …\" and \"built with … for …\")")

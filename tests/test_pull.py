@@ -4,8 +4,10 @@ serving SmolLM2 and small files; the model cache in a temporary folder ($MCP_TIE
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -15,6 +17,7 @@ from conftest import MCP_TIERED, free_port, server_env, stdio_server
 from fake_hub import Hub, Repo
 from mcp_tiered import hub
 from mcp_tiered.config import load_config, model_file_problem
+from small_gguf import write_smollm2_like
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -184,8 +187,6 @@ def test_plan_reads_the_header_of_a_model_not_downloaded_and_nothing_more(write_
         ranges = fake.gets("qwen.gguf")
         sent = fake.bytes_sent
     assert done.returncode == 0, done.stderr
-    import json
-
     (row,) = json.loads(done.stdout)["tiers"]
     assert row["metadata_from"] == "hub header" and row["shape"]["architecture"] == "qwen2"
     assert row["shape"]["layers"] == 28 and row["fits"]
@@ -226,7 +227,9 @@ def test_a_terminal_gets_progress_bars_and_a_pipe_plain_lines(write_config, env,
     assert "100%|" in shown.decode(errors="replace")
 
 
-def test_check_names_a_model_file_whose_sha256_differs(write_config, env, blob: Path) -> None:
+def test_check_names_a_model_file_whose_sha256_differs(write_config, env, tmp_path: Path) -> None:
+    blob = tmp_path / "model.gguf"
+    write_smollm2_like(blob)
     config = write_config(tier(str(blob), f'sha256 = "{"1" * 64}"\n'))
     check = subprocess.run([MCP_TIERED, "check", "--config", str(config)], env=env, capture_output=True, text=True)
     assert check.returncode == 1
@@ -234,3 +237,93 @@ def test_check_names_a_model_file_whose_sha256_differs(write_config, env, blob: 
            "key is wrong" in check.stdout
     good = write_config(tier(str(blob), f'sha256 = "{sha256(blob)}"\n'), name="good.toml")
     assert subprocess.run([MCP_TIERED, "check", "--config", str(good)], env=env, capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize(("model", "problem"), [
+    ("hf:../../x.gguf", 'the owner ".." in "hf:../../x.gguf" is not a hub name'),
+    ("hf:owner/../x.gguf", 'the repository ".." in "hf:owner/../x.gguf" is not a hub name'),
+    ("hf:./repo/x.gguf", 'the owner "." in "hf:./repo/x.gguf" is not a hub name'),
+    ("hf:owner/repo/a//x.gguf", 'the file "a//x.gguf" in "hf:owner/repo/a//x.gguf" must be a relative path inside'),
+    ("hf:owner/repo/./x.gguf", 'the file "./x.gguf" in "hf:owner/repo/./x.gguf" must be a relative path inside'),
+    ("hf:owner/repo/x.gguf@.", 'the revision "." in "hf:owner/repo/x.gguf@." must be a branch, tag or commit'),
+])
+def test_an_hf_name_that_would_leave_the_model_cache_is_one_sentence_and_nothing_is_fetched(
+        model: str, problem: str, write_config, env, blob: Path) -> None:
+    config = write_config(tier(model))
+    with Hub({"owner/repo": Repo({"x.gguf": blob}, any_file=blob)}) as fake:
+        done = pull(config, env, fake.url)
+        check = subprocess.run([MCP_TIERED, "check", "--config", str(config)], env=env, capture_output=True, text=True)
+        assert fake.requests == []
+    for out in (done, check):
+        assert out.returncode == 1 and out.stdout == ""
+        (line,) = out.stderr.splitlines()
+        assert line.startswith(f"error: tiers.small.model: {problem}")
+    assert not any(Path(env["MCP_TIERED_MODELS"]).parent.rglob("x.gguf"))
+
+
+def test_an_hf_name_with_a_nul_byte_is_one_sentence(write_config, env) -> None:
+    config = write_config(tier("hf:owner/repo/x\\u0000.gguf"))
+    check = subprocess.run([MCP_TIERED, "check", "--config", str(config)], env=env, capture_output=True, text=True)
+    assert check.returncode == 1
+    assert check.stderr == ('error: tiers.small.model: the file "x\\u0000.gguf" in "hf:owner/repo/x\\u0000.gguf" must '
+                            "be a relative path inside the repository, without whitespace or control characters\n")
+
+
+def test_a_split_gguf_of_more_parts_than_llama_cpp_can_open_is_refused_before_any_download(
+        write_config, env, tmp_path: Path) -> None:
+    config = write_config(tier("hf:owner/repo/m-00001-of-99999.gguf"))
+    part = tmp_path / "part.gguf"
+    part.write_bytes(b"GGUF")
+    with Hub({"owner/repo": Repo({}, any_file=part)}) as fake:  # it answers every part's name
+        done = subprocess.run([MCP_TIERED, "pull", "--config", str(config)], env={**env, "HF_ENDPOINT": fake.url},
+                              capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert fake.requests == []
+    assert done.returncode == 1
+    assert done.stderr == ('error: tiers.small.model: "hf:owner/repo/m-00001-of-99999.gguf" names a GGUF split into '
+                           "99999 parts; a split GGUF has 1 to 1024 parts (llama.cpp holds every part open while it "
+                           "loads)\n")
+    assert len(hub.parse("hf:owner/repo/m-00001-of-01024.gguf").files()) == 1024
+    with pytest.raises(ValueError, match="split into 1025 parts"):
+        hub.parse("hf:owner/repo/m-00001-of-01025.gguf")
+
+
+@pytest.fixture
+def sparse_300mb(tmp_path: Path) -> Path:
+    """A GGUF with SmolLM2's shape (a 30 kB header) and 300 MB of zeros that take no disk."""
+    path = tmp_path / "big.gguf"
+    write_smollm2_like(path)
+    with path.open("r+b") as f:
+        f.truncate(300 << 20)
+    return path
+
+
+def test_plan_reads_no_more_than_it_asked_of_a_hub_that_ignores_range(write_config, env, sparse_300mb: Path) -> None:
+    config = write_config(tier("hf:owner/repo/big.gguf"))
+    measure = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "  # its peak RSS, in kB
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+               "sys.exit(done.returncode)")
+    with Hub({"owner/repo": Repo({"big.gguf": sparse_300mb})}, ignore_range=True) as fake:
+        done = subprocess.run([sys.executable, "-c", measure, MCP_TIERED, "plan", "--config", str(config), "--gpu",
+                               "24GB", "--format", "json"], env={**env, "HF_ENDPOINT": fake.url}, capture_output=True,
+                              text=True, timeout=120)
+        sent = fake.bytes_sent
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)["tiers"]
+    assert row["metadata_from"] == "hub header" and row["shape"]["layers"] == 30
+    peak_mb = int(done.stderr.splitlines()[-1]) / 1024
+    assert sent < 32 << 20, f"{sent >> 20} MB sent"  # 4 MB asked; the rest is what the sockets buffered
+    assert peak_mb < 200, f"peak RSS {peak_mb:.0f} MB"
+
+
+@pytest.mark.parametrize("command", ["pull", "plan"])
+def test_a_hub_answering_502_is_named_with_its_status_not_as_unreachable(command: str, write_config, env) -> None:
+    config = write_config(tier("hf:owner/repo/blob.gguf"))
+    with Hub(fail_with=502) as fake:
+        done = subprocess.run([MCP_TIERED, command, "--config", str(config)], env={**env, "HF_ENDPOINT": fake.url},
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    sentence = (f"tiers.small.model: hf:owner/repo/blob.gguf: the hub ({fake.url}) answered HTTP 502 (Bad Gateway) to "
+                "the request for blob.gguf; try again later")
+    if command == "pull":
+        assert done.returncode == 1 and done.stderr.splitlines()[-1] == f"error: {sentence}"
+    else:
+        assert done.stdout.splitlines()[-1] == f"small      {sentence}"
