@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -114,25 +115,28 @@ class _Values:
     def __init__(self) -> None:
         self.replaced: list[str] = []
 
+    # Comparisons, not isinstance: this runs for every column of every row, before each answer goes out.
     def count(self, column: str, value: object) -> int:
-        if isinstance(value, int | float) and 0 <= value <= INT64_MAX:
-            return int(value)
-        self.replaced.append(column)
-        return 0
+        return int(value) if self._within(value, 0, INT64_MAX) else self._replace(column, 0)
 
     def amount(self, column: str, value: object) -> float:
-        if isinstance(value, int | float) and 0 <= value <= MAX_AMOUNT:
-            return float(value)
-        self.replaced.append(column)
-        return 0.0
+        return float(value) if self._within(value, 0, MAX_AMOUNT) else self._replace(column, 0.0)
 
     def statistic(self, column: str, value: object) -> float | None:
-        if value is None:
-            return None
-        if isinstance(value, int | float) and -MAX_AMOUNT <= value <= MAX_AMOUNT:
-            return float(value)
+        if value is None or self._within(value, -MAX_AMOUNT, MAX_AMOUNT):
+            return None if value is None else float(value)
+        return self._replace(column, None)
+
+    @staticmethod
+    def _within(value: object, low: float, high: float) -> bool:
+        try:
+            return low <= value <= high  # False for NaN; TypeError for what is no number
+        except TypeError:
+            return False
+
+    def _replace(self, column: str, stored: object) -> Any:
         self.replaced.append(column)
-        return None
+        return stored
 
     @staticmethod
     def text(value: object) -> str | None:
