@@ -485,8 +485,10 @@ class Ledger:
             self._guard_shm()
             try:
                 self._insert(batch)
-            except DATA_ERRORS:
-                return self._write_each(batch)
+            except Exception as exc:
+                if isinstance(exc, FILE_ERRORS) and not isinstance(exc, DATA_ERRORS):
+                    raise
+                return self._write_each(batch)  # a row's values, or a bug with one row: never the whole batch
         except FILE_ERRORS as exc:
             self._failed(exc, len(batch))
             return batch, []
@@ -509,6 +511,9 @@ class Ledger:
                 self._failed(exc, len(batch) - i)
                 kept = batch[i:]
                 break
+            except Exception as exc:  # whatever else this one row raises: it alone is dropped
+                dropped.append(call)
+                errors[f"{type(exc).__name__}: {exc}"[:200]] += 1
         if dropped:
             log.error("ledger_rows_dropped", path=str(self.path), calls=len(dropped), errors=dict(errors),
                       reason="these rows cannot be stored; the rows around them are")

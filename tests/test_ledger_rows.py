@@ -81,3 +81,21 @@ def test_a_client_name_is_stored_with_its_invisible_characters_escaped(tmp_path:
     with closing(connect(path)) as conn:
         insert(conn, [call(1, client=name)])
     assert [c["client"] for c in rows(path, "calls")] == [stored]
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this value")
+
+
+@pytest.mark.anyio
+async def test_a_row_that_raises_something_unforeseen_is_dropped_alone(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(path)
+    broken = call(9, client=Unprintable())  # type: ignore[arg-type]
+    with anyio.fail_after(10):
+        assert await ledger.commit(call(1))
+        assert not await ledger.commit(broken)
+        assert [await ledger.commit(call(n)) for n in (2, 3)] == [True, True]
+    ledger.close()
+    assert [c["prompt_tokens"] for c in rows(path, "calls")] == [1, 2, 3] and ledger.unwritten == 0

@@ -38,3 +38,20 @@ def test_log_probabilities_that_are_not_numbers_below_zero_become_the_floor() ->
 def test_rounding_just_above_zero_is_kept_at_zero() -> None:
     fixed, problems = checked(Completion("Paris.", "stop", 20, 1, (1e-7,)), REQUEST)
     assert fixed.token_logprobs == (0.0,) and problems == []
+
+
+def test_an_integer_too_large_for_a_float_is_invalid_not_an_overflow() -> None:
+    huge = 10**400  # JSON allows it, and json.loads makes it an int
+    fixed, problems = checked(Completion("Paris.", "stop", huge, huge, (-huge, -0.5)), REQUEST)
+    assert (fixed.prompt_tokens, fixed.completion_tokens) == (prompt_bound(REQUEST), REQUEST.max_tokens)
+    assert fixed.token_logprobs == (LOGPROB_FLOOR, -0.5) and len(problems) == 2
+
+
+@pytest.mark.parametrize("reader, event", [("chat", {"choices": [{"delta": {"content": ["x"]}}]}),
+                                           ("native", {"content": {"x": 1}})])
+def test_content_that_is_not_text_is_a_malformed_event(reader: str, event: dict) -> None:
+    from mcp_tiered.backends.llama_api import NativeReader
+    from mcp_tiered.backends.openai_api import ChatReader
+
+    with pytest.raises(ValueError, match="not text"):
+        (ChatReader() if reader == "chat" else NativeReader()).feed(event)

@@ -89,7 +89,9 @@ class NativeReader(StreamReader):
     "stop": true, "stop_type" and "tokens_evaluated"."""
 
     def feed(self, event: Any) -> None:
-        self.parts.append(event.get("content", ""))
+        if not isinstance(content := event.get("content", ""), str):
+            raise ValueError(f"content is {type(content).__name__}, not text")
+        self.parts.append(content)
         for prob in event.get("completion_probabilities") or ():
             self.logprobs.append(reported(prob["logprob"]))
         if event.get("stop"):

@@ -45,6 +45,8 @@ class ChatReader(StreamReader):
             raise ValueError(f"error event: {event['error']}")
         for choice in event.get("choices") or ():
             content = (choice.get("delta") or {}).get("content")
+            if content is not None and not isinstance(content, str):
+                raise ValueError(f"content is {type(content).__name__}, not text")
             if content:
                 self.parts.append(content)
             entries = (choice.get("logprobs") or {}).get("content") or ()

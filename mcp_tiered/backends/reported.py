@@ -24,8 +24,10 @@ def prompt_bound(request: GenerationRequest) -> int:
 
 
 def _count(value: object, bound: int) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            and value == int(value) and 0 <= value <= bound)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    # Compared as they are: an int of 400 digits (JSON allows it) is too large for a float.
+    return 0 <= value <= bound and (isinstance(value, int) or value == int(value))
 
 
 def checked(completion: Completion, request: GenerationRequest) -> tuple[Completion, list[str]]:
@@ -53,11 +55,11 @@ def checked(completion: Completion, request: GenerationRequest) -> tuple[Complet
 
 
 def _valid_logprob(value: object) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
-            and value <= LOGPROB_SLACK)
+    return (isinstance(value, int | float) and not isinstance(value, bool) and value <= LOGPROB_SLACK
+            and (isinstance(value, int) or not math.isnan(value)))
 
 
 def _logprob(value: float) -> float:
     if not _valid_logprob(value):
         return LOGPROB_FLOOR
-    return min(0.0, max(LOGPROB_FLOOR, float(value)))
+    return float(min(0.0, max(LOGPROB_FLOOR, value)))
