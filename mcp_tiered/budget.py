@@ -1,5 +1,5 @@
-"""The cloud spend cap: a call reserves its worst-case cost before it is sent, and settles the real
-cost when it answers. Reserving is synchronous (no await between check and spend), so concurrent calls
+"""The cloud spend cap ([budget]), one for every tier billed per token: a call reserves its worst-case cost
+at its tier's prices before it is sent, and settles the real cost when it answers. Reserving is synchronous (no await between check and spend), so concurrent calls
 can never overrun the cap together.
 
 Spend is kept per UTC day and month; the server starts from what the ledger recorded (`restore`).
@@ -13,7 +13,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .config import CloudConfig
+from typing import TYPE_CHECKING
+
+from .config import Config, TokenPrices
+
+if TYPE_CHECKING:
+    from .tiers import Tier
 
 # A token is at least one byte of text, so the prompt's UTF-8 length bounds its token count;
 # the margin covers the role markers the API adds around the messages.
@@ -25,6 +30,7 @@ class Reservation:
     cost: float
     day: str
     month: str
+    prices: TokenPrices
     open: bool = True
 
 
@@ -32,48 +38,57 @@ class BudgetExceeded(Exception):
     pass
 
 
+def cost(prices: TokenPrices, input_tokens: int, output_tokens: int) -> float:
+    return (input_tokens * prices.input_price_per_mtok + output_tokens * prices.output_price_per_mtok) / 1_000_000
+
+
 class CloudBudget:
-    def __init__(self, config: CloudConfig, clock: callable = time.time):  # type: ignore[valid-type]
-        self.config = config
+    def __init__(self, daily: float | None, monthly: float | None, currency: str,
+                 clock: callable = time.time):  # type: ignore[valid-type]
+        self.daily, self.monthly, self.currency = daily, monthly, currency
         self._clock = clock
         self._spent: dict[str, float] = {}
         self._reserved: dict[str, float] = {}
 
-    def worst_case_cost(self, prompt: str, system: str, max_tokens: int) -> float:
-        input_tokens = len(prompt.encode()) + len(system.encode()) + PROMPT_TOKEN_MARGIN
-        return self.cost(input_tokens, max_tokens)
+    @classmethod
+    def for_tiers(cls, config: Config, tiers: list[Tier]) -> CloudBudget | None:
+        """The budget of `config`, when one of `tiers` is billed per token."""
+        if not any(tier.capabilities.billing == "tokens" for tier in tiers):
+            return None
+        return cls(config.budget.daily, config.budget.monthly, config.currency)
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.config.input_price_per_mtok
-                + output_tokens * self.config.output_price_per_mtok) / 1_000_000
+    @staticmethod
+    def worst_case_cost(prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> float:
+        input_tokens = len(prompt.encode()) + len(system.encode()) + PROMPT_TOKEN_MARGIN
+        return cost(prices, input_tokens, max_tokens)
 
     def _periods(self) -> tuple[str, str]:
         now = datetime.fromtimestamp(self._clock(), UTC)
         return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
 
-    def reserve(self, prompt: str, system: str, max_tokens: int) -> Reservation:
+    def reserve(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> Reservation:
         """Hold the call's worst-case cost, or raise BudgetExceeded with the sentence to show."""
-        cost = self.worst_case_cost(prompt, system, max_tokens)
+        worst = self.worst_case_cost(prices, prompt, system, max_tokens)
         day, month = self._periods()
-        currency = self.config.currency
-        for period, key, cap in (("daily", day, self.config.daily_budget), ("monthly", month, self.config.monthly_budget)):
+        currency = self.currency
+        for period, key, cap in (("daily", day, self.daily), ("monthly", month, self.monthly)):
             if cap is None:
                 continue
             left = cap - self._spent.get(key, 0.0) - self._reserved.get(key, 0.0)
-            if cost > left:
+            if worst > left:
                 raise BudgetExceeded(
-                    f"the cloud call could cost up to {cost:.4f} {currency} and only {max(left, 0):.4f} {currency} "
+                    f"the cloud call could cost up to {worst:.4f} {currency} and only {max(left, 0):.4f} {currency} "
                     f"of the {period} budget ({cap:g} {currency}) is left"
                 )
         for key in (day, month):
-            self._reserved[key] = self._reserved.get(key, 0.0) + cost
-        return Reservation(cost, day, month)
+            self._reserved[key] = self._reserved.get(key, 0.0) + worst
+        return Reservation(worst, day, month, prices)
 
     @contextmanager
-    def hold(self, prompt: str, system: str, max_tokens: int) -> Iterator[Reservation]:
+    def hold(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> Iterator[Reservation]:
         """A reservation for the block (raises BudgetExceeded on entry): `settle` it with what the call
         was billed; left open, it is released when the block ends, however it ends."""
-        reservation = self.reserve(prompt, system, max_tokens)
+        reservation = self.reserve(prices, prompt, system, max_tokens)
         try:
             yield reservation
         finally:
@@ -81,7 +96,7 @@ class CloudBudget:
 
     def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> float:
         """Replace the reservation by the real cost; returns that cost."""
-        real = self.cost(input_tokens, output_tokens)
+        real = cost(reservation.prices, input_tokens, output_tokens)
         self._close(reservation, real)
         return real
 

@@ -15,7 +15,6 @@ import structlog
 from .backends import Completion, GenerationRequest, reported
 from .backends.pool import CallControl
 from .budget import BudgetExceeded
-from .config import CLOUD
 from .costs import CostModel
 from .errors import BackendError, BusyError, RequestError, TieredError
 from .escalation import (HANDED_ON, Escalate, HandOn, Reason, Standing, Stop, Verify, judge, judge_verification,
@@ -187,20 +186,21 @@ class Cascade:
         if tier.capabilities.billing != "tokens" or budget is None:
             yield lambda completion: None
             return
-        with budget.hold(request.prompt, request.system, request.max_tokens) as reservation:
+        prices = self.costs.prices(tier.name)
+        with budget.hold(prices, request.prompt, request.system, request.max_tokens) as reservation:
             yield lambda completion: budget.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
 
     def _blocked(self, target: str) -> str | None:
-        """Why the call may not go to `target`, or None. (A configured cloud tier without its API key is
-        not in the registry; its prompt would leave the machine all the same.)"""
-        available = target in self.tiers
-        if self.call.local_only and (self.tiers.get(target).capabilities.prompt_leaves_machine if available
-                                     else target == CLOUD):
+        """Why the call may not go to `target`, or None. (A tier left out for want of its API key is not in
+        the registry; its prompt would leave the machine all the same.)"""
+        left_out = self.tiers.unavailable.get(target)
+        capabilities = left_out.capabilities if left_out else self.tiers.get(target).capabilities \
+            if target in self.tiers else None
+        if self.call.local_only and capabilities is not None and capabilities.prompt_leaves_machine:
             return "the call is local_only"
-        if not available:
-            return (self.tiers.cloud_disabled if target == CLOUD and self.tiers.cloud_disabled
-                    else f"tier {target} is not available")
-        return None
+        if left_out is not None:
+            return left_out.reason
+        return None if target in self.tiers else f"tier {target} is not available"
 
     def _result(self, first: Tier, note: str | None) -> Walked:
         if self.answer is not None:  # the hop whose answer is returned, whatever the policy thought of it
@@ -234,7 +234,7 @@ class Cascade:
             energy = self.costs.energy_wh(tier.name, control.generation_s)
             cost = self.costs.energy_cost(energy)
         elif completion is not None:
-            cloud = self.costs.cloud_billed(prompt_tokens, completion_tokens)
+            cloud = self.costs.cloud_billed(tier.name, prompt_tokens, completion_tokens)
         self.trace.hops.append(HopRecord(position, tier.name, tier.backend.model_name, outcome, reason, prompt_tokens,
                                          completion_tokens, control.queue_s, control.generation_s, energy, cost, cloud,
                                          prompt_s=control.prompt_s))

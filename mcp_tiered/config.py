@@ -10,10 +10,11 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
+                      ValidationInfo, create_model, field_validator, model_validator)
+from pydantic.fields import FieldInfo
 
 from .confidence import VerifyStatistic
 from . import hub
@@ -68,11 +69,15 @@ def _optional_path(value: Any, info: ValidationInfo, expect: str) -> Path | None
 ConfidenceStatistic = Literal["mean", "quantile", "min", "first"]
 Probability = Annotated[float, Field(ge=0, le=1)]
 Quantile = Annotated[float, Field(gt=0, lt=1, json_schema_extra={"expect": "a number between 0 and 1 (exclusive)"})]
-CLOUD = "cloud"
+MAX_AMOUNT = 1e15
+Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False,
+                                json_schema_extra={"expect": "a number from 0 to 1e15"})]
+"""A price, cost or power draw in [costs]: finite (the report's arithmetic and JSON have no infinity)."""
 
 
 class EscalationConfig(BaseModel):
-    """`[escalation]`: the policy defaults; each tier may override any of them."""
+    """`[escalation]`: the policy defaults. Each tier may set any of them for itself (the same keys, in its
+    [tiers.<name>] table: `TierFields`); its effective policy is these updated with the keys it sets."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -85,11 +90,24 @@ class EscalationConfig(BaseModel):
     verify_quantile: Quantile = 0.1
     min_verification: Probability = 0.5
     verify_below: Probability | None = None
+    """Answers this confident (or more) are kept unverified; None: every kept answer is verified."""
+
+    def updated(self, tier: BaseModel) -> EscalationConfig:
+        """These settings with those `tier` sets for itself."""
+        own = {key: getattr(tier, key) for key in ESCALATION_KEYS & tier.model_fields_set}
+        return self.model_copy(update=own) if own else self
 
 
-class _TierFields(BaseModel):
-    """The keys every engine's tiers share."""
+ESCALATION_KEYS = frozenset(EscalationConfig.model_fields)
+_EscalationOverrides = create_model(
+    "_EscalationOverrides", __config__=ConfigDict(extra="forbid", strict=True, frozen=True),
+    **{key: (Annotated[field.rebuild_annotation(), Field(json_schema_extra=field.json_schema_extra)] | None, None)
+       for key, field in EscalationConfig.model_fields.items()},
+)
+"""The [escalation] keys, each optional, as a tier's own (EscalationConfig.updated reads the ones it sets)."""
 
+
+class _TierKeys(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     description: Annotated[str, Field(min_length=1, json_schema_extra={"expect": "a non-empty string"})]
@@ -98,26 +116,23 @@ class _TierFields(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.2
     max_queue: Annotated[int, Field(ge=0)] = 8
     queue_timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    escalate_to: Annotated[str, Field(min_length=1, json_schema_extra={"expect": 'a tier name or "cloud"'})] | None = None
+    escalate_to: Annotated[str, Field(min_length=1, json_schema_extra={"expect": "a tier name"})] | None = None
     local_only: bool = False
-    min_confidence: Probability | None = None
-    confidence: ConfidenceStatistic | None = None
-    confidence_quantile: Quantile | None = None
-    escalate_on_truncated: bool | None = None
-    escalate_on_repetition: bool | None = None
+    n_ctx: Annotated[int, Field(ge=256)] | None = None
+    """The context window per call, when known; None: the engine refuses a prompt that does not fit."""
     verify_with: Annotated[str, Field(min_length=1, json_schema_extra={
-        "expect": "the name of a tier with engine = \"llama-cpp\""})] | None = None
+        "expect": "the name of a tier whose engine can score a given answer"})] | None = None
     """A tier that reads this tier's answers before they are kept (escalation.py, "verification")."""
-    verify_statistic: VerifyStatistic | None = None
-    verify_quantile: Quantile | None = None
-    min_verification: Probability | None = None
-    verify_below: Probability | None = None
-    """Answers this confident (or more) are kept unverified; None: every kept answer is verified."""
+
+
+class TierFields(_EscalationOverrides, _TierKeys):
+    """The keys every engine's tiers share (those of [escalation] last). An engine's config type subclasses it
+    with `engine: Literal["<kind>"]` and its own keys (engines/ registers it)."""
 
     @classmethod
     def key_of_another_kind(cls, key: Any) -> str | None:
         """The sentence for a key that belongs to another engine (validation.explain asks)."""
-        owners = [kind for kind, config in ENGINE_CONFIGS.items() if key in config.model_fields and config is not cls]
+        owners = [kind for kind, config in _ENGINE_CONFIGS.items() if key in config.model_fields and config is not cls]
         if not owners:
             return None
         (this,) = get_args(cls.model_fields["engine"].annotation)
@@ -125,7 +140,7 @@ class _TierFields(BaseModel):
                 f'"{this}"; set engine or remove the key')
 
 
-class _ModelFileFields(_TierFields):
+class ModelFileFields(TierFields):
     """The keys of the engines that run a GGUF file on this machine."""
 
     model: Annotated[Path, Field(json_schema_extra={"expect": "a path to a .gguf file or hf:<owner>/<repo>/<file>.gguf"})]
@@ -173,7 +188,7 @@ class _ModelFileFields(_TierFields):
         return self._hf
 
 
-class TierConfig(_ModelFileFields):
+class TierConfig(ModelFileFields):
     """`engine = "llama-cpp"` (the default): the model runs in this process through llama-cpp-python, one
     generation at a time per instance."""
 
@@ -184,7 +199,7 @@ class TierConfig(_ModelFileFields):
     """Memory per instance for the KV states of earlier long prompts (0: only the last prompt is reused)."""
 
 
-class LlamaServerTierConfig(_ModelFileFields):
+class LlamaServerTierConfig(ModelFileFields):
     """`engine = "llama-server"`: mcp-tiered runs llama.cpp's own server for the tier, whose `parallel` slots
     generate at once on one copy of the weights (continuous batching); `n_ctx` is each slot's."""
 
@@ -237,7 +252,7 @@ class EndpointConfig(BaseModel):
         return self.url.rstrip("/")
 
 
-class OpenAITierConfig(_TierFields):
+class OpenAITierConfig(TierFields):
     """`engine = "openai"`: the tier is served by running servers that speak the OpenAI API (vLLM, SGLang,
     TGI, llama-server, Ollama, LM Studio), on this machine or others; each call goes to the least busy
     healthy endpoint and fails over to the next."""
@@ -254,8 +269,6 @@ class OpenAITierConfig(_TierFields):
     """The endpoints return token log-probabilities (confidence and min_confidence need them)."""
     private: bool = True
     """The endpoints are machines you control: local_only calls may use them. false: a third party."""
-    n_ctx: Annotated[int, Field(ge=256)] | None = None
-    """The context window per call, when known; None: the endpoint refuses a prompt that does not fit."""
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     """Longest silence in an endpoint's answer before it counts as failed."""
@@ -263,12 +276,43 @@ class OpenAITierConfig(_TierFields):
     """How long a failed endpoint gets no calls."""
 
 
-LocalTierConfig = TierConfig | LlamaServerTierConfig
-"""The engines that run a model file on this machine."""
-AnyTier = TierConfig | LlamaServerTierConfig | OpenAITierConfig
-ENGINE_CONFIGS: dict[str, type[_TierFields]] = {"llama-cpp": TierConfig, "llama-server": LlamaServerTierConfig,
-                                                "openai": OpenAITierConfig}
-"""engine kind → the keys its tiers take (engines.ENGINES has the backend of each)."""
+class TokenPrices(BaseModel):
+    """The prices of a tier billed per token (`Capabilities.billing == "tokens"`), in [costs].currency."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    input_price_per_mtok: Amount = 3.0
+    output_price_per_mtok: Amount = 15.0
+
+
+class AnthropicKeys(BaseModel):
+    """The keys of a Claude model behind the Messages API (an anthropic tier's and [cloud]'s)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    model: Annotated[str, Field(min_length=1, json_schema_extra={"expect": 'a model name such as "claude-sonnet-4-5"'})]
+    api_key_env: Annotated[str, Field(pattern=ENV_NAME,
+                                      json_schema_extra={"expect": "an environment variable name"})] = "ANTHROPIC_API_KEY"
+    base_url: BaseUrl | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    max_tokens: Annotated[int, Field(ge=1)] = 1024
+
+
+class AnthropicTierConfig(TokenPrices, AnthropicKeys, TierFields):
+    """`engine = "anthropic"`: Claude through the official anthropic SDK. The prompt leaves this machine and
+    each token is billed at the tier's prices, against the one cloud budget ([budget])."""
+
+    engine: Literal["anthropic"]
+    _declared_at: str | None = PrivateAttr(None)
+
+    def key(self, name: str, key: str) -> str:
+        """The key path of one of this tier's keys (`cloud.<key>` for the [cloud] shorthand)."""
+        return f"{self._declared_at}.{key}" if self._declared_at else key_path(["tiers", name, key])
+
+
+_ENGINE_CONFIGS: dict[str, type[TierFields]] = {}
+"""engine kind → the keys its tiers take: `engines.ENGINES` keeps it (use_engine_configs)."""
 
 
 def _engine_kind(value: Any) -> str:
@@ -278,12 +322,13 @@ def _engine_kind(value: Any) -> str:
     return getattr(value, "engine", "llama-cpp")
 
 
-AnyTierConfig = Annotated[
-    Annotated[TierConfig, Tag("llama-cpp")] | Annotated[LlamaServerTierConfig, Tag("llama-server")]
-    | Annotated[OpenAITierConfig, Tag("openai")],
-    Discriminator(_engine_kind, custom_error_type="engine",
-                  custom_error_message=f"must be one of {', '.join(json.dumps(k) for k in ENGINE_CONFIGS)}"),
-]
+def _tier_union(configs: dict[str, type[TierFields]]) -> Any:
+    """A tier table as one of `configs`, chosen by its `engine` key (a tagged union validation.explain reads)."""
+    members = [Annotated[config, Tag(kind)] for kind, config in configs.items()]
+    union = members[0] if len(members) == 1 else Union[tuple(members)]  # noqa: UP007
+    return Annotated[union, Discriminator(
+        _engine_kind, custom_error_type="engine",
+        custom_error_message=f"must be one of {', '.join(json.dumps(k) for k in configs)}")]
 
 
 class ServerConfig(BaseModel):
@@ -341,12 +386,6 @@ class LedgerConfig(BaseModel):
         return self.path or default_ledger_path()
 
 
-MAX_AMOUNT = 1e15
-Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False,
-                                json_schema_extra={"expect": "a number from 0 to 1e15"})]
-"""A price, cost or power draw in [costs]: finite (the report's arithmetic and JSON have no infinity)."""
-
-
 class TierCostConfig(BaseModel):
     """`[costs.tiers.<name>]`: what a local tier's hardware draws and costs."""
 
@@ -379,37 +418,49 @@ class CostsConfig(BaseModel):
     tiers: dict[str, TierCostConfig] = {}
 
 
-class CloudConfig(BaseModel):
-    """`[cloud]`: Claude through the official anthropic SDK; the last step of every chain."""
+class BudgetConfig(BaseModel):
+    """`[budget]`: the cloud budget, one for every tier billed per token (in [costs].currency)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    daily: Amount | None = None
+    monthly: Amount | None = None
+
+
+CLOUD = "cloud"
+"""The name of the tier the [cloud] shorthand declares."""
+
+
+class CloudConfig(TokenPrices, AnthropicKeys):
+    """`[cloud]`: shorthand for one `engine = "anthropic"` tier named "cloud" (the last of the chains that
+    escalate to it), with its budget ([budget]) and currency ([costs].currency) beside it."""
+
     provider: Literal["anthropic"] = "anthropic"
-    model: Annotated[str, Field(min_length=1, json_schema_extra={"expect": 'a model name such as "claude-sonnet-4-5"'})]
     description: Annotated[str, Field(min_length=1)] = (
         "Claude in the cloud: the most capable tier, for the hardest tasks. Sends the prompt off this machine "
         "and costs money per token."
     )
-    api_key_env: Annotated[str, Field(pattern=ENV_NAME,
-                                      json_schema_extra={"expect": "an environment variable name"})] = "ANTHROPIC_API_KEY"
-    base_url: BaseUrl | None = None
-    timeout_s: Annotated[float, Field(gt=0)] = 60.0
-    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
-    max_tokens: Annotated[int, Field(ge=1)] = 1024
-    input_price_per_mtok: Annotated[float, Field(ge=0)] = 3.0
-    output_price_per_mtok: Annotated[float, Field(ge=0)] = 15.0
     currency: Annotated[str, Field(min_length=1)] = "USD"
-    daily_budget: Annotated[float, Field(ge=0)] | None = None
-    monthly_budget: Annotated[float, Field(ge=0)] | None = None
+    daily_budget: Amount | None = None
+    monthly_budget: Amount | None = None
+
+    def as_tier(self) -> AnthropicTierConfig:
+        """The tier this section declares: its answers are final (no escalate_to), and Claude does not loop
+        as a small model does. Its temperature is 1.0, the Messages API's own default."""
+        keys = {*AnthropicKeys.model_fields, *TokenPrices.model_fields, "description"}
+        tier = AnthropicTierConfig(engine="anthropic", temperature=1.0, escalate_on_repetition=False,
+                                   **{key: getattr(self, key) for key in keys})
+        tier._declared_at = CLOUD
+        return tier
 
 
 class Config(BaseModel):
-    """The whole models.toml."""
+    """The whole models.toml. `tiers` holds every tier, the [cloud] shorthand's among them (last)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     tiers: Annotated[
-        dict[str, AnyTierConfig],
+        dict[str, TierFields],  # the engines' tagged union: use_engine_configs
         Field(min_length=1, json_schema_extra={"expect": "a table with at least one [tiers.<name>] entry"}),
     ]
     escalation: EscalationConfig = EscalationConfig()
@@ -417,59 +468,81 @@ class Config(BaseModel):
     cache: CacheConfig = CacheConfig()
     ledger: LedgerConfig = LedgerConfig()
     costs: CostsConfig = CostsConfig()
+    budget: BudgetConfig = BudgetConfig()
     cloud: CloudConfig | None = None
+
+    @model_validator(mode="after")
+    def _expand_cloud_shorthand(self) -> Config:
+        cloud = self.cloud
+        if cloud is None or CLOUD in self.tiers:
+            return self
+        object.__setattr__(self, "tiers", {**self.tiers, CLOUD: cloud.as_tier()})
+        if "budget" not in self.model_fields_set:
+            object.__setattr__(self, "budget", BudgetConfig(daily=cloud.daily_budget, monthly=cloud.monthly_budget))
+        return self
+
+    @property
+    def currency(self) -> str:
+        """The currency of every price, cost and budget."""
+        return self.costs.currency or (self.cloud.currency if self.cloud else "USD")
 
     def chain(self, tier: str) -> list[str]:
         """`tier` and the tiers it escalates to, in order (validated acyclic at load)."""
         names = [tier]
-        while tier != CLOUD and (tier := self.tiers[tier].escalate_to) is not None:
+        while (tier := self.tiers[tier].escalate_to) is not None:
             names.append(tier)
         return names
 
 
-def known_chat_formats() -> list[str]:
-    """The chat formats llama-cpp-python registers (it has no public listing)."""
-    from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
-
-    return sorted(LlamaChatCompletionHandlerRegistry()._chat_handlers)
+def use_engine_configs(configs: dict[str, type[TierFields]]) -> None:
+    """Make `configs` (engine kind → config type) the kinds a [tiers.<name>] table may have."""
+    _ENGINE_CONFIGS.clear()
+    _ENGINE_CONFIGS.update(configs)
+    field = Config.model_fields["tiers"]
+    Config.model_fields["tiers"] = FieldInfo.from_annotation(
+        Annotated[dict[str, _tier_union(configs)], Field(min_length=1, json_schema_extra=field.json_schema_extra)])
+    Config.model_rebuild(force=True)
 
 
 def _semantic_problems(config: Config) -> list[str]:
+    from .engines import capabilities_of, engine_of
+
     problems = []
     for name, tier in config.tiers.items():
         if tier.n_ctx is not None and tier.max_tokens >= tier.n_ctx:
             path = key_path(["tiers", name, "max_tokens"])
             problems.append(f"{path}: must be less than n_ctx ({tier.n_ctx}), got {tier.max_tokens}")
-        if isinstance(tier, OpenAITierConfig):
-            problems += _endpoint_problems(name, tier)
-        if isinstance(tier, TierConfig) and tier.chat_format is not None and \
-                tier.chat_format not in (formats := known_chat_formats()):
-            path = key_path(["tiers", name, "chat_format"])
-            problems.append(f'{path}: unknown chat format "{tier.chat_format}"; valid formats are {", ".join(formats)}')
+        if "min_confidence" in tier.model_fields_set and tier.min_confidence and \
+                not capabilities_of(tier).token_logprobs:
+            problems.append(f"{key_path(['tiers', name, 'min_confidence'])}: needs token log-probabilities, which "
+                            f"this tier's engine does not return ({engine_of(tier).no_logprobs_because(tier)}); "
+                            "remove min_confidence or use an engine that returns log-probabilities")
+        problems += engine_of(tier).problems(name, tier)
+    problems += _cost_problems(config)
+    if config.cloud is not None and "budget" in config.model_fields_set:
+        for key in ("daily_budget", "monthly_budget"):
+            if getattr(config.cloud, key) is not None:
+                problems.append(f"cloud.{key}: the cloud budget is set in [budget]; keep it there only (as "
+                                f"{key.removesuffix('_budget')} = ...) and remove this key")
+    return problems
+
+
+def _cost_problems(config: Config) -> list[str]:
+    from .engines import capabilities_of
+
+    problems = []
     valid = ", ".join(json.dumps(n) for n in config.tiers)
-    for name in config.costs.tiers:
+    for name, costs in config.costs.tiers.items():
         if name not in config.tiers:
             problems.append(f'{key_path(["costs", "tiers", name])}: unknown tier "{name}"; valid tiers are {valid}')
+        elif capabilities_of(config.tiers[name]).billing == "tokens":
+            for key in sorted(costs.model_fields_set - {"target_share"}):
+                problems.append(f"{key_path(['costs', 'tiers', name, key])}: tier {name} is billed per token at its "
+                                "own prices, so only target_share applies to it; remove this key")
     cloud, currency = config.cloud, config.costs.currency
     if cloud is not None and currency is not None and currency != cloud.currency:
         problems.append(f'costs.currency: must be the currency of the cloud prices (cloud.currency = '
                         f'"{cloud.currency}"), got "{currency}"; set both to the same currency and the prices in it')
-    return problems
-
-
-def _endpoint_problems(name: str, tier: OpenAITierConfig) -> list[str]:
-    problems = []
-    seen: set[str] = set()
-    for i, endpoint in enumerate(tier.endpoints):
-        if endpoint.base in seen:
-            path = key_path(["tiers", name, "endpoints", i, "url"])
-            problems.append(f"{path}: {endpoint.url} is listed twice; list each endpoint once and give it the "
-                            "max_concurrency it takes")
-        seen.add(endpoint.base)
-    if not tier.logprobs and tier.min_confidence:
-        problems.append(f"{key_path(['tiers', name, 'min_confidence'])}: needs token log-probabilities, which this "
-                        "tier's endpoints do not return (logprobs = false); remove min_confidence or use endpoints "
-                        "that return log-probabilities")
     return problems
 
 
@@ -481,43 +554,49 @@ def _chain_problems(config: Config) -> list[str]:
         if target is None:
             continue
         path = key_path(["tiers", name, "escalate_to"])
-        valid = ", ".join(json.dumps(n) for n in [*config.tiers, CLOUD] if n != name)
-        if target == CLOUD and config.cloud is None:
-            problems.append(f'{path}: "cloud" needs a [cloud] section; add one or escalate to one of {valid}')
-        elif target != CLOUD and target not in config.tiers:
-            problems.append(f'{path}: unknown tier "{target}"; valid targets are {valid}')
-        else:
-            seen = [name]
-            while target not in (None, CLOUD) and target in config.tiers:
-                if target in seen:
-                    if frozenset(seen) in loops:
-                        break
+        valid = ", ".join(json.dumps(n) for n in config.tiers if n != name)
+        if target not in config.tiers:
+            if target == CLOUD:
+                problems.append(f'{path}: "cloud" needs a [cloud] section; add one'
+                                + (f" or escalate to one of {valid}" if valid else ""))
+            else:
+                problems.append(f'{path}: unknown tier "{target}"; ' + (
+                    f"valid targets are {valid}" if valid else "there is no other tier to escalate to; add one "
+                    "(a [tiers.<name>] or a [cloud] section) or remove escalate_to"))
+            continue
+        seen = [name]
+        while target is not None and target in config.tiers:
+            if target in seen:
+                if frozenset(seen) not in loops:
                     loops.add(frozenset(seen))
                     problems.append(f"{path}: escalation loops ({' → '.join([*seen, target])}); "
-                                    "a chain must end at a tier without escalate_to or at cloud")
-                    break
-                seen.append(target)
-                target = config.tiers[target].escalate_to
+                                    "a chain must end at a tier without escalate_to")
+                break
+            seen.append(target)
+            target = config.tiers[target].escalate_to
     return problems
 
 
 def _verifier_problems(config: Config) -> list[str]:
+    from .engines import ENGINES, capabilities_of
+
     problems = []
+    scorers = " or ".join(f'engine = "{kind}"' for kind, e in ENGINES.items() if e.capabilities(None).scores_answers)
     for name, tier in config.tiers.items():
         verifier = tier.verify_with
         if verifier is None:
             continue
         path = key_path(["tiers", name, "verify_with"])
-        valid = [n for n, t in config.tiers.items() if n != name and isinstance(t, TierConfig)]
+        valid = [n for n, t in config.tiers.items() if n != name and capabilities_of(t).scores_answers]
         choose = (f'; valid verifiers are {", ".join(json.dumps(n) for n in valid)}' if valid
-                  else '; add a tier with engine = "llama-cpp" to verify with')
+                  else f"; add a tier with {scorers} to verify with")
         if verifier == name:
             problems.append(f"{path}: a tier cannot verify its own answers{choose}")
         elif verifier not in config.tiers:
             problems.append(f'{path}: unknown tier "{verifier}"{choose}')
-        elif not isinstance(config.tiers[verifier], TierConfig):
+        elif not capabilities_of(config.tiers[verifier]).scores_answers:
             problems.append(f'{path}: tier "{verifier}" runs engine "{config.tiers[verifier].engine}", which cannot '
-                            f'score a given answer (only engine = "llama-cpp" can){choose}')
+                            f'score a given answer (only {scorers} can){choose}')
     return problems
 
 
@@ -531,6 +610,9 @@ def _raw_problems(raw: dict[str, Any]) -> list[str]:
     if not isinstance(tiers, dict):
         return problems
     for name, tier in tiers.items():
+        if isinstance(tier, dict) and "api_key" in tier:
+            problems.append(f"{key_path(['tiers', name, 'api_key'])}: API keys do not belong in models.toml; put the "
+                            "key in the environment variable named by api_key_env and remove this key")
         endpoints = tier.get("endpoints") if isinstance(tier, dict) else None
         for i, endpoint in enumerate(endpoints if isinstance(endpoints, list) else []):
             if isinstance(endpoint, dict) and "api_key" in endpoint:
@@ -554,6 +636,8 @@ def _without_api_keys(raw: dict[str, Any]) -> dict[str, Any]:
     if isinstance(raw.get("cloud"), dict):
         raw["cloud"] = {k: v for k, v in raw["cloud"].items() if k != "api_key"}
     if isinstance(raw.get("tiers"), dict):
+        raw["tiers"] = {name: {k: v for k, v in tier.items() if k != "api_key"} if isinstance(tier, dict) else tier
+                        for name, tier in raw["tiers"].items()}
         raw["tiers"] = {name: {**tier, "endpoints": [
             {k: v for k, v in e.items() if k != "api_key"} if isinstance(e, dict) else e for e in tier["endpoints"]]}
             if isinstance(tier, dict) and isinstance(tier.get("endpoints"), list) else tier
@@ -563,6 +647,9 @@ def _without_api_keys(raw: dict[str, Any]) -> dict[str, Any]:
 
 def parse_config(raw: dict[str, Any], *, base_dir: Path) -> Config:
     """Validate a parsed TOML document. Raises ConfigError listing every problem."""
+    from . import engines
+
+    engines.load_plugins()  # their config types (use_engine_configs)
     problems = _raw_problems(raw)
     if problems:
         raw = _without_api_keys(raw)
@@ -600,7 +687,7 @@ def resolve_config_path(cli_path: str | None) -> Path:
     return Path("models.toml")
 
 
-def model_file_problem(name: str, tier: LocalTierConfig) -> str | None:
+def model_file_problem(name: str, tier: ModelFileFields) -> str | None:
     """Why the tier's model file cannot be loaded, or None. Cheap: reads 4 bytes."""
     path = key_path(["tiers", name, "model"])
     try:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import Config, TierCostConfig
+from .budget import cost
+from .config import Config, TierCostConfig, TokenPrices
 
-# Claude Sonnet's list price per million tokens, for the cloud-equivalent when there is no [cloud] section.
-DEFAULT_CLOUD_PRICES = (3.0, 15.0)
+# Claude Sonnet's list price per million tokens, for the cloud-equivalent when no tier is billed per token.
+DEFAULT_CLOUD_PRICES = TokenPrices()
 NO_COSTS = TierCostConfig()
 
 
@@ -16,30 +17,53 @@ NO_COSTS = TierCostConfig()
 class CostModel:
     currency: str = "USD"
     electricity_per_kwh: float = 0.0
-    cloud_input_per_mtok: float = DEFAULT_CLOUD_PRICES[0]
-    cloud_output_per_mtok: float = DEFAULT_CLOUD_PRICES[1]
+    cloud_input_per_mtok: float = DEFAULT_CLOUD_PRICES.input_price_per_mtok
+    cloud_output_per_mtok: float = DEFAULT_CLOUD_PRICES.output_price_per_mtok
     """Prices for what the traffic would have cost on the cloud."""
-    cloud_billed_prices: tuple[float, float] | None = None
-    """Prices the [cloud] tier is billed at; None without a [cloud] section."""
+    token_prices: dict[str, TokenPrices] = field(default_factory=dict)
+    """The tiers billed per token (Capabilities.billing), each at its own prices."""
     cloud_target_share: float | None = None
     tiers: dict[str, TierCostConfig] = field(default_factory=dict)
+    """The local tiers' [costs.tiers.<name>] (or none)."""
+    target_shares: dict[str, float] = field(default_factory=dict)
+    """Tiers billed per token with a [costs.tiers.<name>] target_share."""
 
     @classmethod
     def from_config(cls, config: Config) -> CostModel:
-        costs, cloud = config.costs, config.cloud
-        billed = None if cloud is None else (cloud.input_price_per_mtok, cloud.output_price_per_mtok)
-        input_price, output_price = billed or DEFAULT_CLOUD_PRICES
+        from .engines import capabilities_of
+
+        costs = config.costs
+        billed = {name: TokenPrices(input_price_per_mtok=tier.input_price_per_mtok,
+                                    output_price_per_mtok=tier.output_price_per_mtok)
+                  for name, tier in config.tiers.items() if capabilities_of(tier).billing == "tokens"}
+        # "The cloud" of the comparison is the strongest cloud tier: the one of the highest output price.
+        strongest = max(billed.values(), key=lambda p: p.output_price_per_mtok, default=DEFAULT_CLOUD_PRICES)
         return cls(
-            currency=costs.currency or (cloud.currency if cloud else "USD"),
+            currency=config.currency,
             electricity_per_kwh=costs.electricity_per_kwh,
-            cloud_input_per_mtok=input_price if costs.cloud_input_price_per_mtok is None
+            cloud_input_per_mtok=strongest.input_price_per_mtok if costs.cloud_input_price_per_mtok is None
             else costs.cloud_input_price_per_mtok,
-            cloud_output_per_mtok=output_price if costs.cloud_output_price_per_mtok is None
+            cloud_output_per_mtok=strongest.output_price_per_mtok if costs.cloud_output_price_per_mtok is None
             else costs.cloud_output_price_per_mtok,
-            cloud_billed_prices=billed,
+            token_prices=billed,
             cloud_target_share=costs.cloud_target_share,
-            tiers={name: costs.tiers.get(name, NO_COSTS) for name in config.tiers},
+            tiers={name: costs.tiers.get(name, NO_COSTS) for name in config.tiers if name not in billed},
+            target_shares={name: share for name in billed
+                           if (share := costs.tiers.get(name, NO_COSTS).target_share) is not None},
         )
+
+    def prices(self, tier: str) -> TokenPrices:
+        """The prices of `tier`, billed per token (those of the default cloud for a tier the config lacks)."""
+        return self.token_prices.get(tier, DEFAULT_CLOUD_PRICES)
+
+    def target_share(self, tier: str) -> float | None:
+        """The share of calls `tier` is meant to answer: [costs.tiers.<name>], else, for the only tier billed
+        per token, [costs] cloud_target_share."""
+        if tier not in self.token_prices:
+            return self.tier(tier).target_share
+        if tier in self.target_shares:
+            return self.target_shares[tier]
+        return self.cloud_target_share if len(self.token_prices) == 1 else None
 
     def tier(self, name: str) -> TierCostConfig:
         return self.tiers.get(name, NO_COSTS)
@@ -53,9 +77,9 @@ class CostModel:
     def cloud_equivalent(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.cloud_input_per_mtok + completion_tokens * self.cloud_output_per_mtok) / 1e6
 
-    def cloud_billed(self, prompt_tokens: int, completion_tokens: int) -> float:
-        input_price, output_price = self.cloud_billed_prices or DEFAULT_CLOUD_PRICES
-        return (prompt_tokens * input_price + completion_tokens * output_price) / 1e6
+    def cloud_billed(self, tier: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """What `tier`, billed per token, charges for a hop."""
+        return cost(self.prices(tier), prompt_tokens, completion_tokens)
 
     def monthly_fixed(self, tier: str) -> float:
         """Amortization and maintenance of the tier's hardware, per month."""

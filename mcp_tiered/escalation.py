@@ -33,7 +33,7 @@ def reason_for_error(exc: TieredError) -> Reason:
 def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | None]:
     """Is a local answer good enough? The reason to escalate (or None) and the confidence."""
     policy = tier.policy
-    value = (confidence(completion.token_logprobs, policy.statistic, policy.quantile)
+    value = (confidence(completion.token_logprobs, policy.confidence, policy.confidence_quantile)
              if tier.capabilities.token_logprobs else None)
     if not completion.text.strip():
         return "empty", value

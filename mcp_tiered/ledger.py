@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -31,46 +32,111 @@ from .errors import ConfigError
 log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 4
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS calls (
-    id INTEGER PRIMARY KEY,
-    time REAL NOT NULL,                 -- Unix seconds when the call ended
-    tool TEXT NOT NULL,
-    tier TEXT NOT NULL,                 -- the tier that was called
-    served_by TEXT,                     -- the tier whose answer was returned; NULL when none was
-    model TEXT,
-    outcome TEXT NOT NULL,              -- ok | cache_hit | error | busy | cancelled
-    prompt_tokens INTEGER NOT NULL,     -- of the answer returned
-    completion_tokens INTEGER NOT NULL,
-    latency_s REAL NOT NULL,
-    queue_s REAL NOT NULL,              -- sums over the hops
-    generation_s REAL NOT NULL,
-    escalation_reasons TEXT NOT NULL,   -- comma-separated, in order; '' when none
-    cache_hit INTEGER NOT NULL,
-    energy_wh REAL NOT NULL,
-    local_cost REAL NOT NULL,           -- energy of the hops, at the electricity price
-    cloud_cost REAL NOT NULL,           -- billed by the cloud
-    client TEXT                         -- the MCP client's clientInfo name (visible()); NULL when it gave none
-);
-CREATE TABLE IF NOT EXISTS hops (
-    id INTEGER PRIMARY KEY,
-    call_id INTEGER NOT NULL REFERENCES calls(id),
-    time REAL NOT NULL,
-    position INTEGER NOT NULL,          -- 0: the tier called, 1: the first escalation, ...
-    tier TEXT NOT NULL,
-    model TEXT NOT NULL,
-    outcome TEXT NOT NULL,              -- answered | escalated | failed | verified | rejected (a verifier's reading)
-    escalation_reason TEXT,             -- why the call left this tier
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    queue_s REAL NOT NULL,
-    generation_s REAL NOT NULL,
-    energy_wh REAL NOT NULL,
-    local_cost REAL NOT NULL,
-    cloud_cost REAL NOT NULL,
-    verification REAL,                  -- a verifier's hop: its statistic (escalation.judge_verification)
-    prompt_s REAL NOT NULL DEFAULT 0    -- of generation_s, the seconds before the first token
-);
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a ledger table, as SQLite declares it: `sql_type` is the type with its constraints
+    ("REAL NOT NULL DEFAULT 0"), `since` the schema version that added it (MIGRATIONS[since] adds it to a
+    ledger of the version before), `note` the comment it carries in the CREATE TABLE statement (SQLite keeps
+    that text in the file: changing a note changes the schema a new ledger is written with)."""
+
+    name: str
+    sql_type: str
+    note: str = ""
+    since: int = 1
+
+    @property
+    def written(self) -> bool:
+        """Whether a row gives its value: not the primary key, which SQLite assigns."""
+        return "PRIMARY KEY" not in self.sql_type
+
+    @property
+    def absent_as(self) -> str:
+        """SQL for what a ledger written before `since` holds in its place: the column's DEFAULT, else NULL."""
+        return self.sql_type.partition(" DEFAULT ")[2] or "NULL"
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A ledger table: its columns in their order on disk. The CREATE TABLE statement of the current schema,
+    the INSERT statement and the order of its values (`values` takes them from a row, a dict by column name)
+    are all derived from `columns`."""
+
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The columns a row gives (all but the primary key), in their order on disk."""
+        return tuple(c.name for c in self.columns if c.written)
+
+    @property
+    def create(self) -> str:
+        """CREATE TABLE IF NOT EXISTS, as a ledger of SCHEMA_VERSION holds it (notes aligned at column 41)."""
+        lines = []
+        for i, c in enumerate(self.columns):
+            line = f"    {c.name} {c.sql_type}{',' if i < len(self.columns) - 1 else ''}"
+            lines.append(f"{line:<40}-- {c.note}" if c.note else line)
+        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n" + "\n".join(lines) + "\n);"
+
+    @property
+    def insert(self) -> str:
+        """INSERT of the columns a row gives, in `names` order (the order of `values`)."""
+        return f"INSERT INTO {self.name} ({', '.join(self.names)}) VALUES ({', '.join('?' * len(self.names))})"
+
+    @property
+    def values(self) -> itemgetter:
+        """A row's values in `names` order. Positional rather than named placeholders: SQLite binding by name
+        costs a name lookup per column, about 5 us more per two-hop call in insert()."""
+        return itemgetter(*self.names)
+
+
+CALLS = Table("calls", (
+    Column("id", "INTEGER PRIMARY KEY"),
+    Column("time", "REAL NOT NULL", "Unix seconds when the call ended"),
+    Column("tool", "TEXT NOT NULL"),
+    Column("tier", "TEXT NOT NULL", "the tier that was called"),
+    Column("served_by", "TEXT", "the tier whose answer was returned; NULL when none was"),
+    Column("model", "TEXT"),
+    Column("outcome", "TEXT NOT NULL", "ok | cache_hit | error | busy | cancelled"),
+    Column("prompt_tokens", "INTEGER NOT NULL", "of the answer returned"),
+    Column("completion_tokens", "INTEGER NOT NULL"),
+    Column("latency_s", "REAL NOT NULL"),
+    Column("queue_s", "REAL NOT NULL", "sums over the hops"),
+    Column("generation_s", "REAL NOT NULL"),
+    Column("escalation_reasons", "TEXT NOT NULL", "comma-separated, in order; '' when none"),
+    Column("cache_hit", "INTEGER NOT NULL"),
+    Column("energy_wh", "REAL NOT NULL"),
+    Column("local_cost", "REAL NOT NULL", "energy of the hops, at the electricity price"),
+    Column("cloud_cost", "REAL NOT NULL", "billed by the cloud"),
+    Column("client", "TEXT", "the MCP client's clientInfo name (visible()); NULL when it gave none", since=4),
+))
+HOPS = Table("hops", (
+    Column("id", "INTEGER PRIMARY KEY"),
+    Column("call_id", "INTEGER NOT NULL REFERENCES calls(id)"),
+    Column("time", "REAL NOT NULL"),
+    Column("position", "INTEGER NOT NULL", "0: the tier called, 1: the first escalation, ..."),
+    Column("tier", "TEXT NOT NULL"),
+    Column("model", "TEXT NOT NULL"),
+    Column("outcome", "TEXT NOT NULL", "answered | escalated | failed | verified | rejected (a verifier's reading)"),
+    Column("escalation_reason", "TEXT", "why the call left this tier"),
+    Column("prompt_tokens", "INTEGER NOT NULL"),
+    Column("completion_tokens", "INTEGER NOT NULL"),
+    Column("queue_s", "REAL NOT NULL"),
+    Column("generation_s", "REAL NOT NULL"),
+    Column("energy_wh", "REAL NOT NULL"),
+    Column("local_cost", "REAL NOT NULL"),
+    Column("cloud_cost", "REAL NOT NULL"),
+    Column("verification", "REAL", "a verifier's hop: its statistic (escalation.judge_verification)", since=2),
+    Column("prompt_s", "REAL NOT NULL DEFAULT 0", "of generation_s, the seconds before the first token", since=3),
+))
+TABLES = (CALLS, HOPS)
+"""The ledger's tables: the one declaration of their columns (a store on another database derives its own
+statements from it)."""
+SCHEMA = f"""
+{CALLS.create}
+{HOPS.create}
 CREATE INDEX IF NOT EXISTS calls_time ON calls(time);
 CREATE INDEX IF NOT EXISTS hops_time ON hops(time);
 -- Covering indexes for the report's per-tier, per-answerer and per-client sums: read in index order, a
@@ -85,7 +151,8 @@ MIGRATIONS = {
     3: "ALTER TABLE hops ADD COLUMN prompt_s REAL NOT NULL DEFAULT 0",
     4: "ALTER TABLE calls ADD COLUMN client TEXT",
 }
-"""Schema version → the statement that brings a ledger of the version before it there."""
+"""Schema version → the statement that brings a ledger of the version before it there: it adds the column
+declared with that `since` (tests/test_ledger_schemas.py holds them to it)."""
 DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
                OverflowError, ValueError, TypeError)
 """Failures of a write caused by a row's values rather than by the file."""
@@ -160,14 +227,20 @@ class HopRecord:
     verification: float | None = None
     prompt_s: float = 0.0
 
-    def row(self, v: _Values) -> tuple:
-        """HOP_COLUMNS from `position` on (the call's id and time come from its call)."""
-        return (v.count("hops.position", self.position), v.text(self.tier), v.text(self.model), v.text(self.outcome),
-                v.text(self.escalation_reason), v.count("hops.prompt_tokens", self.prompt_tokens),
-                v.count("hops.completion_tokens", self.completion_tokens), v.amount("hops.queue_s", self.queue_s),
-                v.amount("hops.generation_s", self.generation_s), v.amount("hops.energy_wh", self.energy_wh),
-                v.amount("hops.local_cost", self.local_cost), v.amount("hops.cloud_cost", self.cloud_cost),
-                v.statistic("hops.verification", self.verification), v.amount("hops.prompt_s", self.prompt_s))
+    def row(self, v: _Values, time: float) -> dict[str, Any]:
+        """The hops row by column name (HOPS); `call_id` is filled in when its call's row is inserted."""
+        return {"call_id": None, "time": time, "position": v.count("hops.position", self.position),
+                "tier": v.text(self.tier), "model": v.text(self.model), "outcome": v.text(self.outcome),
+                "escalation_reason": v.text(self.escalation_reason),
+                "prompt_tokens": v.count("hops.prompt_tokens", self.prompt_tokens),
+                "completion_tokens": v.count("hops.completion_tokens", self.completion_tokens),
+                "queue_s": v.amount("hops.queue_s", self.queue_s),
+                "generation_s": v.amount("hops.generation_s", self.generation_s),
+                "energy_wh": v.amount("hops.energy_wh", self.energy_wh),
+                "local_cost": v.amount("hops.local_cost", self.local_cost),
+                "cloud_cost": v.amount("hops.cloud_cost", self.cloud_cost),
+                "verification": v.statistic("hops.verification", self.verification),
+                "prompt_s": v.amount("hops.prompt_s", self.prompt_s)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,28 +258,27 @@ class CallRecord:
     hops: tuple[HopRecord, ...] = ()
     client: str | None = None
 
-    def rows(self, v: _Values) -> tuple[tuple, list[tuple]]:
-        """The calls row (CALL_COLUMNS) and its hops' rows (HOP_COLUMNS without call_id)."""
+    def rows(self, v: _Values) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The calls row and its hops' rows, by column name (CALLS, HOPS)."""
         time = v.amount("calls.time", self.time)
-        hops = [(time, *hop.row(v)) for hop in self.hops]
-        reasons = ",".join(h[_HOP_AT["escalation_reason"]] for h in hops if h[_HOP_AT["escalation_reason"]])
+        hops = [hop.row(v, time) for hop in self.hops]
+        return {"time": time, "tool": v.text(self.tool), "tier": v.text(self.tier),
+                "served_by": v.text(self.served_by), "model": v.text(self.model), "outcome": v.text(self.outcome),
+                "prompt_tokens": v.count("calls.prompt_tokens", self.prompt_tokens),
+                "completion_tokens": v.count("calls.completion_tokens", self.completion_tokens),
+                "latency_s": v.amount("calls.latency_s", self.latency_s),
+                "queue_s": sum(h["queue_s"] for h in hops), "generation_s": sum(h["generation_s"] for h in hops),
+                "escalation_reasons": ",".join(h["escalation_reason"] for h in hops if h["escalation_reason"]),
+                "cache_hit": int(bool(self.cache_hit)), "energy_wh": sum(h["energy_wh"] for h in hops),
+                "local_cost": sum(h["local_cost"] for h in hops), "cloud_cost": sum(h["cloud_cost"] for h in hops),
+                "client": v.text(self.client)}, hops
 
-        def total(column: str) -> float:
-            return sum(h[_HOP_AT[column]] for h in hops)
 
-        return (time, v.text(self.tool), v.text(self.tier), v.text(self.served_by), v.text(self.model),
-                v.text(self.outcome), v.count("calls.prompt_tokens", self.prompt_tokens),
-                v.count("calls.completion_tokens", self.completion_tokens), v.amount("calls.latency_s", self.latency_s),
-                total("queue_s"), total("generation_s"), reasons, int(bool(self.cache_hit)), total("energy_wh"),
-                total("local_cost"), total("cloud_cost"), v.text(self.client)), hops
-
-
-CALL_COLUMNS = ("time, tool, tier, served_by, model, outcome, prompt_tokens, completion_tokens, latency_s, queue_s, "
-                "generation_s, escalation_reasons, cache_hit, energy_wh, local_cost, cloud_cost, client")
-HOP_COLUMNS = ("call_id, time, position, tier, model, outcome, escalation_reason, prompt_tokens, completion_tokens, "
-               "queue_s, generation_s, energy_wh, local_cost, cloud_cost, verification, prompt_s")
-_HOP_AT = {column: i for i, column in enumerate(HOP_COLUMNS.split(", ")[1:])}
-"""Where each column is in a hop's row without its call_id (CallRecord.rows)."""
+CALL_COLUMNS = ", ".join(CALLS.names)
+HOP_COLUMNS = ", ".join(HOPS.names)
+"""The columns a row gives, in their order on disk (scripts/bench_report.py writes rows in this order)."""
+_INSERT_CALL, _CALL_VALUES = CALLS.insert, CALLS.values
+_INSERT_HOP, _HOP_VALUES = HOPS.insert, HOPS.values
 
 
 def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -217,6 +289,8 @@ def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection
         raise ConfigError(f"ledger.path: cannot create the ledger {path}: {blocking} is a file, not a folder")
     if path.is_dir():
         raise ConfigError(f"ledger.path: {path} is a folder; name a file, such as {path / 'ledger.sqlite3'}")
+    if problem := _newer_by_header(path):
+        raise ConfigError(problem)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=10, check_same_thread=check_same_thread, isolation_level=None)
@@ -245,12 +319,31 @@ def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection
     return conn
 
 
+def _newer(path: Path, version: int) -> str:
+    return (f"ledger.path: {path} was written by a newer mcp-tiered (schema {version}, this one knows up to "
+            f"{SCHEMA_VERSION}); upgrade mcp-tiered or point ledger.path elsewhere")
+
+
+def _newer_by_header(path: Path) -> str | None:
+    """_newer when the file's header already holds a newer schema version, read before SQLite opens the file:
+    opening a ledger in WAL mode, even read-only, creates its -wal and -shm files beside it. (A version only
+    in the -wal file is found once SQLite has opened it, by _not_a_ledger.)"""
+    try:
+        with path.open("rb") as file:
+            header = file.read(100)
+    except OSError:
+        return None
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return None
+    version = int.from_bytes(header[60:64], "big", signed=True)  # PRAGMA user_version
+    return _newer(path, version) if version > SCHEMA_VERSION else None
+
+
 def _not_a_ledger(conn: sqlite3.Connection, path: Path, version: int, *, empty_ok: bool) -> str | None:
     """Why the database at `path` is not an mcp-tiered ledger of this version or older (one sentence), or
     None. An empty database is one where `empty_ok` (the server creates the tables)."""
     if version > SCHEMA_VERSION:
-        return (f"ledger.path: {path} was written by a newer mcp-tiered (schema {version}, this one knows up to "
-                f"{SCHEMA_VERSION}); upgrade mcp-tiered or point ledger.path elsewhere")
+        return _newer(path, version)
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if {"calls", "hops"} <= tables or (empty_ok and not tables):
         return None
@@ -268,9 +361,10 @@ def insert(conn: sqlite3.Connection, calls: list[CallRecord]) -> Counter[str]:
         for call in calls:
             values = _Values()
             row, hops = call.rows(values)
-            cursor = conn.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 17)})", row)
-            conn.executemany(f"INSERT INTO hops ({HOP_COLUMNS}) VALUES ({', '.join('?' * 16)})",
-                             [(cursor.lastrowid, *hop) for hop in hops])
+            call_id = conn.execute(_INSERT_CALL, _CALL_VALUES(row)).lastrowid
+            for hop in hops:
+                hop["call_id"] = call_id
+            conn.executemany(_INSERT_HOP, map(_HOP_VALUES, hops))
             replaced.update(values.replaced)
         conn.execute("COMMIT")
     except BaseException:
@@ -564,6 +658,8 @@ def reading(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
+    if problem := _newer_by_header(path):
+        raise ConfigError(problem)
     uri = path.resolve().as_uri()
     try:
         try:

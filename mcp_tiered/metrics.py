@@ -8,7 +8,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .config import CLOUD
 from .ledger import HopRecord
 from .tiers import TierRegistry
 
@@ -34,7 +33,7 @@ class _LiveState(Collector):
             spend = GaugeMetricFamily("mcp_tiered_cloud_spend", "Cloud spend in the configured currency",
                                       labels=["period", "currency"])
             for period, value in self.tiers.budget.spent().items():
-                spend.add_metric([period, self.tiers.budget.config.currency], value)
+                spend.add_metric([period, self.tiers.budget.currency], value)
             yield spend
 
 
@@ -54,9 +53,10 @@ class Metrics:
                                   ["tier"], registry=self.registry)
         self.energy = Counter("mcp_tiered_energy_wh", "Energy of generation by tier ([costs] power_watts)",
                               ["tier"], registry=self.registry)
-        self.cost = Counter("mcp_tiered_cost", "Energy cost of local tiers and billed cost of the cloud",
+        self.cost = Counter("mcp_tiered_cost", "Energy cost of local tiers and billed cost of the tiers billed per token",
                             ["tier", "kind", "currency"], registry=self.registry)
         self.registry.register(_LiveState(tiers))
+        self._billed_per_token = {tier.name for tier in tiers if tier.capabilities.billing == "tokens"}
 
     def record(self, tier: str, outcome: str, latency_s: float, result: object | None = None) -> None:
         self.calls.labels(tier, outcome).inc()
@@ -73,7 +73,7 @@ class Metrics:
     def record_hops(self, hops: Iterable[HopRecord], currency: str) -> None:
         for hop in hops:
             self.generation.labels(hop.tier).inc(hop.generation_s)
-            if hop.tier == CLOUD:
+            if hop.tier in self._billed_per_token:
                 self.cost.labels(hop.tier, "cloud", currency).inc(hop.cloud_cost)
             else:
                 self.energy.labels(hop.tier).inc(hop.energy_wh)

@@ -3,48 +3,20 @@ the table `mcp-tiered plan` and `check` print."""
 
 from __future__ import annotations
 
-from typing import Any
 
-from . import hub, plan
-from .config import Config, LlamaServerTierConfig, LocalTierConfig, model_file_problem
-from .validation import key_path
+from .config import Config
+from .engines import PlanInput, engine_of
 
 
 def tier_plans(config: Config, gpus: list, cpu_bandwidth: float, remote: bool = False) -> list[dict]:
     """Each tier's shape, need and verdict (plan.py), or why it has none. `remote`: read the header of an
     `hf:` model that is not downloaded from the hub (a few MB, not the weights)."""
+    given = PlanInput(gpus, cpu_bandwidth, remote)
     rows = []
     for name, tier in config.tiers.items():
-        row: dict[str, Any] = {"tier": name, "engine": tier.engine}
-        if not isinstance(tier, LocalTierConfig):
-            rows.append({**row, "problem": "served by its endpoints (engine openai): plan it on their machines"})
-            continue
-        source = "file"
-        try:
-            if remote and tier.hf_ref is not None and not tier.model.exists():
-                shape, source = plan.remote_shape(tier.hf_ref, key_path(["tiers", name, "model"])), "hub header"
-            elif problem := model_file_problem(name, tier):
-                rows.append({**row, "problem": problem})
-                continue
-            else:
-                shape = plan.read_shape(tier.model)
-        except hub.PullError as exc:
-            rows.append({**row, "problem": str(exc)})
-            continue
-        except (ValueError, OSError) as exc:
-            rows.append({**row, "problem": f"tiers.{name}.model: cannot read the GGUF metadata ({exc})"})
-            continue
-        slots = tier.parallel if isinstance(tier, LlamaServerTierConfig) else 1
-        copies = 1 if isinstance(tier, LlamaServerTierConfig) else tier.instances
-        verdict = plan.fit(shape, tier.n_ctx * slots, copies, gpus, tier.n_gpu_layers, cpu_bandwidth,
-                           flash_attention=bool(gpus))
-        rows.append({**row, "model": str(tier.hf_ref or tier.model), "metadata_from": source,
-                     "shape": plan.as_dict(shape), "n_ctx": tier.n_ctx,
-                     "slots": slots, "copies": copies, "context_cells": plan.context_cells(tier.n_ctx * slots),
-                     "need": {**vars(verdict.need), "gpu": verdict.need.gpu, "ram": verdict.need.ram},
-                     "fits": verdict.fits, "n_gpu_layers": verdict.gpu_layers, "available_bytes": verdict.available,
-                     "tokens_per_s": verdict.tokens_per_s, "all_gpu_tokens_per_s": verdict.full_tokens_per_s,
-                     "verdict": verdict.words})
+        engine = engine_of(tier)
+        rows.append(engine.plan(name, tier, given) if engine.plan is not None
+                    else {"tier": name, "engine": tier.engine, "problem": engine.plan_note})
     return rows
 
 

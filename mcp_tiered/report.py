@@ -19,9 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .config import CLOUD
 from .costs import CostModel
-from .ledger import reading
+from .ledger import TABLES, reading
 
 MONTH_S = 30.4375 * 86400
 MIN_HISTORY_S = 86400.0
@@ -64,9 +63,10 @@ START = """SELECT MIN(time - latency_s) AS start FROM calls
     WHERE time <= (SELECT MIN(time) FROM calls {where}) + 3600 {also}"""
 """When the period starts: the earliest call's start, among those that ended in its first hour (through the
 time index; no call runs for an hour)."""
-ADDED_COLUMNS = {"client": ("calls", "NULL"), "prompt_s": ("hops", "0.0")}
-"""Columns that later schemas added (ledger.MIGRATIONS) and the report reads, with their defaults: a ledger
-no server has upgraded yet is read as it is (the reader never writes), its missing columns as the defaults."""
+ADDED_COLUMNS = {column.name: (table.name, column.absent_as) for table in TABLES for column in table.columns
+                 if column.since > 1}
+"""Columns that later schemas added (ledger.MIGRATIONS), with what a ledger without them holds in their place:
+a ledger no server has upgraded yet is read as it is (the reader never writes)."""
 
 
 def _columns(conn: sqlite3.Connection) -> dict[str, str]:
@@ -93,7 +93,7 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
 
     answered = sum(r["calls"] for r in served)
     names = list(costs.tiers)
-    for name in [*hops, *[CLOUD] * bool(costs.cloud_billed_prices)]:
+    for name in [*hops, *costs.token_prices]:
         if name not in names:
             names.append(name)
     tiers = [_tier_row(name, hops.get(name), [r for r in served if r["served_by"] == name and not r["cache_hit"]],
@@ -203,9 +203,9 @@ def _tier_row(name: str, hops: sqlite3.Row | None, served: list[sqlite3.Row], an
     prompt, completion, generation_s = _whole(total("prompt_tokens")), _whole(total("completion_tokens")), total("generation_s")
     calls = sum(r["calls"] for r in served)
     row: dict[str, Any] = {
-        "tier": name, "kind": "cloud" if name == CLOUD else "local",
+        "tier": name, "kind": "cloud" if name in costs.token_prices else "local",
         "hops": int(total("hops")), "served": calls, "share": _ratio(calls, answered),
-        "target_share": costs.cloud_target_share if name == CLOUD else costs.tier(name).target_share,
+        "target_share": costs.target_share(name),
         "escalated_away": int(total("escalated")),
         "prompt_tokens": prompt, "completion_tokens": completion, "generation_s": generation_s,
         "tokens_per_s": _ratio(completion, generation_s),
@@ -216,7 +216,7 @@ def _tier_row(name: str, hops: sqlite3.Row | None, served: list[sqlite3.Row], an
                                           total("timed_generation_s") - total("prompt_s")),
         "cloud_equivalent": _equivalent(costs, served),
     }
-    if name == CLOUD:
+    if row["kind"] == "cloud":
         row["cloud_cost"] = total("cloud_cost")
         return row
     tier = costs.tier(name)
@@ -268,20 +268,22 @@ def _projection(costs: CostModel, totals: dict[str, Any], energy_cost: float, cl
     }
 
 
-def ledger_traffic(path: Path) -> dict[str, Any]:
+def ledger_traffic(path: Path, costs: CostModel) -> dict[str, Any]:
     """The ledger's volume and mix for `whatif`: tokens a month (None without enough history, and why),
     the input share and the share of tokens the cloud answered."""
     with reading(path) as conn:
         row = conn.execute(
             "SELECT MIN(time - latency_s) AS start, MAX(time) AS end, TOTAL(prompt_tokens) AS prompt, "
-            "TOTAL(completion_tokens) AS completion, TOTAL(CASE WHEN served_by = ? THEN prompt_tokens + "
-            "completion_tokens END) AS cloud FROM calls WHERE outcome IN ('ok', 'cache_hit')", (CLOUD,)).fetchone()
+            "TOTAL(completion_tokens) AS completion, TOTAL(CASE WHEN served_by IN "
+            f"({', '.join('?' * len(costs.token_prices))}) THEN prompt_tokens + "
+            f"completion_tokens END) AS cloud_tokens FROM calls WHERE outcome IN ('ok', 'cache_hit')",
+            tuple(costs.token_prices)).fetchone()
     tokens = row["prompt"] + row["completion"]
     span = max((row["end"] or 0) - (row["start"] or 0), 0.0)
     why = history_problem(span)
     return {"days": span / 86400, "tokens_per_month": None if why or not tokens else tokens / span * MONTH_S,
             "why_no_projection": why, "input_share": row["prompt"] / tokens if tokens else None,
-            "cloud_share": row["cloud"] / tokens if tokens else None}
+            "cloud_share": row["cloud_tokens"] / tokens if tokens else None}
 
 
 def _iso(ts: float | None) -> str | None:

@@ -23,6 +23,7 @@ import structlog
 from . import __version__
 from .backends.pool import CallControl
 from .cache import ResponseCache
+from .compat.mcp_sdk import lowlevel_server
 from .config import ServerConfig
 from .costs import CostModel
 from . import routing
@@ -167,8 +168,8 @@ def build_server(tiers: TierRegistry, server: ServerConfig | None = None, metric
                  costs: CostModel | None = None) -> MCPServer:
     server = server or ServerConfig()
     dispatcher = Dispatcher(tiers, server.default_deadline_s, metrics, cache, ledger, costs)
-    if tiers.cloud_disabled:
-        log.warning("cloud_disabled", reason=tiers.cloud_disabled)
+    for name, left_out in tiers.unavailable.items():
+        log.warning("tier_unavailable", tier=name, reason=left_out.reason)
 
     mcp = MCPServer(
         name="mcp-tiered",
@@ -216,4 +217,4 @@ def _accept_log_level(mcp: MCPServer) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MCPDeprecationWarning)
         # MCPServer has no public hook for this deprecated method; the low-level server does.
-        mcp._lowlevel_server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
+        lowlevel_server(mcp).add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)

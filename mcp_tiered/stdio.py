@@ -22,6 +22,8 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
+from .compat.mcp_sdk import lowlevel_server
+
 log = structlog.get_logger(__name__)
 
 
@@ -96,5 +98,5 @@ async def run_stdio(mcp: MCPServer) -> None:
     lines = _AnsweringLines(stdin)
     async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
         lines.answer_through(write_stream)
-        server = mcp._lowlevel_server  # MCPServer runs its low-level server the same way
+        server = lowlevel_server(mcp)  # MCPServer runs its low-level server the same way
         await server.run(read_stream, write_stream, server.create_initialization_options())

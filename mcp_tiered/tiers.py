@@ -1,4 +1,4 @@
-"""The tiers declared in models.toml (and the cloud tier), each with its backend and escalation policy."""
+"""The tiers declared in models.toml, each with its backend and escalation policy."""
 
 from __future__ import annotations
 
@@ -12,54 +12,26 @@ import anyio
 from . import memory
 from .backends import Backend
 from .backends.base import Capabilities
-from .engines import engine_backend
 from .budget import CloudBudget
-from .confidence import VerifyStatistic
-from .config import CLOUD, AnyTier, ConfidenceStatistic, Config
+from .config import Config, EscalationConfig, TierFields
+from .engines import capabilities_of, engine_backend, engine_of
 
 TOOL_PREFIX = "generate_"
 
-BackendFactory = Callable[[str, AnyTier], Backend]
+BackendFactory = Callable[[str, TierFields], Backend]
 
 
-@dataclass(frozen=True)
-class Policy:
-    """A tier's escalation policy: the [escalation] defaults with the tier's own overrides."""
+class Policy(EscalationConfig):
+    """A tier's escalation policy: the [escalation] settings updated with the tier's own, and where it hands on."""
 
     escalate_to: str | None = None
     local_only: bool = False
-    min_confidence: float = 0.0
-    statistic: ConfidenceStatistic = "mean"
-    quantile: float = 0.1
-    escalate_on_truncated: bool = False
-    escalate_on_repetition: bool = True
     verify_with: str | None = None
-    verify_statistic: VerifyStatistic = "top_share"
-    verify_quantile: float = 0.1
-    min_verification: float = 0.5
-    verify_below: float | None = None
 
     @classmethod
-    def for_tier(cls, config: Config, tier: AnyTier) -> Policy:
-        defaults = config.escalation
-
-        def pick(own, default):  # noqa: ANN001, ANN202
-            return default if own is None else own
-
-        return cls(
-            escalate_to=tier.escalate_to,
-            local_only=tier.local_only,
-            min_confidence=pick(tier.min_confidence, defaults.min_confidence),
-            statistic=pick(tier.confidence, defaults.confidence),
-            quantile=pick(tier.confidence_quantile, defaults.confidence_quantile),
-            escalate_on_truncated=pick(tier.escalate_on_truncated, defaults.escalate_on_truncated),
-            escalate_on_repetition=pick(tier.escalate_on_repetition, defaults.escalate_on_repetition),
-            verify_with=tier.verify_with,
-            verify_statistic=pick(tier.verify_statistic, defaults.verify_statistic),
-            verify_quantile=pick(tier.verify_quantile, defaults.verify_quantile),
-            min_verification=pick(tier.min_verification, defaults.min_verification),
-            verify_below=pick(tier.verify_below, defaults.verify_below),
-        )
+    def for_tier(cls, config: Config, tier: TierFields) -> Policy:
+        return cls(**config.escalation.updated(tier).model_dump(), escalate_to=tier.escalate_to,
+                   local_only=tier.local_only, verify_with=tier.verify_with)
 
 
 @dataclass(frozen=True)
@@ -82,35 +54,38 @@ class Tier:
         return self.backend.capabilities
 
 
+@dataclass(frozen=True)
+class Unavailable:
+    """A configured tier the server leaves out (its engine's `unavailable`), and what its engine would do."""
+
+    reason: str
+    capabilities: Capabilities
+
+
 class TierRegistry:
     """Local tiers in the order models.toml declares them, then the cloud tier when enabled."""
 
-    def __init__(self, tiers: list[Tier], *, cloud_disabled: str | None = None, budget: CloudBudget | None = None):
+    def __init__(self, tiers: list[Tier], *, unavailable: Mapping[str, Unavailable] | None = None,
+                 budget: CloudBudget | None = None):
         self._tiers = {tier.name: tier for tier in tiers}
-        self.cloud_disabled = cloud_disabled
-        """Why a configured cloud tier is not available (no API key), or None."""
+        self.unavailable = dict(unavailable or {})
+        """The configured tiers left out, and why (an API key not set)."""
         self.budget = budget
 
     @classmethod
-    def from_config(cls, config: Config, backend_factory: BackendFactory = engine_backend,
+    def from_config(cls, config: Config, backend_factory: BackendFactory | None = None,
                     environ: Mapping[str, str] = os.environ) -> TierRegistry:
-        tiers = [
-            Tier(name, backend_factory(name, tc), tc.description, tc.max_tokens, tc.temperature,
-                 Policy.for_tier(config, tc), tc.n_ctx)
-            for name, tc in config.tiers.items()
-        ]
-        cloud_disabled = budget = None
-        if config.cloud is not None:
-            if key := environ.get(config.cloud.api_key_env):
-                from .backends.cloud import CloudBackend
+        def build(name: str, tc: TierFields) -> Backend:
+            return backend_factory(name, tc) if backend_factory else engine_backend(name, tc, environ)
 
-                # The last tier: its answers are final, and Claude does not loop like a small model.
-                tiers.append(Tier(CLOUD, CloudBackend(config.cloud, key), config.cloud.description,
-                                  config.cloud.max_tokens, 1.0, Policy(escalate_on_repetition=False)))
-                budget = CloudBudget(config.cloud)
-            else:
-                cloud_disabled = f"the cloud tier is disabled because ${config.cloud.api_key_env} is not set"
-        return cls(tiers, cloud_disabled=cloud_disabled, budget=budget)
+        tiers, unavailable = [], {}
+        for name, tc in config.tiers.items():
+            if why := engine_of(tc).unavailable(name, tc, environ):
+                unavailable[name] = Unavailable(why, capabilities_of(tc))
+                continue
+            tiers.append(Tier(name, build(name, tc), tc.description, tc.max_tokens, tc.temperature,
+                              Policy.for_tier(config, tc), tc.n_ctx))
+        return cls(tiers, unavailable=unavailable, budget=CloudBudget.for_tiers(config, tiers))
 
     def __iter__(self) -> Iterator[Tier]:
         return iter(self._tiers.values())
@@ -125,7 +100,7 @@ class TierRegistry:
         return self._tiers[name]
 
     def chain(self, name: str) -> list[str]:
-        """`name` and the tiers it escalates to, in order; "cloud" may be named while disabled."""
+        """`name` and the tiers it escalates to, in order; the last may be one left out (`unavailable`)."""
         names = [name]
         while name in self._tiers and (name := self._tiers[name].policy.escalate_to) is not None:
             names.append(name)

@@ -18,7 +18,8 @@ from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from mcp_tiered.backends import Backend, Completion, GenerationRequest
-from mcp_tiered.backends.base import CLOUD_API, LOCAL
+from mcp_tiered.backends.base import LOCAL
+from mcp_tiered.engines.anthropic import CAPABILITIES as CLOUD_API
 from mcp_tiered.config import default_models_dir
 from mcp_tiered.default_models import QWEN_CODER_1_5B, SMOLLM2, ModelSpec
 

@@ -2,7 +2,7 @@
 
 Each request takes the next mode from `script` (then `default`): "ok", "401", "429" (with retry-after),
 "529", "slow" (answers after `slow_s`), "malformed" (200 with a body that is not JSON), "drip" (streams
-one word every `drip_s`). A request with `"stream": true` is answered with server-sent events, word by word;
+one word every `drip_s`), "truncated" (streams the reply and stops with stop_reason "max_tokens"). A request with `"stream": true` is answered with server-sent events, word by word;
 two modes break such a stream after `message_start` and two deltas: "reset" (the connection is reset, TCP RST)
 and "cut" (the connection closes cleanly, without `message_stop`).
 """
@@ -91,7 +91,8 @@ class FakeAnthropic:
                 if body.get("stream"):
                     try:
                         self._stream(body, fake.drip_s if mode == "drip" else 0.0,
-                                     break_after=2 if mode in ("reset", "cut") else None)
+                                     break_after=2 if mode in ("reset", "cut") else None,
+                                     stop_reason="max_tokens" if mode == "truncated" else "end_turn")
                         if mode == "reset":  # SO_LINGER 0: close() sends RST instead of FIN
                             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                             self.connection.close()
@@ -109,7 +110,8 @@ class FakeAnthropic:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                     pass
 
-            def _stream(self, body: dict[str, Any], drip_s: float, break_after: int | None = None) -> None:
+            def _stream(self, body: dict[str, Any], drip_s: float, break_after: int | None = None,
+                        stop_reason: str = "end_turn") -> None:
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.end_headers()
@@ -133,7 +135,7 @@ class FakeAnthropic:
                     text = word if i == len(words) - 1 else word + " "
                     event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}})
                 event("content_block_stop", {"index": 0})
-                event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                event("message_delta", {"delta": {"stop_reason": stop_reason, "stop_sequence": None},
                                         "usage": {"output_tokens": 8}})
                 event("message_stop", {})
 

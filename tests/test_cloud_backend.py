@@ -7,7 +7,7 @@ import pytest
 
 from fake_anthropic import FakeAnthropic
 from mcp_tiered.backends import GenerationRequest
-from mcp_tiered.backends.cloud import CloudBackend
+from mcp_tiered.backends.cloud import AnthropicBackend
 from mcp_tiered.backends.pool import CallControl
 from mcp_tiered.config import CloudConfig
 from mcp_tiered.errors import BackendError
@@ -17,9 +17,10 @@ pytestmark = pytest.mark.anyio
 REQUEST = GenerationRequest("What is the capital of France?", "Be brief.", 64, 0.0, ("\n\n",))
 
 
-def cloud(fake: FakeAnthropic, **overrides) -> CloudBackend:
+def cloud(fake: FakeAnthropic, **overrides) -> AnthropicBackend:
+    """The tier the [cloud] shorthand declares, as models.toml would."""
     config = CloudConfig(model="claude-test", base_url=fake.url, **({"max_retries": 2, "timeout_s": 10} | overrides))
-    return CloudBackend(config, api_key="sk-test-key")
+    return AnthropicBackend("cloud", config.as_tier(), api_key="sk-test-key")
 
 
 async def test_success_returns_text_and_usage_and_sends_the_request() -> None:

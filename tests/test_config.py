@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from mcp_tiered import cli
-from mcp_tiered.config import LocalTierConfig, load_config, model_file_problem, resolve_config_path
+from mcp_tiered.config import ModelFileFields, load_config, model_file_problem, resolve_config_path
 from mcp_tiered.errors import ConfigError
 
 VALID_TIER = """
@@ -17,10 +18,10 @@ description = "a small model"
 OPENAI_TIER = '[tiers.big]\nengine = "openai"\nmodel = "qwen-72b-awq"\ndescription = "72B on vLLM"\n'
 ENDPOINT = 'endpoints = [{ url = "http://gpu-1:8000/v1" }]\n'
 COMMON_KEYS = ["description", "engine", "max_tokens", "temperature", "max_queue", "queue_timeout_s", "escalate_to",
-               "local_only", "min_confidence", "confidence", "confidence_quantile", "escalate_on_truncated",
-               "escalate_on_repetition", "verify_with", "verify_statistic", "verify_quantile", "min_verification",
-               "verify_below"]
-MODEL_FILE_KEYS = ["model", "sha256", "n_ctx", "n_gpu_layers", "main_gpu", "tensor_split", "n_threads", "n_batch", "preload",
+               "local_only", "n_ctx", "verify_with", "min_confidence", "confidence", "confidence_quantile",
+               "escalate_on_truncated", "escalate_on_repetition", "verify_statistic", "verify_quantile",
+               "min_verification", "verify_below"]
+MODEL_FILE_KEYS = ["model", "sha256", "n_gpu_layers", "main_gpu", "tensor_split", "n_threads", "n_batch", "preload",
                    "idle_unload_s"]
 LLAMA_CPP_KEYS = [*COMMON_KEYS, *MODEL_FILE_KEYS, "chat_format", "instances", "prompt_cache_mb"]
 LLAMA_SERVER_KEYS = [*COMMON_KEYS, *MODEL_FILE_KEYS, "parallel", "server_binary", "startup_timeout_s"]
@@ -30,14 +31,14 @@ MALFORMED = {
     "invalid_toml": ("[tiers.small\nmodel = 1", '{dir}/models.toml: invalid TOML: Expected \']\' at the end of a table declaration (at line 1, column 13)'),
     "no_tiers_table": ("", "tiers: is required (a table with at least one [tiers.<name>] entry)"),
     "empty_tiers": ("[tiers]", "tiers: must be a table with at least one [tiers.<name>] entry, got an empty table"),
-    "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers, escalation, server, cache, ledger, costs, cloud"),
+    "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers, escalation, server, cache, ledger, costs, budget, cloud"),
     "unknown_tier_key": (
         VALID_TIER + "n_ctxx = 4096",
         "tiers.small.n_ctxx: unknown key; valid keys here are " + ", ".join(LLAMA_CPP_KEYS),
     ),
     "unknown_engine": (VALID_TIER + 'engine = "vllm"',
-                       'tiers.small.engine: must be one of "llama-cpp", "llama-server", "openai", got "vllm"'),
-    "engine_not_a_string": (VALID_TIER + "engine = 3", 'tiers.small.engine: must be one of "llama-cpp", "llama-server", "openai", got 3'),
+                       'tiers.small.engine: must be one of "llama-cpp", "llama-server", "openai", "anthropic", got "vllm"'),
+    "engine_not_a_string": (VALID_TIER + "engine = 3", 'tiers.small.engine: must be one of "llama-cpp", "llama-server", "openai", "anthropic", got 3'),
     "server_key_on_llama_cpp": (VALID_TIER + "parallel = 4", 'tiers.small.parallel: a key of engine = "llama-server", '
                                 "not of this tier's engine \"llama-cpp\"; set engine or remove the key"),
     "llama_cpp_key_on_server": (VALID_TIER + 'engine = "llama-server"\ninstances = 2',
@@ -90,15 +91,15 @@ MALFORMED = {
         "cloud.api_key: API keys do not belong in models.toml; put the key in the environment variable named by "
         "cloud.api_key_env (default ANTHROPIC_API_KEY) and remove this line",
     ),
-    "escalate_to_unknown_tier": (VALID_TIER + 'escalate_to = "huge"', 'tiers.small.escalate_to: unknown tier "huge"; valid targets are "cloud"'),
+    "escalate_to_unknown_tier": (VALID_TIER + 'escalate_to = "huge"', 'tiers.small.escalate_to: unknown tier "huge"; there is no other tier to escalate to; add one (a [tiers.<name>] or a [cloud] section) or remove escalate_to'),
     "escalate_to_cloud_without_cloud_section": (
         VALID_TIER + 'escalate_to = "cloud"',
-        'tiers.small.escalate_to: "cloud" needs a [cloud] section; add one or escalate to one of "cloud"',
+        'tiers.small.escalate_to: "cloud" needs a [cloud] section; add one',
     ),
     "escalation_loop": (
         VALID_TIER + 'escalate_to = "large"\n[tiers.large]\nmodel = "{model}"\ndescription = "x"\nescalate_to = "small"',
         "tiers.small.escalate_to: escalation loops (small → large → small); a chain must end at a tier without "
-        "escalate_to or at cloud",
+        "escalate_to",
     ),
     "unknown_confidence_statistic": (
         '[escalation]\nconfidence = "median"\n' + VALID_TIER,
@@ -159,8 +160,9 @@ MALFORMED = {
                               "once and give it the max_concurrency it takes"),
     "openai_min_confidence_without_logprobs": (
         OPENAI_TIER + ENDPOINT + "logprobs = false\nmin_confidence = 0.5",
-        "tiers.big.min_confidence: needs token log-probabilities, which this tier's endpoints do not return "
-        "(logprobs = false); remove min_confidence or use endpoints that return log-probabilities"),
+        "tiers.big.min_confidence: needs token log-probabilities, which this tier's engine does not return (its "
+        "endpoints do not return them: logprobs = false); remove min_confidence or use an engine that returns "
+        "log-probabilities"),
     "openai_max_tokens_not_below_n_ctx": (OPENAI_TIER + ENDPOINT + "n_ctx = 1024\nmax_tokens = 2048",
                                           "tiers.big.max_tokens: must be less than n_ctx (1024), got 2048"),
     "ledger_path_not_a_string": (VALID_TIER + "\n[ledger]\npath = 5", "ledger.path: must be a file path, got 5"),
@@ -186,7 +188,7 @@ def problems_of(path: Path) -> list[str]:
     except ConfigError as exc:
         return exc.problems
     return [p for name, tier in config.tiers.items()
-            if isinstance(tier, LocalTierConfig) and (p := model_file_problem(name, tier))]
+            if isinstance(tier, ModelFileFields) and (p := model_file_problem(name, tier))]
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
@@ -249,7 +251,7 @@ def test_config_path_prefers_cli_then_env_then_cwd(monkeypatch) -> None:
 
 @pytest.mark.parametrize("name", ["models.toml", "models.example.toml"])
 def test_shipped_config_files_load(name: str) -> None:
-    config = load_config(Path(__file__).resolve().parent.parent / name)
+    config = load_config(REPO / name)
     assert config.tiers
 
 
@@ -273,3 +275,12 @@ def test_check_says_which_tiers_verify_and_are_verified(write_config, smollm2: P
     small, large, *_ = capsys.readouterr()[0].splitlines()
     assert small.endswith("in-process llama.cpp; can verify other tiers' answers; its answers are verified by large)")
     assert large.endswith("in-process llama.cpp; can verify other tiers' answers)")
+
+
+def test_the_readmes_minimal_config_loads_with_its_claude_tier_last_in_the_chain(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    text = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "models.toml").write_text(text, encoding="utf-8")
+    config = load_config(tmp_path / "models.toml")
+    assert config.chain("small") == ["small", "large", "haiku"]
+    assert config.tiers["haiku"].engine == "anthropic" and (config.budget.daily, config.budget.monthly) == (5.0, 100.0)

@@ -11,18 +11,22 @@ import pytest
 from conftest import ScriptedBackend
 from fake_anthropic import FakeAnthropic
 from mcp_tiered.backends import Completion
-from mcp_tiered.backends.cloud import CloudBackend
+from mcp_tiered.backends.cloud import AnthropicBackend
+from mcp_tiered.backends.base import Capabilities
 from mcp_tiered.budget import CloudBudget
-from mcp_tiered.config import CloudConfig
+from mcp_tiered.config import AnthropicTierConfig, TokenPrices
 from mcp_tiered.dispatch import Dispatcher
 from mcp_tiered.errors import BackendError, PromptTooLongError, RequestError
-from mcp_tiered.tiers import Policy, Tier, TierRegistry
+from mcp_tiered.tiers import Policy, Tier, TierRegistry, Unavailable
 
 pytestmark = pytest.mark.anyio
 
 
 def answer(text: str = "42", prob: float = 0.9, finish: str = "stop") -> Completion:
     return Completion(text, finish, 10, 3, (math.log(prob),) * 3)
+
+
+CLOUD_CAPABILITIES = Capabilities(prompt_leaves_machine=True, billing="tokens", token_logprobs=False)
 
 
 def too_long() -> PromptTooLongError:
@@ -34,12 +38,15 @@ def chain(small: list, large: list | None = None, cloud: list | None = None, *, 
           budget: CloudBudget | None = None) -> TierRegistry:
     top = "cloud" if cloud is not None or cloud_disabled else None
     tiers = [Tier("small", ScriptedBackend(small), "small", 100, 0.2,
-                  Policy("large" if large is not None else top, local_only, min_confidence, "mean", 0.1, truncated))]
+                  Policy(escalate_to="large" if large is not None else top, local_only=local_only,
+                         min_confidence=min_confidence, escalate_on_truncated=truncated))]
     if large is not None:
-        tiers.append(Tier("large", ScriptedBackend(large), "large", 100, 0.2, Policy(top, False, min_confidence)))
+        tiers.append(Tier("large", ScriptedBackend(large), "large", 100, 0.2,
+                          Policy(escalate_to=top, min_confidence=min_confidence)))
     if cloud is not None:
         tiers.append(Tier("cloud", ScriptedBackend(cloud, "claude", is_local=False), "cloud", 100, 1.0))
-    return TierRegistry(tiers, cloud_disabled=cloud_disabled, budget=budget)
+    unavailable = {"cloud": Unavailable(cloud_disabled, CLOUD_CAPABILITIES)} if cloud_disabled else {}
+    return TierRegistry(tiers, unavailable=unavailable, budget=budget)
 
 
 async def test_confident_answer_stays_on_the_first_tier() -> None:
@@ -131,9 +138,8 @@ async def test_bad_escalate_value_is_one_sentence() -> None:
 
 def budget_for(calls: int) -> CloudBudget:
     """A daily budget that holds exactly `calls` worst-case calls of prompt "q" with max_tokens 100."""
-    config = CloudConfig(model="claude-test", input_price_per_mtok=1.0, output_price_per_mtok=1.0)
-    per_call = CloudBudget(config).worst_case_cost("q", "", 100)
-    return CloudBudget(config.model_copy(update={"daily_budget": per_call * calls}))
+    per_call = CloudBudget.worst_case_cost(TokenPrices(), "q", "", 100)
+    return CloudBudget(per_call * calls, None, "USD")
 
 
 async def test_over_budget_call_is_not_made_and_the_local_answer_is_flagged() -> None:
@@ -149,9 +155,10 @@ async def test_concurrent_escalations_never_overrun_the_budget() -> None:
     """20 concurrent escalations, a budget for 5: at most 5 requests reach the (real SDK → local) cloud."""
     budget = budget_for(5)
     with FakeAnthropic() as fake:
-        cloud = CloudBackend(CloudConfig(model="claude-test", base_url=fake.url, max_retries=0), api_key="sk-test")
+        cloud = AnthropicBackend("cloud", AnthropicTierConfig(engine="anthropic", description="c", model="claude-test",
+                                                             base_url=fake.url, max_retries=0), api_key="sk-test")
         small = ScriptedBackend([answer(prob=0.1) for _ in range(20)])
-        tiers = TierRegistry([Tier("small", small, "small", 100, 0.2, Policy("cloud", min_confidence=0.5)),
+        tiers = TierRegistry([Tier("small", small, "small", 100, 0.2, Policy(escalate_to="cloud", min_confidence=0.5)),
                               Tier("cloud", cloud, "cloud", 100, 1.0)], budget=budget)
         dispatcher = Dispatcher(tiers)
         results = []
@@ -218,7 +225,7 @@ async def test_long_answers_that_merely_have_structure_are_not_repetitive() -> N
 async def test_escalate_on_repetition_false_keeps_the_loop() -> None:
     tiers = TierRegistry([
         Tier("small", ScriptedBackend([answer(LOOP, prob=0.95)]), "small", 100, 0.2,
-             Policy("large", escalate_on_repetition=False)),
+             Policy(escalate_to="large", escalate_on_repetition=False)),
         Tier("large", ScriptedBackend([answer("Paris")]), "large", 100, 0.2),
     ])
     result = await Dispatcher(tiers).generate("small", "q")

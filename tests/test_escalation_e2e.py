@@ -115,7 +115,7 @@ async def test_without_api_key_startup_says_so_once_and_results_carry_the_reason
             tools = [t.name for t in (await client.list_tools()).tools]
             results = [await client.call_tool("generate_small", {"prompt": PARIS}) for _ in range(2)]
     events = [json.loads(line) for line in errlog.read_text().splitlines()]
-    assert [e["reason"] for e in events if e["event"] == "cloud_disabled"] == [
+    assert [e["reason"] for e in events if e["event"] == "tier_unavailable"] == [
         "the cloud tier is disabled because $ANTHROPIC_API_KEY is not set"
     ]
     assert tools == ["generate_small"]

@@ -19,7 +19,7 @@ from conftest import MCP_TIERED, ScriptedBackend, server_env, stdio_server
 from mcp_tiered.backends import Completion
 from mcp_tiered.budget import CloudBudget
 from mcp_tiered.cache import ResponseCache
-from mcp_tiered.config import CloudConfig, TierCostConfig
+from mcp_tiered.config import TierCostConfig, TokenPrices
 from mcp_tiered.costs import CostModel
 from mcp_tiered.dispatch import Dispatcher
 from mcp_tiered.errors import BusyError, ConfigError
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.anyio
 SURE = (-0.01,) * 3
 UNSURE = (-3.0,) * 3
 COSTS = CostModel(
-    electricity_per_kwh=0.25, cloud_billed_prices=(3.0, 15.0),
+    electricity_per_kwh=0.25, token_prices={"cloud": TokenPrices(input_price_per_mtok=3.0, output_price_per_mtok=15.0)},
     tiers={"small": TierCostConfig(power_watts=300), "large": TierCostConfig(power_watts=600)},
 )
 
@@ -47,8 +47,8 @@ def rows(path: Path, table: str) -> list[sqlite3.Row]:
 
 def chain_to_cloud(small: list, large: list, cloud: list) -> TierRegistry:
     return TierRegistry([
-        Tier("small", ScriptedBackend(small, "smol", generation_s=36.0), "s", 100, 0.2, Policy("large", min_confidence=0.5)),
-        Tier("large", ScriptedBackend(large, "big", generation_s=60.0), "l", 100, 0.2, Policy("cloud", min_confidence=0.5)),
+        Tier("small", ScriptedBackend(small, "smol", generation_s=36.0), "s", 100, 0.2, Policy(escalate_to="large", min_confidence=0.5)),
+        Tier("large", ScriptedBackend(large, "big", generation_s=60.0), "l", 100, 0.2, Policy(escalate_to="cloud", min_confidence=0.5)),
         Tier("cloud", ScriptedBackend(cloud, "claude", is_local=False, generation_s=2.0), "c", 100, 1.0),
     ])
 
@@ -167,7 +167,7 @@ def test_cloud_budget_starts_from_the_spend_the_ledger_recorded_today(tmp_path: 
     yesterday = now - 86400 * 2
     insert(conn, [CallRecord(now - 5, "generate_cloud", "cloud", "cloud", "claude", "ok", 10, 10, 1.0, hops=(hop,)),
                   CallRecord(yesterday, "generate_cloud", "cloud", "cloud", "claude", "ok", 10, 10, 1.0, hops=(hop,))])
-    budget = CloudBudget(CloudConfig(model="claude", daily_budget=2.0), clock=lambda: now)
+    budget = CloudBudget(2.0, None, "USD", clock=lambda: now)
     day, month = budget.period_starts()
     budget.restore(cloud_spend_since(conn, day), cloud_spend_since(conn, month))
     conn.close()

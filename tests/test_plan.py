@@ -124,8 +124,9 @@ def test_the_example_config_plans_what_it_can_and_says_why_not_for_the_rest(tmp_
     done = subprocess.run([MCP_TIERED, "plan", "--config", str(REPO / "models.example.toml"), "--gpu", "24GB"],
                           capture_output=True, text=True, env=env, check=True)
     rows = done.stdout.splitlines()[2:]
-    assert [row.split()[0] for row in rows] == ["small", "medium", "large", "long"]
+    assert [row.split()[0] for row in rows] == ["small", "medium", "large", "long", "cloud"]
     assert rows[1].endswith("served by its endpoints (engine openai): plan it on their machines")
+    assert rows[4].endswith("served by the Anthropic API: nothing to plan on this machine")
     assert rows[0].endswith("codellama-13b-instruct.Q5_K_M.gguf is not downloaded, and HF_HUB_OFFLINE is set, so "
                             "its header is not read from the hub; run `mcp-tiered pull` where the hub is reachable")
 

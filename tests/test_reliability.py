@@ -1,5 +1,5 @@
 """What the server guarantees when things go wrong around it: the process killed mid-answer, the ledger
-deleted under it, hostile caller text, broken peers (README, Reliability)."""
+deleted under it, hostile caller text, broken peers (docs/reliability.md)."""
 
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ async def test_generate_records_its_choice_and_the_tool_name(tmp_path: Path) -> 
     from mcp_tiered.ledger import Ledger
 
     done = Completion("4", "stop", 5, 1, (-0.01,))
-    tiers = TierRegistry([Tier("small", ScriptedBackend([done]), "s", 100, 0.2, Policy("large")),
+    tiers = TierRegistry([Tier("small", ScriptedBackend([done]), "s", 100, 0.2, Policy(escalate_to="large")),
                           Tier("large", ScriptedBackend([done]), "l", 100, 0.2)])
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     try:
@@ -98,7 +98,7 @@ async def test_generate_refuses_max_tokens_over_every_limit_in_one_sentence_and_
 
     from mcp_tiered.ledger import Ledger
 
-    tiers = TierRegistry([Tier("small", ScriptedBackend([]), "s", 100, 0.2, Policy("large")),
+    tiers = TierRegistry([Tier("small", ScriptedBackend([]), "s", 100, 0.2, Policy(escalate_to="large")),
                           Tier("large", ScriptedBackend([]), "l", 200, 0.2)])
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     try:

@@ -19,7 +19,8 @@ PARIS = "What is the capital of France? Answer with the city name only."
 
 async def test_tools_list_has_one_generate_tool_per_tier_with_output_schema(tmp_path: Path, smollm2: Path) -> None:
     config = REPO / "models.toml"
-    tiers = load_config(config).tiers
+    # No API key in the server's environment: the Anthropic tier is left out.
+    tiers = {name: tier for name, tier in load_config(config).tiers.items() if tier.engine != "anthropic"}
     with anyio.fail_after(30):
         async with stdio_server(config, tmp_path / "stderr.log") as client:
             tools = (await client.list_tools()).tools

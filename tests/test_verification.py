@@ -28,7 +28,7 @@ pytestmark = pytest.mark.anyio
 # is Addis Ababa." (Qwen finds it plausible): the 10 % quantile of Qwen's token probabilities is 0.000 and 0.37.
 WRONG = "What is 20 + 5? Answer with the number only."
 RIGHT = "What is the capital of Ethiopia? Answer with the city name only."
-VERIFY = Policy("large", verify_with="large", verify_statistic="quantile", verify_quantile=0.1, min_verification=0.1)
+VERIFY = Policy(escalate_to="large", verify_with="large", verify_statistic="quantile", verify_quantile=0.1, min_verification=0.1)
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def read_as(prob: float, tokens: int = 3) -> ScoredAnswer:
 def scripted(small: list, large: list, readings: list, **policy) -> tuple[TierRegistry, Verifier]:
     verifier = Verifier(large, readings)
     fields = {"verify_with": "large", "verify_statistic": "mean", "min_verification": 0.5, **policy}
-    tiers = TierRegistry([Tier("small", ScriptedBackend(small), "small", 100, 0.2, Policy("large", **fields)),
+    tiers = TierRegistry([Tier("small", ScriptedBackend(small), "small", 100, 0.2, Policy(escalate_to="large", **fields)),
                           Tier("large", verifier, "large", 100, 0.2)])
     return tiers, verifier
 

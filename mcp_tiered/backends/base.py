@@ -72,7 +72,6 @@ class Capabilities:
 
 
 LOCAL = Capabilities()
-CLOUD_API = Capabilities(prompt_leaves_machine=True, billing="tokens", token_logprobs=False)
 
 
 class Backend(ABC):

@@ -1,4 +1,4 @@
-"""The cloud tier: Claude through the official anthropic SDK (its retries, backoff and retry-after)."""
+"""`engine = "anthropic"` tiers: Claude through the official anthropic SDK (its retries, backoff and retry-after)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,22 @@ import anthropic
 import anyio
 import httpx2
 
-from ..config import CloudConfig
+from ..config import AnthropicTierConfig
+from ..engines.anthropic import CAPABILITIES
 from ..errors import BackendError
-from .base import CLOUD_API, Backend, Completion, GenerationRequest
+from .base import Backend, Completion, GenerationRequest
 from .pool import CallControl
 
 
-MALFORMED = "cloud: the Anthropic API sent a response that is not a valid Messages API answer"
-INCOMPLETE = "cloud: the Anthropic API's answer stream ended before the answer was complete (no message_stop)"
+MALFORMED = "{tier}: the Anthropic API sent a response that is not a valid Messages API answer"
+INCOMPLETE = "{tier}: the Anthropic API's answer stream ended before the answer was complete (no message_stop)"
 
 
-class CloudBackend(Backend):
-    capabilities = CLOUD_API
+class AnthropicBackend(Backend):
+    capabilities = CAPABILITIES
 
-    def __init__(self, config: CloudConfig, api_key: str):
-        self.config = config
+    def __init__(self, tier: str, config: AnthropicTierConfig, api_key: str):
+        self.tier, self.config = tier, config
         self.model_name = config.model
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key,
@@ -34,7 +35,7 @@ class CloudBackend(Backend):
 
     async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
         control = control or CallControl()
-        control.tier, control.phase, control.tokens = "cloud", "waiting for the cloud", 0
+        control.tier, control.phase, control.tokens = self.tier, "waiting for the cloud", 0
         started = time.perf_counter()
         try:
             return await self._stream(request, control)
@@ -69,13 +70,13 @@ class CloudBackend(Backend):
                         elif event.type == "message_stop":
                             stopped = True
                     if not started_message:
-                        raise BackendError(MALFORMED)
+                        raise BackendError(MALFORMED.format(tier=self.tier))
                     if not stopped:
-                        raise BackendError(INCOMPLETE)
+                        raise BackendError(INCOMPLETE.format(tier=self.tier))
                     message = await stream.get_final_message()
             if deadline.cancelled_caught:
                 if not parts:
-                    raise BackendError(f"cloud: no answer from the Anthropic API before the call's deadline "
+                    raise BackendError(f"{self.tier}: no answer from the Anthropic API before the call's deadline "
                                        f"({time.monotonic() - control.accepted:.1f} s after it was accepted)")
                 # The API bills what it generated, which may be more than arrived before the cut:
                 # count the most it could have been.
@@ -86,25 +87,26 @@ class CloudBackend(Backend):
             return Completion(text.strip(), finish, usage.input_tokens, usage.output_tokens)
         except anthropic.AuthenticationError as exc:
             raise BackendError(
-                f"cloud: the Anthropic API rejected the API key (HTTP 401); check ${self.config.api_key_env}"
+                f"{self.tier}: the Anthropic API rejected the API key (HTTP 401); check ${self.config.api_key_env}"
             ) from exc
         except anthropic.PermissionDeniedError as exc:
-            raise BackendError(f"cloud: the API key may not use model {self.config.model} (HTTP 403)") from exc
+            raise BackendError(f"{self.tier}: the API key may not use model {self.config.model} (HTTP 403)") from exc
         except anthropic.RateLimitError as exc:
-            raise BackendError(f"cloud: rate limited by the Anthropic API (HTTP 429) after "
+            raise BackendError(f"{self.tier}: rate limited by the Anthropic API (HTTP 429) after "
                                f"{self.config.max_retries} retries; try again later") from exc
         except anthropic.APITimeoutError as exc:
-            raise BackendError(f"cloud: no answer from the Anthropic API within {self.config.timeout_s:g} s "
-                               f"(cloud.timeout_s), {self.config.max_retries} retries included") from exc
+            raise BackendError(f"{self.tier}: no answer from the Anthropic API within {self.config.timeout_s:g} s "
+                               f"({self.config.key(self.tier, 'timeout_s')}), {self.config.max_retries} retries "
+                               "included") from exc
         except anthropic.APIConnectionError as exc:
-            raise BackendError(f"cloud: cannot reach the Anthropic API ({exc})") from exc
+            raise BackendError(f"{self.tier}: cannot reach the Anthropic API ({exc})") from exc
         except anthropic.APIStatusError as exc:
-            raise BackendError(f"cloud: the Anthropic API answered HTTP {exc.status_code} "
+            raise BackendError(f"{self.tier}: the Anthropic API answered HTTP {exc.status_code} "
                                f"after {self.config.max_retries} retries ({_error_message(exc)})") from exc
         except (anthropic.APIResponseValidationError, ValueError) as exc:
-            raise BackendError(MALFORMED) from exc
+            raise BackendError(MALFORMED.format(tier=self.tier)) from exc
         except httpx2.HTTPError as exc:  # the SDK wraps transport errors of the request, not of the stream's body
-            raise BackendError(f"cloud: the connection to the Anthropic API broke during the answer "
+            raise BackendError(f"{self.tier}: the connection to the Anthropic API broke during the answer "
                                f"({type(exc).__name__}: {exc or 'no detail'})") from exc
 
     async def aclose(self) -> None:

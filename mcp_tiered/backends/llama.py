@@ -16,9 +16,11 @@ import structlog
 
 from ..confidence import is_repetitive
 from ..config import TierConfig, model_file_problem
+from ..engines.llama_cpp import CAPABILITIES
 from ..errors import BackendError, BusyError, RequestError
-from .base import (LOOP_CHECK_EVERY, SAMPLING, Backend, Capabilities, Completion, GenerationRequest, ScoredAnswer,
+from .base import (LOOP_CHECK_EVERY, SAMPLING, Backend, Completion, GenerationRequest, ScoredAnswer,
                    prefix_affinity, refuse_if_too_long)
+from ..compat import llama_cpp as compat
 from .abort import AbortFlag
 from .chat_text import chat_messages, mark
 from .pool import CallControl, InstancePool
@@ -57,48 +59,15 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-class _Formatted(Exception):
-    def __init__(self, kwargs: dict[str, Any]):
-        self.kwargs = kwargs
-
-
-class _FormatOnly:
-    """Stands in for a `Llama` so that its chat handler formats the messages exactly as
-    create_chat_completion would, then hands the text over instead of tokenizing and generating."""
-
-    def __init__(self, llama: Llama):
-        self._llama = llama
-        self.text: str | None = None
-        self.add_bos = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._llama, name)
-
-    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
-        self.text, self.add_bos = text.decode("utf-8"), add_bos
-        return []
-
-    def create_completion(self, **kwargs: Any) -> Any:
-        raise _Formatted(kwargs)
-
-
 def format_chat(llama: Llama, messages: list[dict[str, str]]) -> FormattedPrompt:
     """Apply the model's chat template (or the configured chat_format) and tokenize once, the caller's
     text as plain text (chat_text)."""
-    from llama_cpp import Llama
-
     marked = mark(messages)
-    formatter = _FormatOnly(llama)
-    try:
-        Llama.create_chat_completion(formatter, messages=marked.messages)  # type: ignore[arg-type]
-    except _Formatted as handed_over:
-        if formatter.text is None:
-            raise BackendError("the chat handler handed over no text to tokenize") from None
-        tokens: list[int] = []
-        for i, (piece, callers) in enumerate(marked.pieces(formatter.text)):
-            tokens += llama.tokenize(piece.encode(), add_bos=formatter.add_bos and i == 0, special=not callers)
-        return FormattedPrompt(tokens, list(handed_over.kwargs.get("stop") or []))
-    raise BackendError("the chat handler returned without formatting a prompt")
+    chat = compat.chat_prompt(llama, marked.messages)
+    tokens: list[int] = []
+    for i, (piece, callers) in enumerate(marked.pieces(chat.text)):
+        tokens += llama.tokenize(piece.encode(), add_bos=chat.add_bos and i == 0, special=not callers)
+    return FormattedPrompt(tokens, chat.stop)
 
 
 class _Load:
@@ -145,7 +114,7 @@ class LlamaBackend(Backend):
     behind a bounded FIFO queue; loaded on first use (or at start with `preload`), unloaded after
     `idle_unload_s` unused."""
 
-    capabilities = Capabilities(scores_answers=True)
+    capabilities = CAPABILITIES
 
     def __init__(self, tier: str, config: TierConfig):
         self.tier = tier
@@ -414,7 +383,7 @@ class LlamaBackend(Backend):
         top: list[float] = []
         control.phase = "verifying"
         try:
-            llama._ctx.kv_cache_seq_rm(-1, start, -1)
+            compat.kv_cache_keep(llama, start)
             llama.n_tokens = start
             # The last answer token predicts nothing that is read, so it is not evaluated.
             end = len(tokens) - 1
@@ -425,8 +394,7 @@ class LlamaBackend(Backend):
                 reading = position >= len(prompt) - 1
                 size = min(SCORE_CHUNK, self.config.n_batch) if reading else min(self.config.n_batch, len(prompt) - 1 - position)
                 batch = tokens[position:min(position + size, end)]
-                llama._batch.set_batch(batch=batch, n_past=position, logits_all=reading)
-                llama._ctx.decode(llama._batch)
+                compat.decode(llama, batch, n_past=position, logits_all=reading)
                 llama.input_ids[position:position + len(batch)] = batch
                 llama.n_tokens = position + len(batch)
                 if reading:
@@ -445,7 +413,7 @@ class LlamaBackend(Backend):
                 raise BackendError(f"tier {self.tier}: verification stopped ({stopped})") from None
             raise BackendError(f"tier {self.tier}: llama.cpp failed while scoring an answer ({exc})") from exc
         finally:
-            llama._requires_eval = True
+            compat.logits_stale(llama)
         return ScoredAnswer(tuple(logprobs), tuple(top), len(prompt), end - start)
 
 

@@ -38,6 +38,7 @@ import httpx2
 import structlog
 
 from ..config import LlamaServerTierConfig, model_file_problem
+from ..engines.llama_server import CAPABILITIES
 from ..validation import key_path
 from ..errors import BackendError, BusyError
 from . import llama_api
@@ -165,6 +166,8 @@ class _Server:
 
 
 class LlamaServerBackend(Backend):
+    capabilities = CAPABILITIES
+
     def __init__(self, tier: str, config: LlamaServerTierConfig):
         self.tier = tier
         self.config = config

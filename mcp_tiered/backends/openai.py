@@ -26,7 +26,8 @@ from ..config import EndpointConfig, OpenAITierConfig
 from ..errors import BackendError, PromptTooLongError
 from ..validation import key_path
 from . import llama_api, openai_api
-from .base import Backend, Capabilities, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
+from ..engines.openai import capabilities
+from .base import Backend, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
 from .http_stream import MAX_ERROR_BYTES, PLAIN, DeadlinePassed, EndpointError, read_bounded, stream_answer
 from .pool import CallControl, InstancePool
 
@@ -75,7 +76,7 @@ class OpenAIBackend(Backend):
         self.tier = tier
         self.config = config
         self.model_name = config.model
-        self.capabilities = Capabilities(prompt_leaves_machine=not config.private, token_logprobs=config.logprobs)
+        self.capabilities = capabilities(config)
         self.endpoints = [self._endpoint(i, e, environ) for i, e in enumerate(config.endpoints)]
         slots = [_Slot(e) for e in self.endpoints if not e.unusable for _ in range(e.config.max_concurrency)]
         self.pool: InstancePool[_Slot] = InstancePool(tier, slots, config.max_queue, config.queue_timeout_s)

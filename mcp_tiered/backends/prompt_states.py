@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..compat import llama_cpp as compat
+
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
@@ -57,13 +59,13 @@ class PromptStates:
             return live
         ids, data = self._states[best_key]
         self._states.move_to_end(best_key)
-        llama._ctx.kv_cache_clear()
+        compat.kv_cache_clear(llama)
         if llama_cpp.llama_state_seq_set_data(llama.ctx, data, len(data), 0) == 0:
             llama.n_tokens = 0  # the cache is empty now: generate processes the whole prompt
             return 0
         llama.input_ids[: len(ids)] = ids
         llama.n_tokens = len(ids)
-        llama._requires_eval = True  # the logits are not restored: generate evaluates at least one token
+        compat.logits_stale(llama)  # the logits are not restored: generate evaluates at least one token
         self.restores += 1
         return best
 
