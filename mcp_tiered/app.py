@@ -8,15 +8,15 @@ from dataclasses import dataclass
 import structlog
 from mcp.server.mcpserver import MCPServer
 
-from .budget import CloudBudget
-from .cache import ResponseCache
-from .config import Config
-from .costs import CostModel
-from .results import GenerateResult
-from .ledger import Ledger, cloud_spend_since, reading
-from .metrics import Metrics
-from .server import build_server
-from .tiers import TierRegistry
+from .accounting.budget import CloudBudget
+from .calls.cache import ResponseCache
+from .config.schema import Config
+from .accounting.costs import CostModel
+from .calls.results import GenerateResult
+from .accounting.ledger import Ledger, cloud_spend_since, reading
+from .server.metrics import Metrics
+from .server.mcp_server import build_server
+from .calls.tiers import TierRegistry
 
 log = structlog.get_logger(__name__)
 

@@ -14,10 +14,10 @@ import structlog
 from . import __version__, logs
 from .compat import version_problems
 from .client_config import CLIENTS, launch
-from .config import CONFIG_ENV, Config, ModelFileFields, load_config, model_file_problem, resolve_config_path
-from .costs import CostModel
+from .config.schema import CONFIG_ENV, Config, ModelFileFields, load_config, model_file_problem, resolve_config_path
+from .accounting.costs import CostModel
 from .errors import ConfigError
-from .ledger import reading
+from .accounting.ledger import reading
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
 
     from .app import build_app
-    from .transports import auth_token, serve
+    from .server.transports import auth_token, serve
 
     if args.transport != "stdio":
         try:
@@ -80,7 +80,7 @@ def parse_since(text: str) -> float:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import report, report_render
+    from .offline import report, report_render
 
     config = _load(args)
     if config is None:
@@ -122,7 +122,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 1
-    from . import plan, plan_report
+    from .offline import plan, plan_report
     from .engines import engine_of
 
     failed = False
@@ -141,7 +141,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _check_plan(rows: list[dict], gpus: list, why: str | None) -> None:
     """The planner's verdict for each tier whose model is here (`tier_plans`' rows), against this machine's GPUs."""
-    from . import plan, plan_report
+    from .offline import plan, plan_report
 
     rows = [row for row in rows if "verdict" in row]
     if rows:
@@ -153,9 +153,9 @@ def _check_plan(rows: list[dict], gpus: list, why: str | None) -> None:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """Fetch every tier's `hf:` model into the model cache (and check each configured sha256)."""
-    from . import hub
-    from .config import default_models_dir
-    from .validation import key_path
+    from .weights import hub
+    from .config.schema import default_models_dir
+    from .config.explain import key_path
 
     config = _load(args)
     if config is None:
@@ -188,7 +188,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
-    from . import plan, plan_report
+    from .offline import plan, plan_report
 
     config = _load(args)
     if config is None:
@@ -213,7 +213,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from . import calibrate
+    from .offline import calibrate
 
     config = _load(args)
     if config is None:
@@ -258,8 +258,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                            args.target_escalation, args.target_accuracy))
     if verifier is None or last is None:
         return 0
-    from . import calibrate_verify
-    from .tiers import Policy
+    from .offline import calibrate_verify
+    from .calls.tiers import Policy
 
     readings = _measured(config, verifier, folder and folder / f"{chain[0]}.read-by-{verifier}.jsonl",
                          calibrate.load_readings,
@@ -276,7 +276,7 @@ def _measured(config: Config, tier: str, saved: Path | None, load: Callable[[Pat
     """What `produce(backend, on_item)` measures with the tier's engine, or what an earlier run saved."""
     import anyio
 
-    from . import calibrate
+    from .offline import calibrate
     from .engines import engine_backend
 
     if saved is not None and saved.exists():
@@ -301,7 +301,7 @@ def parse_span(text: str, option: str) -> tuple[float, float]:
     """"50M", "2500" or "2000-3000" (k, M, G suffixes) → (low, high); ConfigError naming the option."""
     import re
 
-    from .config import MAX_AMOUNT
+    from .config.schema import MAX_AMOUNT
 
     def number(part: str) -> float:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", part)
@@ -331,9 +331,9 @@ def _in_range(value: float | None, option: str, high: float) -> None:
 
 
 def cmd_whatif(args: argparse.Namespace) -> int:
-    from . import whatif, whatif_render
-    from .config import MAX_AMOUNT
-    from .report import json_text, ledger_traffic
+    from .offline import whatif, whatif_render
+    from .config.schema import MAX_AMOUNT
+    from .offline.report import json_text, ledger_traffic
 
     config = _load(args)
     if config is None:
@@ -401,7 +401,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_models(args: argparse.Namespace) -> int:
-    from .default_models import FetchError, fetch_all
+    from .weights.default_models import FetchError, fetch_all
 
     try:
         for path in fetch_all(Path(args.dir) if args.dir else None):

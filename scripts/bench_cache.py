@@ -18,13 +18,13 @@ from pathlib import Path
 import anyio
 
 from mcp_tiered import logs
-from mcp_tiered.cache import ResponseCache
-from mcp_tiered.config import TierConfig, default_models_dir
-from mcp_tiered.default_models import SMOLLM2
-from mcp_tiered.dispatch import Dispatcher
-from mcp_tiered.ledger import Ledger
+from mcp_tiered.calls.cache import ResponseCache
+from mcp_tiered.config.schema import TierConfig, default_models_dir
+from mcp_tiered.weights.default_models import SMOLLM2
+from mcp_tiered.calls.dispatch import Dispatcher
+from mcp_tiered.accounting.ledger import Ledger
 from mcp_tiered.backends.llama import LlamaBackend
-from mcp_tiered.tiers import Tier, TierRegistry
+from mcp_tiered.calls.tiers import Tier, TierRegistry
 
 
 async def main() -> None:

@@ -16,8 +16,8 @@ import anyio
 
 from mcp_tiered.backends import GenerationRequest
 from mcp_tiered.backends.llama import LlamaBackend
-from mcp_tiered.config import TierConfig, default_models_dir
-from mcp_tiered.default_models import QWEN_CODER_1_5B, SMOLLM2
+from mcp_tiered.config.schema import TierConfig, default_models_dir
+from mcp_tiered.weights.default_models import QWEN_CODER_1_5B, SMOLLM2
 
 MODELS = {"small": SMOLLM2.filename, "large": QWEN_CODER_1_5B.filename}
 PROMPT = "Count from 1 to 300, separated by commas."

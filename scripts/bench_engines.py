@@ -37,8 +37,8 @@ from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from mcp_tiered.backends.llama import available_cpus
-from mcp_tiered.config import default_models_dir
-from mcp_tiered.default_models import SMOLLM2
+from mcp_tiered.config.schema import default_models_dir
+from mcp_tiered.weights.default_models import SMOLLM2
 
 TOPICS = ["the sea", "mountains", "a lighthouse", "autumn", "a city at night", "a library", "rain", "the desert",
           "a train journey", "a garden", "winter", "the moon", "a market", "a river", "bees", "a storm"]

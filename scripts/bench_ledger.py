@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 
 from mcp_tiered import logs
-from mcp_tiered.ledger import CallRecord, HopRecord, Ledger
+from mcp_tiered.accounting.ledger import CallRecord, HopRecord, Ledger
 
 
 def row() -> CallRecord:

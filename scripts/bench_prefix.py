@@ -27,10 +27,10 @@ import anyio
 from mcp_tiered import logs
 from mcp_tiered.backends.llama import LlamaBackend
 from mcp_tiered.backends.pool import CallControl
-from mcp_tiered.config import TierConfig, default_models_dir
-from mcp_tiered.default_models import QWEN_CODER_1_5B, SMOLLM2
-from mcp_tiered.dispatch import Dispatcher
-from mcp_tiered.tiers import Tier, TierRegistry
+from mcp_tiered.config.schema import TierConfig, default_models_dir
+from mcp_tiered.weights.default_models import QWEN_CODER_1_5B, SMOLLM2
+from mcp_tiered.calls.dispatch import Dispatcher
+from mcp_tiered.calls.tiers import Tier, TierRegistry
 
 RULES = [
     "Answer in plain English and keep every answer short unless the user asks for detail.",

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mcp_tiered.ledger import CALL_COLUMNS, HOP_COLUMNS, connect
+from mcp_tiered.accounting.ledger import CALL_COLUMNS, HOP_COLUMNS, connect
 
 YEAR_S = 365 * 86400.0
 CLIENTS = ["claude-ai", "cursor", "vscode", "zed", None]

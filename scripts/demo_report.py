@@ -23,8 +23,8 @@ import anyio
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from mcp_tiered.calibrate import is_correct as correct
-from mcp_tiered.config import default_models_dir
+from mcp_tiered.offline.calibrate import is_correct as correct
+from mcp_tiered.config.schema import default_models_dir
 
 REPO = Path(__file__).resolve().parent.parent
 COSTS = """

@@ -26,8 +26,8 @@ import anyio
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from mcp_tiered.calibrate import is_correct, load_dataset
-from mcp_tiered.config import load_config
+from mcp_tiered.offline.calibrate import is_correct, load_dataset
+from mcp_tiered.config.schema import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -23,8 +23,8 @@ import anyio
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from mcp_tiered.config import default_models_dir
-from mcp_tiered.default_models import SMOLLM2
+from mcp_tiered.config.schema import default_models_dir
+from mcp_tiered.weights.default_models import SMOLLM2
 
 
 def rss_mb(pid: int) -> float:

@@ -15,9 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mcp_tiered import plan
-from mcp_tiered.config import default_models_dir
-from mcp_tiered.default_models import QWEN_CODER_1_5B, SMOLLM2
+from mcp_tiered.offline import plan
+from mcp_tiered.config.schema import default_models_dir
+from mcp_tiered.weights.default_models import QWEN_CODER_1_5B, SMOLLM2
 
 REPO = Path(__file__).resolve().parent.parent
 LOAD = ("import sys; from llama_cpp import Llama; "

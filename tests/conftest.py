@@ -20,8 +20,8 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp_tiered.backends import Backend, Completion, GenerationRequest
 from mcp_tiered.backends.base import LOCAL
 from mcp_tiered.engines.anthropic import CAPABILITIES as CLOUD_API
-from mcp_tiered.config import default_models_dir
-from mcp_tiered.default_models import QWEN_CODER_1_5B, SMOLLM2, ModelSpec
+from mcp_tiered.config.schema import default_models_dir
+from mcp_tiered.weights.default_models import QWEN_CODER_1_5B, SMOLLM2, ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
 # Servers started by the tests keep their default ledger (in the user data dir) out of the real one.

@@ -14,15 +14,15 @@ import anyio.from_thread
 import anyio.lowlevel
 import structlog
 
-from ..confidence import is_repetitive
-from ..config import TierConfig, model_file_problem
+from ..calls.confidence import is_repetitive
+from ..config.schema import TierConfig, model_file_problem
 from ..engines.llama_cpp import CAPABILITIES
 from ..errors import BackendError, BusyError, RequestError
 from .base import (LOOP_CHECK_EVERY, SAMPLING, Backend, Completion, GenerationRequest, ScoredAnswer,
                    prefix_affinity, refuse_if_too_long)
 from ..compat import llama_cpp as compat
 from .abort import AbortFlag
-from .chat_text import chat_messages, mark
+from .wire.chat_text import chat_messages, mark
 from .pool import CallControl, InstancePool
 from .prompt_states import PromptStates, shared_prefix
 from .worker import WorkerThread

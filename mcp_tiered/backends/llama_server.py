@@ -37,13 +37,13 @@ import anyio
 import httpx2
 import structlog
 
-from ..config import LlamaServerTierConfig, model_file_problem
+from ..config.schema import LlamaServerTierConfig, model_file_problem
 from ..engines.llama_server import CAPABILITIES
-from ..validation import key_path
+from ..config.explain import key_path
 from ..errors import BackendError, BusyError
-from . import llama_api
+from .wire import llama_api
 from .base import Backend, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
-from .http_stream import DeadlinePassed, EndpointError, stream_answer
+from .wire.http_stream import DeadlinePassed, EndpointError, stream_answer
 from .llama import available_cpus
 from .pool import CallControl, InstancePool
 

@@ -22,13 +22,13 @@ import anyio
 import httpx2
 import structlog
 
-from ..config import EndpointConfig, OpenAITierConfig
+from ..config.schema import EndpointConfig, OpenAITierConfig
 from ..errors import BackendError, PromptTooLongError
-from ..validation import key_path
-from . import llama_api, openai_api
+from ..config.explain import key_path
+from .wire import llama_api, openai_api
 from ..engines.openai import capabilities
 from .base import Backend, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
-from .http_stream import MAX_ERROR_BYTES, PLAIN, DeadlinePassed, EndpointError, read_bounded, stream_answer
+from .wire.http_stream import MAX_ERROR_BYTES, PLAIN, DeadlinePassed, EndpointError, read_bounded, stream_answer
 from .pool import CallControl, InstancePool
 
 log = structlog.get_logger(__name__)

@@ -11,12 +11,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import config as config_module
+from ..config import schema as config_module
 from ..backends.base import Capabilities
 
 if TYPE_CHECKING:
     from ..backends import Backend
-    from ..config import TierFields
+    from ..config.schema import TierFields
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def load_plugins(environ: Mapping[str, str] = os.environ) -> None:
     _plugins_loaded = True
 
 
-from . import anthropic, llama_cpp, llama_server, openai  # noqa: E402  (they import Engine from here)
+from . import anthropic, llama_cpp, llama_server, openai# noqa: E402  (they import Engine from here)
 
 BUILT_IN = (llama_cpp.ENGINE, llama_server.ENGINE, openai.ENGINE, anthropic.ENGINE)
 for _engine in BUILT_IN:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..backends.base import Capabilities
-from ..config import AnthropicTierConfig
+from ..config.schema import AnthropicTierConfig
 from . import Checked, Engine
 
 CAPABILITIES = Capabilities(prompt_leaves_machine=True, billing="tokens", token_logprobs=False)
 
 
 def _backend(name: str, tier: AnthropicTierConfig, environ: Mapping[str, str]):  # noqa: ANN202
-    from ..backends.cloud import AnthropicBackend
+    from ..backends.anthropic import AnthropicBackend
 
     return AnthropicBackend(name, tier, environ[tier.api_key_env])
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..backends.base import Capabilities
-from ..config import TierConfig
-from ..validation import key_path
+from ..config.schema import TierConfig
+from ..config.explain import key_path
 from . import Engine, model_file
 
 CAPABILITIES = Capabilities(scores_answers=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..backends.base import Capabilities
-from ..config import LlamaServerTierConfig
+from ..config.schema import LlamaServerTierConfig
 from . import Checked, Engine, model_file
 
 CAPABILITIES = Capabilities()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import hub, plan
-from ..config import ModelFileFields, model_file_problem
-from ..validation import key_path
+from ..weights import hub
+from ..offline import plan
+from ..config.schema import ModelFileFields, model_file_problem
+from ..config.explain import key_path
 from . import Checked, PlanInput, scoring
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..backends.base import Capabilities
-from ..config import OpenAITierConfig
-from ..validation import key_path
+from ..config.schema import OpenAITierConfig
+from ..config.explain import key_path
 from . import Checked, Engine, scoring
 
 

@@ -1,0 +1,1 @@
+"""What calls cost and who pays: the ledger, the cost model, the cloud budget."""

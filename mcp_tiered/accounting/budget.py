@@ -1,0 +1,129 @@
+"""The cloud spend cap ([budget]), one for every tier billed per token: a call reserves its worst-case cost
+at its tier's prices before it is sent, and settles the real cost when it answers. Reserving is synchronous (no await between check and spend), so concurrent calls
+can never overrun the cap together.
+
+Spend is kept per UTC day and month; the server starts from what the ledger recorded (`restore`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from typing import TYPE_CHECKING
+
+from ..config.schema import Config, TokenPrices
+
+if TYPE_CHECKING:
+    from ..calls.tiers import Tier
+
+# A token is at least one byte of text, so the prompt's UTF-8 length bounds its token count;
+# the margin covers the role markers the API adds around the messages.
+PROMPT_TOKEN_MARGIN = 16
+
+
+@dataclass
+class Reservation:
+    cost: float
+    day: str
+    month: str
+    prices: TokenPrices
+    open: bool = True
+
+
+class BudgetExceeded(Exception):
+    pass
+
+
+def cost(prices: TokenPrices, input_tokens: int, output_tokens: int) -> float:
+    return (input_tokens * prices.input_price_per_mtok + output_tokens * prices.output_price_per_mtok) / 1_000_000
+
+
+class CloudBudget:
+    def __init__(self, daily: float | None, monthly: float | None, currency: str,
+                 clock: callable = time.time):  # type: ignore[valid-type]
+        self.daily, self.monthly, self.currency = daily, monthly, currency
+        self._clock = clock
+        self._spent: dict[str, float] = {}
+        self._reserved: dict[str, float] = {}
+
+    @classmethod
+    def for_tiers(cls, config: Config, tiers: list[Tier]) -> CloudBudget | None:
+        """The budget of `config`, when one of `tiers` is billed per token."""
+        if not any(tier.capabilities.billing == "tokens" for tier in tiers):
+            return None
+        return cls(config.budget.daily, config.budget.monthly, config.currency)
+
+    @staticmethod
+    def worst_case_cost(prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> float:
+        input_tokens = len(prompt.encode()) + len(system.encode()) + PROMPT_TOKEN_MARGIN
+        return cost(prices, input_tokens, max_tokens)
+
+    def _periods(self) -> tuple[str, str]:
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+
+    def reserve(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> Reservation:
+        """Hold the call's worst-case cost, or raise BudgetExceeded with the sentence to show."""
+        worst = self.worst_case_cost(prices, prompt, system, max_tokens)
+        day, month = self._periods()
+        currency = self.currency
+        for period, key, cap in (("daily", day, self.daily), ("monthly", month, self.monthly)):
+            if cap is None:
+                continue
+            left = cap - self._spent.get(key, 0.0) - self._reserved.get(key, 0.0)
+            if worst > left:
+                raise BudgetExceeded(
+                    f"the cloud call could cost up to {worst:.4f} {currency} and only {max(left, 0):.4f} {currency} "
+                    f"of the {period} budget ({cap:g} {currency}) is left"
+                )
+        for key in (day, month):
+            self._reserved[key] = self._reserved.get(key, 0.0) + worst
+        return Reservation(worst, day, month, prices)
+
+    @contextmanager
+    def hold(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> Iterator[Reservation]:
+        """A reservation for the block (raises BudgetExceeded on entry): `settle` it with what the call
+        was billed; left open, it is released when the block ends, however it ends."""
+        reservation = self.reserve(prices, prompt, system, max_tokens)
+        try:
+            yield reservation
+        finally:
+            self.release(reservation)
+
+    def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> float:
+        """Replace the reservation by the real cost; returns that cost."""
+        real = cost(reservation.prices, input_tokens, output_tokens)
+        self._close(reservation, real)
+        return real
+
+    def release(self, reservation: Reservation) -> None:
+        """The call failed before the cloud answered: it costs nothing."""
+        self._close(reservation, 0.0)
+
+    def _close(self, reservation: Reservation, spent: float) -> None:
+        if not reservation.open:
+            return
+        reservation.open = False
+        for key in (reservation.day, reservation.month):
+            self._reserved[key] -= reservation.cost
+            self._spent[key] = self._spent.get(key, 0.0) + spent
+
+    def period_starts(self) -> tuple[float, float]:
+        """Unix times at which the current UTC day and month began."""
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return day.timestamp(), day.replace(day=1).timestamp()
+
+    def restore(self, today: float, this_month: float) -> None:
+        """Count spend recorded before this process started (from the ledger)."""
+        day, month = self._periods()
+        self._spent[day] = self._spent.get(day, 0.0) + today
+        self._spent[month] = self._spent.get(month, 0.0) + this_month
+
+    def spent(self) -> dict[str, float]:
+        day, month = self._periods()
+        return {"today": self._spent.get(day, 0.0), "this_month": self._spent.get(month, 0.0)}

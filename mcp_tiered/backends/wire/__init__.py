@@ -1,0 +1,1 @@
+"""The HTTP formats the remote engines speak: streaming reads, OpenAI and llama.cpp APIs, chat text."""

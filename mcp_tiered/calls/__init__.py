@@ -1,0 +1,1 @@
+"""One call from arguments to result: tiers and policy, routing, the cascade, escalation, the cache."""

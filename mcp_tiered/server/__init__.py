@@ -1,0 +1,1 @@
+"""The MCP face and its transports: tools, stdio, HTTP with its guard, metrics, heap trimming."""
