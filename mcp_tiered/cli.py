@@ -14,7 +14,8 @@ import structlog
 from . import __version__, logs
 from .compat import version_problems
 from .client_config import CLIENTS, launch
-from .config.schema import CONFIG_ENV, Config, ModelFileFields, load_config, model_file_problem, resolve_config_path
+from .config.load import load_config, resolve_config_path
+from .config.schema import CONFIG_ENV, Config, ModelFileFields, model_file_problem
 from .accounting.costs import CostModel
 from .errors import ConfigError
 from .accounting.ledger import reading

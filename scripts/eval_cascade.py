@@ -27,7 +27,7 @@ from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from mcp_tiered.offline.calibrate import is_correct, load_dataset
-from mcp_tiered.config.schema import load_config
+from mcp_tiered.config.load import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 

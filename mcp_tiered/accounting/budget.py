@@ -13,12 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from typing import TYPE_CHECKING
-
-from ..config.schema import Config, TokenPrices
-
-if TYPE_CHECKING:
-    from ..calls.tiers import Tier
+from ..config.schema import TokenPrices
 
 # A token is at least one byte of text, so the prompt's UTF-8 length bounds its token count;
 # the margin covers the role markers the API adds around the messages.
@@ -49,13 +44,6 @@ class CloudBudget:
         self._clock = clock
         self._spent: dict[str, float] = {}
         self._reserved: dict[str, float] = {}
-
-    @classmethod
-    def for_tiers(cls, config: Config, tiers: list[Tier]) -> CloudBudget | None:
-        """The budget of `config`, when one of `tiers` is billed per token."""
-        if not any(tier.capabilities.billing == "tokens" for tier in tiers):
-            return None
-        return cls(config.budget.daily, config.budget.monthly, config.currency)
 
     @staticmethod
     def worst_case_cost(prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> float:

@@ -85,7 +85,9 @@ class TierRegistry:
                 continue
             tiers.append(Tier(name, build(name, tc), tc.description, tc.max_tokens, tc.temperature,
                               Policy.for_tier(config, tc), tc.n_ctx))
-        return cls(tiers, unavailable=unavailable, budget=CloudBudget.for_tiers(config, tiers))
+        billed_per_token = any(tier.capabilities.billing == "tokens" for tier in tiers)
+        budget = CloudBudget(config.budget.daily, config.budget.monthly, config.currency) if billed_per_token else None
+        return cls(tiers, unavailable=unavailable, budget=budget)
 
     def __iter__(self) -> Iterator[Tier]:
         return iter(self._tiers.values())

@@ -17,7 +17,7 @@ from conftest import MCP_TIERED, REPO, generating_spans, server_env, stdio_serve
 from mcp_tiered.backends import GenerationRequest
 from mcp_tiered.backends.llama_server import LlamaServerBackend
 from mcp_tiered.backends.pool import CallControl
-from mcp_tiered.config.schema import parse_config
+from mcp_tiered.config.load import parse_config
 from mcp_tiered.errors import BackendError, BusyError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]

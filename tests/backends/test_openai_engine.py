@@ -22,7 +22,7 @@ from conftest import MCP_TIERED, free_port, generating_spans, server_env, stdio_
 from mcp_tiered.backends import GenerationRequest
 from mcp_tiered.backends.openai import OpenAIBackend
 from mcp_tiered.backends.pool import CallControl
-from mcp_tiered.config.schema import parse_config
+from mcp_tiered.config.load import parse_config
 from mcp_tiered.errors import BackendError, BusyError, PromptTooLongError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]

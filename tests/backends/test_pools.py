@@ -15,7 +15,8 @@ from conftest import stdio_server
 from mcp_tiered.backends import GenerationRequest
 from mcp_tiered.backends.llama import LlamaBackend
 from mcp_tiered.backends.pool import CallControl
-from mcp_tiered.config.schema import TierConfig, load_config
+from mcp_tiered.config.load import load_config
+from mcp_tiered.config.schema import TierConfig
 from mcp_tiered.errors import BusyError
 from mcp_tiered.server.mcp_server import build_server
 from mcp_tiered.calls.tiers import TierRegistry

@@ -105,7 +105,7 @@ async def test_backend_failure_is_an_error_result_and_the_server_keeps_serving()
 
 
 async def test_listing_tools_loads_no_model(small_config: Path) -> None:
-    from mcp_tiered.config.schema import load_config
+    from mcp_tiered.config.load import load_config
 
     tiers = TierRegistry.from_config(load_config(small_config))
     with anyio.fail_after(10):
@@ -115,7 +115,7 @@ async def test_listing_tools_loads_no_model(small_config: Path) -> None:
 
 
 async def test_tools_list_with_many_tiers_loads_nothing(write_config, smollm2: Path) -> None:
-    from mcp_tiered.config.schema import load_config
+    from mcp_tiered.config.load import load_config
 
     config = write_config("".join(f'[tiers.t{i}]\nmodel = "{smollm2}"\ndescription = "tier {i}"\n' for i in range(30)))
     tiers = TierRegistry.from_config(load_config(config))

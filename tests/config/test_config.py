@@ -6,7 +6,8 @@ import pytest
 
 from conftest import REPO
 from mcp_tiered import cli
-from mcp_tiered.config.schema import ModelFileFields, load_config, model_file_problem, resolve_config_path
+from mcp_tiered.config.load import load_config, resolve_config_path
+from mcp_tiered.config.schema import ModelFileFields, model_file_problem
 from mcp_tiered.errors import ConfigError
 
 VALID_TIER = """

@@ -14,7 +14,8 @@ import pytest
 from conftest import MCP_TIERED, REPO, server_env, stdio_server
 from fake_anthropic import FakeAnthropic
 from mcp_tiered.accounting.budget import PROMPT_TOKEN_MARGIN
-from mcp_tiered.config.schema import AnthropicTierConfig, load_config
+from mcp_tiered.config.load import load_config
+from mcp_tiered.config.schema import AnthropicTierConfig
 from mcp_tiered.accounting.costs import CostModel
 from mcp_tiered.server.metrics import Metrics
 from mcp_tiered.accounting.ledger import HopRecord

@@ -16,7 +16,8 @@ from conftest import MCP_TIERED, REPO, server_env, stdio_server
 from mcp_tiered.backends import Backend, Completion, GenerationRequest
 from mcp_tiered.backends.base import Capabilities
 from mcp_tiered.backends.pool import CallControl
-from mcp_tiered.config.schema import TierFields, load_config
+from mcp_tiered.config.load import load_config
+from mcp_tiered.config.schema import TierFields
 from mcp_tiered.engines import ENGINES, Checked, Engine, capabilities_of, register, unregister
 from mcp_tiered.errors import ConfigError
 

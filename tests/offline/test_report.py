@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MCP_TIERED, server_env
-from mcp_tiered.config.schema import load_config
+from mcp_tiered.config.load import load_config
 from mcp_tiered.accounting.costs import CostModel
 from mcp_tiered.accounting.ledger import CallRecord, HopRecord, connect, insert
 from mcp_tiered.offline.report import MONTH_S, build_report

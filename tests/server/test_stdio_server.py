@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from conftest import REPO, stdio_server
-from mcp_tiered.config.schema import load_config
+from mcp_tiered.config.load import load_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 

@@ -29,7 +29,7 @@ import json, resource, signal, sys, time, traceback
 from pathlib import Path
 
 from mcp_tiered.offline import plan, plan_report
-from mcp_tiered.config.schema import parse_config
+from mcp_tiered.config.load import parse_config
 
 
 

@@ -16,7 +16,8 @@ import pytest
 from conftest import MCP_TIERED, free_port, server_env, stdio_server
 from fake_hub import Hub, Repo
 from mcp_tiered.weights import hub
-from mcp_tiered.config.schema import load_config, model_file_problem
+from mcp_tiered.config.load import load_config
+from mcp_tiered.config.schema import model_file_problem
 from small_gguf import write_smollm2_like
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
