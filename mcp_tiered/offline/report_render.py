@@ -6,6 +6,7 @@ import html
 from typing import Any
 
 from ..accounting.ledger import visible
+from .pages import page, table
 
 COLUMNS = [
     ("tier", "tier", "{}"), ("served", "calls", "{:,}"), ("share", "share", "pct"),
@@ -161,31 +162,21 @@ def _chart(report: dict[str, Any]) -> str:
 </svg>"""
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse}
-td,th{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}
-svg{max-width:100%;font-size:11px}.frame{fill:none;stroke:#ccc}polyline,.legend line{fill:none;stroke-width:2.5}
-.local{stroke:#2a7ab9}.cloud-only{stroke:#d9622b}.break-even{stroke:#555;stroke-dasharray:4 3}dt{font-weight:600}"""
+STYLE = """polyline,.legend line{fill:none;stroke-width:2.5}.local{stroke:#2a7ab9}.cloud-only{stroke:#d9622b}
+.break-even{stroke:#555;stroke-dasharray:4 3}dt{font-weight:600}"""
 
 
 def render_html(report: dict[str, Any], refresh_s: int | None = None) -> str:
     """`refresh_s`: the page reloads itself that often (the live page at /report)."""
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _rows(report))
     summary = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _summary(report))
     refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
-    client_head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in CLIENT_COLUMNS)
-    client_body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                          for row in _client_rows(report))
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">{refresh}<title>mcp-tiered savings report</title><style>{STYLE}</style></head>
-<body><h1>mcp-tiered savings report</h1>
+    return page("mcp-tiered savings report", f"""<h1>mcp-tiered savings report</h1>
 <h2>Break-even: cumulative cost, local tiers vs the same traffic on the cloud</h2>
 {_chart(report)}
 <h2>Per tier</h2>
-<table id="tiers"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{table("tiers", (label for _, label, _ in COLUMNS), _rows(report))}
 <h2>Per client</h2>
-<table id="clients"><thead><tr>{client_head}</tr></thead><tbody>{client_body}</tbody></table>
+{table("clients", (label for _, label, _ in CLIENT_COLUMNS), _client_rows(report))}
 <p>Amounts in {html.escape(report['currency'])}.</p>
 <h2>Summary</h2><dl>{summary}</dl>
-</body></html>
-"""
+""", STYLE, refresh)

@@ -6,6 +6,7 @@ import html
 import math
 from typing import Any
 
+from .pages import page, table
 from .whatif import REFERENCE_CLAIMS, chart_points
 
 COLORS = ["#2a7ab9", "#3a9d5d", "#8e5bb5", "#c0392b", "#b8860b", "#16a085"]
@@ -122,23 +123,16 @@ def _chart(data: dict[str, Any]) -> str:
 </svg>"""
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse}
-td,th{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}
-svg{max-width:100%;font-size:11px}.frame{fill:none;stroke:#ccc}polygon.option{fill-opacity:.25;stroke-width:1.5}
+STYLE = """polygon.option{fill-opacity:.25;stroke-width:1.5}
 polygon.cloud{fill:#d9622b;fill-opacity:.25;stroke:#d9622b}.cloud-label{fill:#d9622b}"""
 
 
 def render_html(data: dict[str, Any]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers(data))
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows(data))
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data["notes"])
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>mcp-tiered whatif</title><style>{STYLE}</style></head>
-<body><h1>Does the hardware pay off?</h1>
+    return page("mcp-tiered whatif", f"""<h1>Does the hardware pay off?</h1>
 <p>{html.escape(describe(data))}</p>
 <h2>Cumulative cost by month: each option (hardware, then operating) against the cloud</h2>
 {_chart(data)}
-<table id="options"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{table("options", headers(data), rows(data))}
 <ul>{notes}</ul>
-</body></html>
-"""
+""", STYLE)
