@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict
 from collections.abc import Awaitable, Callable
@@ -227,10 +228,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     # By default the local part of the chain: a tier billed per token is calibrated only when --chain names it.
     chain = args.chain.split(",") if args.chain else [
         t for t in config.chain(args.tier) if capabilities_of(config.tiers[t]).billing != "tokens"]
+    if not chain:
+        print(f"error: --tier: {args.tier} is billed per token, so it is calibrated only when --chain names it",
+              file=sys.stderr)
+        return 1
     unknown = [t for t in chain if t not in config.tiers]
     if unknown:
         print(f"error: --chain: unknown tier {unknown[0]!r}; valid tiers are {', '.join(config.tiers)}", file=sys.stderr)
         return 1
+    from .engines import engine_of
+
+    for name in chain:
+        if why := engine_of(config.tiers[name]).unavailable(name, config.tiers[name], os.environ):
+            print(f"error: --chain: {why}", file=sys.stderr)
+            return 1
     scorers = [n for n, t in config.tiers.items() if capabilities_of(t).scores_answers and n != args.tier]
     if args.verify_with is not None and args.verify_with not in scorers:
         print(f"error: --verify-with: {args.verify_with!r} is not a tier whose engine can score a given answer; "

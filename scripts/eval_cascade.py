@@ -28,6 +28,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from mcp_tiered.offline.calibrate import is_correct, load_dataset
 from mcp_tiered.config.load import load_config
+from mcp_tiered.engines import capabilities_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +42,8 @@ async def main() -> None:
     parser.add_argument("--out", help="write each call's result here (JSON lines)")
     args = parser.parse_args()
     config = load_config(Path(args.config))
-    local = [name for name in config.chain(next(iter(config.tiers))) if name in config.tiers]
+    local = [name for name in config.chain(next(iter(config.tiers)))
+             if capabilities_of(config.tiers[name]).billing != "tokens"]
     first, last = local[0], local[-1]
     items = load_dataset(Path(args.dataset))
     items = {"odd": items[1::2], "even": items[0::2], "all": items}[args.half]

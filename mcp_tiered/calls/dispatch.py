@@ -61,8 +61,10 @@ class Dispatcher:
         return route
 
     def entry_tiers(self) -> list[Tier]:
-        """The local tiers `generate` may start at: the chain of the first tier, smallest first."""
-        first = next(iter(self.tiers))
+        """The local tiers `generate` may start at: the chain of the first local tier, smallest first."""
+        first = next((t for t in self.tiers if not t.capabilities.prompt_leaves_machine), None)
+        if first is None:
+            return []
         return [self.tiers.get(n) for n in self.tiers.chain(first.name)
                 if n in self.tiers and not self.tiers.get(n).capabilities.prompt_leaves_machine]
 

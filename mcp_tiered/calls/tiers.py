@@ -63,7 +63,7 @@ class Unavailable:
 
 
 class TierRegistry:
-    """Local tiers in the order models.toml declares them, then the cloud tier when enabled."""
+    """The tiers in the order models.toml declares them (the [cloud] shorthand's last), less those left out."""
 
     def __init__(self, tiers: list[Tier], *, unavailable: Mapping[str, Unavailable] | None = None,
                  budget: CloudBudget | None = None):

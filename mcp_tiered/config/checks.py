@@ -27,6 +27,9 @@ def _semantic_problems(config: Config) -> list[str]:
             problems.append(f"{key_path(['tiers', name, 'min_confidence'])}: needs token log-probabilities, which "
                             f"this tier's engine does not return ({engine_of(tier).no_logprobs_because(tier)}); "
                             "remove min_confidence or use an engine that returns log-probabilities")
+        if tier.local_only and capabilities_of(tier).prompt_leaves_machine:
+            problems.append(f"{key_path(['tiers', name, 'local_only'])}: this tier's prompts leave the machine "
+                            f'(engine "{tier.engine}"), so no call to it could be local; remove local_only')
         problems += engine_of(tier).problems(name, tier)
     problems += _cost_problems(config)
     if config.cloud is not None and "budget" in config.model_fields_set:
@@ -47,6 +50,10 @@ def _cost_problems(config: Config) -> list[str]:
             for key in sorted(costs.model_fields_set - {"target_share"}):
                 problems.append(f"{key_path(['costs', 'tiers', name, key])}: tier {name} is billed per token at its "
                                 "own prices, so only target_share applies to it; remove this key")
+    billed = [name for name, tier in config.tiers.items() if capabilities_of(tier).billing == "tokens"]
+    if config.costs.cloud_target_share is not None and len(billed) > 1:
+        problems.append(f"costs.cloud_target_share: applies when one tier is billed per token, and "
+                        f"{', '.join(billed)} are; set [costs.tiers.<name>] target_share for each instead")
     cloud, currency = config.cloud, config.costs.currency
     if cloud is not None and currency is not None and currency != cloud.currency:
         problems.append(f'costs.currency: must be the currency of the cloud prices (cloud.currency = '

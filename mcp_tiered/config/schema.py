@@ -302,6 +302,9 @@ class AnthropicTierConfig(TokenPrices, AnthropicKeys, TierFields):
     each token is billed at the tier's prices, against the one cloud budget ([budget])."""
 
     engine: Literal["anthropic"]
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    """Not a key of this engine (checks refuse it): the Messages API samples as it does, so its answers are
+    never taken as deterministic (the response cache keeps only temperature-0 calls)."""
     _declared_at: str | None = PrivateAttr(None)
 
     def key(self, name: str, key: str) -> str:
@@ -321,10 +324,11 @@ def _engine_kind(value: Any) -> str:
 
 
 def _tier_union(configs: dict[str, type[TierFields]]) -> Any:
-    """A tier table as one of `configs`, chosen by its `engine` key (a tagged union validation.explain reads)."""
+    """A tier table as one of `configs`, chosen by its `engine` key (a tagged union config/explain.py reads)."""
+    if len(configs) == 1:  # a union of one is no union: the engine key's Literal says what is valid
+        return next(iter(configs.values()))
     members = [Annotated[config, Tag(kind)] for kind, config in configs.items()]
-    union = members[0] if len(members) == 1 else Union[tuple(members)]  # noqa: UP007
-    return Annotated[union, Discriminator(
+    return Annotated[Union[tuple(members)], Discriminator(  # noqa: UP007
         _engine_kind, custom_error_type="engine",
         custom_error_message=f"must be one of {', '.join(json.dumps(k) for k in configs)}")]
 
@@ -444,9 +448,9 @@ class CloudConfig(TokenPrices, AnthropicKeys):
 
     def as_tier(self) -> AnthropicTierConfig:
         """The tier this section declares: its answers are final (no escalate_to), and Claude does not loop
-        as a small model does. Its temperature is 1.0, the Messages API's own default."""
+        as a small model does."""
         keys = {*AnthropicKeys.model_fields, *TokenPrices.model_fields, "description"}
-        tier = AnthropicTierConfig(engine="anthropic", temperature=1.0, escalate_on_repetition=False,
+        tier = AnthropicTierConfig(engine="anthropic", escalate_on_repetition=False,
                                    **{key: getattr(self, key) for key in keys})
         tier._declared_at = CLOUD
         return tier

@@ -72,13 +72,27 @@ class Engine:
 ENGINES: dict[str, Engine] = {}
 
 
+def _contract_problem(engine: Engine) -> str | None:
+    """Why `engine` cannot be registered, or None."""
+    if engine.capabilities(None).billing == "tokens" and not issubclass(engine.config, config_module.TokenPrices):
+        return (f'engine "{engine.kind}" is billed per token, so its config type must subclass '
+                "mcp_tiered.config.schema.TokenPrices (the prices the ledger and the budget use)")
+    return None
+
+
 def register(engine: Engine) -> None:
-    """Add `engine` to the table (replacing one of the same kind): its tiers load, serve, check and plan."""
+    """Add `engine` to the table (replacing one of the same kind): its tiers load, serve, check and plan.
+    Raises ValueError when it breaks the engine contract (_contract_problem)."""
+    if problem := _contract_problem(engine):
+        raise ValueError(problem)
     ENGINES[engine.kind] = engine
     config_module.use_engine_configs({kind: e.config for kind, e in ENGINES.items()})
 
 
 def unregister(kind: str) -> None:
+    """Take a registered engine out again (the built-in ones stay: the [cloud] shorthand needs anthropic)."""
+    if kind in {engine.kind for engine in BUILT_IN}:
+        raise ValueError(f'engine "{kind}" is built in and stays registered')
     ENGINES.pop(kind)
     config_module.use_engine_configs({k: e.config for k, e in ENGINES.items()})
 
@@ -128,10 +142,12 @@ def load_plugins(environ: Mapping[str, str] = os.environ) -> None:
     for where, load in found:
         try:
             engine = load()
-        except Exception as exc:  # noqa: BLE001  (a plugin's own failure, told in one sentence)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001  (a plugin's own failure, told in one sentence)
             raise ConfigError(f"{where}: cannot load the engine ({type(exc).__name__}: {exc})") from None
         if not isinstance(engine, Engine):
             raise ConfigError(f"{where}: is not an mcp_tiered.engines.Engine, got {type(engine).__name__}")
+        if problem := _contract_problem(engine):
+            raise ConfigError(f"{where}: {problem}")
         register(engine)
     _plugins_loaded = True
 

@@ -32,8 +32,15 @@ def _check(name: str, tier: AnthropicTierConfig, row: dict) -> Checked:
                            f"{tier.output_price_per_mtok:g} per million input / output tokens ({state})"])
 
 
+def _problems(name: str, tier: AnthropicTierConfig) -> list[str]:
+    if "temperature" not in tier.model_fields_set:
+        return []
+    return [f"{tier.key(name, 'temperature')}: the Messages API takes no temperature (the model samples as it "
+            "does); remove this key"]
+
+
 ENGINE = Engine(
     kind="anthropic", config=AnthropicTierConfig, backend=_backend, capabilities=lambda tier: CAPABILITIES,
     check=_check, plan_note="served by the Anthropic API: nothing to plan on this machine", unavailable=_unavailable,
-    no_logprobs_because=lambda tier: "the Anthropic API returns none",
+    problems=_problems, no_logprobs_because=lambda tier: "the Anthropic API returns none",
 )

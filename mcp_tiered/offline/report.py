@@ -96,7 +96,10 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
     for name in [*hops, *costs.token_prices]:
         if name not in names:
             names.append(name)
-    tiers = [_tier_row(name, hops.get(name), [r for r in served if r["served_by"] == name and not r["cache_hit"]],
+    # Billed per token: the config's such tiers, and a tier the config no longer has whose hops the cloud billed.
+    billed = {*costs.token_prices, *(n for n, h in hops.items() if n not in costs.tiers and h["cloud_cost"] > 0)}
+    tiers = [_tier_row(name, name in billed, hops.get(name),
+                       [r for r in served if r["served_by"] == name and not r["cache_hit"]],
                        answered, costs, duration_s, months) for name in names]
     cached = [r for r in served if r["cache_hit"]]
     tiers.append({"tier": "cache", "kind": "cache", "served": sum(r["calls"] for r in cached),
@@ -195,15 +198,15 @@ def _equivalent(costs: CostModel, served: list[sqlite3.Row]) -> float:
     return sum(costs.cloud_equivalent(r["prompt_tokens"], r["completion_tokens"]) for r in served)
 
 
-def _tier_row(name: str, hops: sqlite3.Row | None, served: list[sqlite3.Row], answered: int, costs: CostModel,
-              duration_s: float, months: float) -> dict[str, Any]:
+def _tier_row(name: str, billed_per_token: bool, hops: sqlite3.Row | None, served: list[sqlite3.Row], answered: int,
+              costs: CostModel, duration_s: float, months: float) -> dict[str, Any]:
     def total(key: str) -> float:
         return hops[key] if hops is not None else 0.0
 
     prompt, completion, generation_s = _whole(total("prompt_tokens")), _whole(total("completion_tokens")), total("generation_s")
     calls = sum(r["calls"] for r in served)
     row: dict[str, Any] = {
-        "tier": name, "kind": "cloud" if name in costs.token_prices else "local",
+        "tier": name, "kind": "cloud" if billed_per_token else "local",
         "hops": int(total("hops")), "served": calls, "share": _ratio(calls, answered),
         "target_share": costs.target_share(name),
         "escalated_away": int(total("escalated")),
@@ -274,7 +277,7 @@ def ledger_traffic(path: Path, costs: CostModel) -> dict[str, Any]:
     with reading(path) as conn:
         row = conn.execute(
             "SELECT MIN(time - latency_s) AS start, MAX(time) AS end, TOTAL(prompt_tokens) AS prompt, "
-            "TOTAL(completion_tokens) AS completion, TOTAL(CASE WHEN served_by IN "
+            "TOTAL(completion_tokens) AS completion, TOTAL(CASE WHEN cloud_cost > 0 OR served_by IN "
             f"({', '.join('?' * len(costs.token_prices))}) THEN prompt_tokens + "
             f"completion_tokens END) AS cloud_tokens FROM calls WHERE outcome IN ('ok', 'cache_hit')",
             tuple(costs.token_prices)).fetchone()

@@ -15,6 +15,7 @@ from conftest import MCP_TIERED, REPO, server_env, stdio_server
 from fake_anthropic import FakeAnthropic
 from mcp_tiered.accounting.budget import PROMPT_TOKEN_MARGIN
 from mcp_tiered.config.load import load_config
+from mcp_tiered.errors import ConfigError
 from mcp_tiered.config.schema import AnthropicTierConfig
 from mcp_tiered.accounting.costs import CostModel
 from mcp_tiered.server.metrics import Metrics
@@ -144,3 +145,57 @@ def test_the_shipped_configs_cloud_section_loads_as_before(name: str) -> None:
     assert config.cloud is not None and (cloud.model, cloud.input_price_per_mtok, cloud.output_price_per_mtok) == (
         config.cloud.model, config.cloud.input_price_per_mtok, config.cloud.output_price_per_mtok)
     assert (config.budget.daily, config.budget.monthly) == (config.cloud.daily_budget, config.cloud.monthly_budget)
+
+
+def config_error(write_config, text: str) -> str:  # noqa: ANN001
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(text))
+    return str(caught.value)
+
+
+CLAUDE = '[tiers.{name}]\nengine = "anthropic"\ndescription = "{name}"\nmodel = "claude-{name}"\n'
+
+
+def test_local_only_on_a_claude_tier_is_refused_at_load(write_config) -> None:  # noqa: ANN001
+    assert config_error(write_config, CLAUDE.format(name="haiku") + "local_only = true\n") == (
+        'tiers.haiku.local_only: this tier\'s prompts leave the machine (engine "anthropic"), so no call to it could '
+        "be local; remove local_only")
+
+
+def test_a_temperature_on_a_claude_tier_is_refused_since_the_api_takes_none(write_config) -> None:  # noqa: ANN001
+    assert config_error(write_config, CLAUDE.format(name="haiku") + "temperature = 0\n") == (
+        "tiers.haiku.temperature: the Messages API takes no temperature (the model samples as it does); remove "
+        "this key")
+
+
+def test_one_cloud_target_share_for_two_cloud_tiers_is_refused(write_config) -> None:  # noqa: ANN001
+    text = CLAUDE.format(name="haiku") + CLAUDE.format(name="sonnet") + "[costs]\ncloud_target_share = 0.05\n"
+    assert config_error(write_config, text) == (
+        "costs.cloud_target_share: applies when one tier is billed per token, and haiku, sonnet are; set "
+        "[costs.tiers.<name>] target_share for each instead")
+
+
+def test_a_claude_tier_declared_first_leaves_generate_to_the_local_chain(write_config, smollm2: Path) -> None:  # noqa: ANN001
+    from mcp_tiered.calls.dispatch import Dispatcher
+
+    text = (CLAUDE.format(name="claude") + "".join(
+        f'[tiers.{n}]\nmodel = "{smollm2}"\ndescription = "{n}"\nescalate_to = "{to}"\n'
+        for n, to in (("small", "large"), ("large", "claude"))))
+    tiers = TierRegistry.from_config(load_config(write_config(text)), environ={"ANTHROPIC_API_KEY": "sk-test"})
+    assert [t.name for t in Dispatcher(tiers).entry_tiers()] == ["small", "large"]
+
+
+def test_the_report_counts_a_cloud_tier_the_config_no_longer_has_as_cloud(write_config, smollm2: Path) -> None:  # noqa: ANN001
+    """History of the [cloud] tier, read with a config that names its Claude tiers instead."""
+    from mcp_tiered.accounting.ledger import CallRecord, connect, insert
+
+    config = four_tiers(write_config, smollm2, "http://127.0.0.1:9")
+    conn = connect(config.parent / "ledger.sqlite3")
+    hop = HopRecord(0, "cloud", "claude-old", "answered", None, *USAGE, 0.0, 1.0, 0.0, 0.0, 0.25)
+    insert(conn, [CallRecord(1_700_000_000.0 + i, "generate_cloud", "cloud", "cloud", "claude-old", "ok", *USAGE, 1.0,
+                             hops=(hop,)) for i in range(2)])
+    conn.close()
+    out = subprocess.run([MCP_TIERED, "report", "--config", str(config), "--format", "json"], capture_output=True,
+                         text=True, env=server_env(), cwd=str(REPO), timeout=60, check=True)
+    row = next(r for r in json.loads(out.stdout)["tiers"] if r["tier"] == "cloud")
+    assert (row["kind"], row["cloud_cost"], row["served"]) == ("cloud", 0.5, 2)

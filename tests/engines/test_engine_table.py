@@ -139,3 +139,32 @@ def test_without_the_engine_registered_its_tiers_are_refused(write_config) -> No
     with pytest.raises(ConfigError, match=r'^tiers\.toy\.engine: must be one of "llama-cpp", "llama-server", "openai", '
                        r'"anthropic", got "toy"$'):
         load_config(write_config(TOY_TOML))
+
+
+class PaidTierConfig(TierFields):
+    engine: Literal["paid"]
+
+
+PAID = Engine(kind="paid", config=PaidTierConfig, backend=_backend,
+              capabilities=lambda tier: Capabilities(billing="tokens"), check=_check)
+
+
+def test_an_engine_billed_per_token_without_prices_is_refused() -> None:
+    with pytest.raises(ValueError, match=r'^engine "paid" is billed per token, so its config type must subclass '
+                       r"mcp_tiered\.config\.schema\.TokenPrices"):
+        register(PAID)
+    assert "paid" not in ENGINES
+
+
+def test_a_built_in_engine_stays_registered() -> None:
+    with pytest.raises(ValueError, match=r'^engine "anthropic" is built in and stays registered$'):
+        unregister("anthropic")
+
+
+def test_a_plugin_that_exits_on_import_is_one_sentence(write_config, tmp_path: Path) -> None:  # noqa: ANN001
+    (tmp_path / "exiting_engine.py").write_text("import sys\nsys.exit(3)\n")
+    env = server_env(MCP_TIERED_ENGINES="exiting_engine", PYTHONPATH=str(tmp_path))
+    out = subprocess.run([MCP_TIERED, "check", "--config", str(write_config(TOY_TOML))], capture_output=True,
+                         text=True, env=env, cwd=str(REPO), timeout=60)
+    assert (out.returncode, out.stderr.strip()) == (
+        1, "error: $MCP_TIERED_ENGINES: module exiting_engine: cannot load the engine (SystemExit: 3)")

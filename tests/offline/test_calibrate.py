@@ -153,3 +153,28 @@ def test_calibrate_with_a_verifier_prints_its_signals_the_rules_and_the_settings
     assert "large verifies every answer                   50%         100.0%      100%" in out
     assert ('recommended for [tiers.small]: confidence = "mean", min_confidence = 0, verify_with = "large", '
             'verify_statistic = "top_share", min_verification = 0.5') in out
+
+
+CLOUD_CHAIN = ('[tiers.small]\nmodel = "s.gguf"\ndescription = "s"\nescalate_to = "cloud"\n'
+               '[cloud]\nmodel = "claude-test"\n')
+
+
+def test_calibrating_a_tier_billed_per_token_asks_for_chain(write_config, tmp_path: Path, capsys) -> None:
+    dataset = tmp_path / "set.jsonl"
+    dataset.write_text("".join(json.dumps({"prompt": f"q{i}", "answers": ["a"]}) + "\n" for i in range(2)))
+    code = cli.main(["calibrate", "--config", str(write_config(CLOUD_CHAIN)), "--tier", "cloud", "--dataset", str(dataset)])
+    assert code == 1
+    assert capsys.readouterr().err == ("error: --tier: cloud is billed per token, so it is calibrated only when --chain "
+                                       "names it\n")
+
+
+def test_a_chain_through_a_claude_tier_without_its_key_is_one_sentence(write_config, tmp_path: Path, capsys,
+                                                                        monkeypatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    dataset = tmp_path / "set.jsonl"
+    dataset.write_text("".join(json.dumps({"prompt": f"q{i}", "answers": ["a"]}) + "\n" for i in range(2)))
+    code = cli.main(["calibrate", "--config", str(write_config(CLOUD_CHAIN)), "--tier", "small", "--chain",
+                     "small,cloud", "--dataset", str(dataset)])
+    assert code == 1
+    assert capsys.readouterr().err == ("error: --chain: the cloud tier is disabled because $ANTHROPIC_API_KEY is not "
+                                       "set\n")
