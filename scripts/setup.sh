@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # Set up mcp-tiered in ./.venv, idempotently: a second run changes nothing and takes seconds.
 #
-#   scripts/setup.sh [--cuda] [--test] [--no-models] [--no-llama-server]
+#   scripts/setup.sh [--cuda] [--test] [--llama-server] [--no-models]
 #
-#   --cuda       build llama.cpp with CUDA offload (-DGGML_CUDA=on) for the GPUs of this machine
-#                (CMAKE_CUDA_ARCHITECTURES=native); same as MCP_TIERED_GPU=cuda. Needs the CUDA toolkit
-#                (nvcc) and a visible GPU; to build elsewhere, set CMAKE_ARGS with explicit architectures.
-#   --test       also install the test dependencies (and, into .tools/, the MCP conformance suite and
-#                Inspector with Node 22: scripts/install_node_tools.sh).
-#   --no-models  do not fetch the embedded default models.
-#   --no-llama-server  do not build llama-server (engine = "llama-server" then needs server_binary or one on PATH).
+#   --cuda          build llama.cpp with CUDA offload (-DGGML_CUDA=on) for the GPUs of this machine
+#                   (CMAKE_CUDA_ARCHITECTURES=native); same as MCP_TIERED_GPU=cuda. Needs the CUDA toolkit
+#                   (nvcc) and a visible GPU; to build elsewhere, set CMAKE_ARGS with explicit architectures.
+#   --test          also install the test dependencies and build all the tests use (llama-server, and into
+#                   .tools/ the MCP conformance suite and Inspector with Node 22: scripts/install_node_tools.sh).
+#   --llama-server  also build llama-server (engine = "llama-server"); scripts/serve.sh asks for it when the
+#                   config it serves has such a tier.
+#   --no-models     do not fetch the embedded default models.
 #
 # Environment: PYTHON (interpreter for the venv, default python3, needs >= 3.11), CMAKE_ARGS (replaces
 # the llama.cpp build flags entirely), MCP_TIERED_MODELS (where the default models go).
 #
-# llama-cpp-python has no binary wheel: it is compiled here (~5 min on 2 cores). The wheel is kept in
-# ~/.cache/mcp-tiered/wheels/<hash of version and flags>, so later setups (and CI runs on the same
-# machine) reuse it; a change of flags builds a new one instead of reusing a wheel with the wrong ones.
-# llama-server is built from the same sources and flags (~7 min on 2 cores) and kept the same way.
+# llama.cpp is compiled once (~5 min on 2 cores), from the sources vendored in the pinned llama-cpp-python,
+# as shared libraries: llama-cpp-python is installed without compiling anything and loads them, and
+# llama-server (~2 min more, when asked for) is linked against the same files. The build is kept in
+# ~/.cache/mcp-tiered/llama.cpp/<hash of version and flags>, so later setups (and CI runs on the same machine)
+# reuse it; a change of flags builds anew, and a build whose files are not those its MANIFEST.json records
+# (cut short, truncated, changed) is built anew, never used (mcp_tiered/engines/llama_build.py).
 #
 # Everything this script prints goes to stderr: `scripts/serve.sh` runs it in front of a stdio server.
 set -euo pipefail
@@ -30,19 +33,33 @@ VENV=.venv
 GPU=${MCP_TIERED_GPU:-cpu}
 WITH_TEST=0
 WITH_MODELS=1
-WITH_SERVER=1
+WITH_SERVER=0
 for arg in "$@"; do
   case "$arg" in
     --cuda) GPU=cuda ;;
-    --test) WITH_TEST=1 ;;
-    --no-models) WITH_MODELS=0 ;;
+    --test) WITH_TEST=1; WITH_SERVER=1 ;;
+    --llama-server|--with-llama-server) WITH_SERVER=1 ;;
     --no-llama-server) WITH_SERVER=0 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --no-models) WITH_MODELS=0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (see --help)"; exit 2 ;;
   esac
 done
 
-say() { printf '[setup] %s\n' "$*"; }
+STARTED=$SECONDS
+say() { printf '[setup %d:%02d] %s\n' $(((SECONDS - STARTED) / 60)) $(((SECONDS - STARTED) % 60)) "$*"; }
+missing() {  # what to install, in one sentence, then stop
+  echo "setup.sh: $1 is needed and not found; install it (Debian/Ubuntu: sudo apt install $2; macOS: $3) and run again"
+  exit 1
+}
+run_logged() {  # run_logged LOG what COMMAND...: the command's output to LOG; on failure its last lines and LOG
+  local log=$1 what=$2; shift 2
+  if ! "$@" > "$log" 2>&1; then
+    tail -30 "$log"
+    echo "setup.sh: $what failed; the whole output is in $log"
+    exit 1
+  fi
+}
 
 # The default native build emits every instruction the build CPU advertises, AMX included, which some
 # VMs advertise but trap ("Illegal instruction"): build for a portable AVX2/AVX-512 baseline instead.
@@ -57,65 +74,100 @@ esac
 FLAGS=${CMAKE_ARGS:-$DEFAULT_FLAGS}
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-  echo "setup.sh: $PYTHON is missing or older than Python 3.11; set PYTHON=/path/to/python3.11+"
-  exit 1
+  missing "Python 3.11 or newer (as \$PYTHON, default python3)" "python3 python3-venv" "brew install python@3.12"
 fi
+command -v c++ >/dev/null || command -v g++ >/dev/null || command -v clang++ >/dev/null \
+  || missing "a C/C++ compiler" "build-essential" "xcode-select --install"
 
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV"
-  "$PYTHON" -m venv "$VENV"
+  "$PYTHON" -m venv "$VENV" || missing "Python's venv module" "python3-venv" "brew install python@3.12"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/mcp-tiered"
+JOBS=$(nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 
-# llama-cpp-python, built with $FLAGS unless this venv already has exactly that build.
+# CMake ≥ 3.21 (llama-cpp-python's minimum): the machine's, else the cmake wheel in the venv.
+CMAKE_VERSION=$(cmake --version 2>/dev/null | sed -n 's/^cmake version \([0-9.]*\).*/\1/p')
+if [ -z "$CMAKE_VERSION" ] || [ "$(printf '%s\n' 3.21 "$CMAKE_VERSION" | sort -V | head -1)" != 3.21 ]; then
+  if [ ! -x "$VENV/bin/cmake" ]; then
+    say "installing CMake into $VENV (none ≥ 3.21 on PATH)"
+    "${PIP[@]}" install --quiet "cmake>=3.21,<5"
+  fi
+  PATH="$PWD/$VENV/bin:$PATH"
+fi
+
+# The one llama.cpp build: shared libraries (and llama-server when asked for) from one CMake tree.
+LLAMA_KEY=$(printf '%s|%s|shared' "$LLAMA_VERSION" "$FLAGS" | sha256sum | cut -c1-16)
+LLAMA_HOME="$CACHE/llama.cpp/$LLAMA_KEY"
+LIBS="$LLAMA_HOME/build/bin"
+NEEDS=()
+if [ "$WITH_SERVER" = 1 ]; then NEEDS=(llama-server); fi
+read -r ACTION WHY <<< "$("$PYTHON" mcp_tiered/engines/llama_build.py state "$LIBS" ${NEEDS[@]+"${NEEDS[@]}"})"
+if [ "$ACTION" != use ]; then
+  if [ "$ACTION" = rebuild ]; then
+    say "the cached llama.cpp build cannot be used ($WHY): building it anew"
+    rm -rf "$LLAMA_HOME/build"
+  fi
+  if [ ! -f "$LLAMA_HOME/src/CMakeLists.txt" ]; then
+    say "fetching llama.cpp's sources (those vendored in llama-cpp-python $LLAMA_VERSION)"
+    FETCH=$(mktemp -d)
+    # --no-binary for it alone: its build requirements (CMake, scikit-build-core) come as wheels, not compiled.
+    "${PIP[@]}" download --quiet --no-deps --no-binary llama-cpp-python --dest "$FETCH" "llama-cpp-python==$LLAMA_VERSION"
+    tar xzf "$FETCH"/llama_cpp_python-"$LLAMA_VERSION".tar.gz -C "$FETCH"
+    mkdir -p "$LLAMA_HOME"
+    rm -rf "$LLAMA_HOME/src"
+    mv "$FETCH"/llama_cpp_python-"$LLAMA_VERSION"/vendor/llama.cpp "$LLAMA_HOME/src"
+    rm -rf "$FETCH"
+  fi
+  mkdir -p "$LLAMA_HOME/build"
+  # RPATH $ORIGIN: every library and llama-server finds the others beside itself, wherever it is linked from.
+  # shellcheck disable=SC2086  # $FLAGS is a list of -D options
+  # GIT_CEILING_DIRECTORIES: the sources have no git history; a repository around the cache is not theirs.
+  GIT_CEILING_DIRECTORIES="$LLAMA_HOME" run_logged "$LLAMA_HOME/cmake.log" "configuring llama.cpp" cmake -S "$LLAMA_HOME/src" -B "$LLAMA_HOME/build" \
+    -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$ORIGIN' \
+    -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+    -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF $FLAGS
+  TARGETS=(llama ggml ${NEEDS[@]+"${NEEDS[@]}"})
+  say "compiling llama.cpp (${TARGETS[*]}) with '$FLAGS' on $JOBS cores (minutes; output in $LLAMA_HOME/build.log)"
+  run_logged "$LLAMA_HOME/build.log" "compiling llama.cpp" cmake --build "$LLAMA_HOME/build" --target "${TARGETS[@]}" -j "$JOBS"
+  "$PYTHON" mcp_tiered/engines/llama_build.py write "$LIBS" "$LLAMA_VERSION" "$LLAMA_HOME/src" "$FLAGS"
+  say "llama.cpp built: $LIBS"
+else
+  say "reusing the llama.cpp build in $LIBS"
+fi
+
+# llama-cpp-python without a llama.cpp of its own (LLAMA_BUILD=OFF: nothing compiled), loading the build above.
 MARKER="$VENV/.llama-cpp-build"
-WANT="$LLAMA_VERSION $FLAGS"
+WANT="$LLAMA_VERSION shared $LIBS"
 if [ "$(cat "$MARKER" 2>/dev/null)" != "$WANT" ] || ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
-  KEY=$(printf '%s|%s' "$LLAMA_VERSION" "$FLAGS" | sha256sum | cut -c1-16)
-  WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/mcp-tiered/wheels/$KEY"
+  WHEELS="$CACHE/wheels/llama-cpp-python-$LLAMA_VERSION-without-llama.cpp"
   if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
-    say "building llama-cpp-python $LLAMA_VERSION with CMAKE_ARGS='$FLAGS' (takes minutes)"
+    say "packaging llama-cpp-python $LLAMA_VERSION without its own llama.cpp"
     mkdir -p "$WHEELS"
     BUILD=$(mktemp -d)
     # --no-cache-dir: pip's own wheel cache is keyed by the source archive, not the flags.
-    CMAKE_ARGS="$FLAGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" \
-      "${PIP[@]}" wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python \
+    CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" run_logged "$CACHE/llama-cpp-python-wheel.log" \
+      "packaging llama-cpp-python" "${PIP[@]}" wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
       --wheel-dir "$BUILD" "llama-cpp-python==$LLAMA_VERSION"
     mv "$BUILD"/llama_cpp_python-*.whl "$WHEELS"/
     rm -rf "$BUILD"
-  else
-    say "reusing the llama-cpp-python wheel built with CMAKE_ARGS='$FLAGS'"
   fi
   "${PIP[@]}" install --quiet --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl
+  PACKAGE_LIBS="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')/llama_cpp/lib"
+  rm -rf "$PACKAGE_LIBS"
+  mkdir -p "$PACKAGE_LIBS"
+  for lib in "$LIBS"/lib*; do ln -s "$lib" "$PACKAGE_LIBS/"; done
+  "$VENV/bin/python" -c 'import llama_cpp' || { echo "setup.sh: llama-cpp-python cannot load $LIBS"; exit 1; }
   echo "$WANT" > "$MARKER"
 fi
-
-# llama-server, llama.cpp's own HTTP server (engine = "llama-server"), from the same pinned sources with the
-# same flags, linked statically; kept like the wheel, under the hash of version and flags.
-SERVER_KEY=$(printf '%s|%s|server' "$LLAMA_VERSION" "$FLAGS" | sha256sum | cut -c1-16)
-SERVER_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/mcp-tiered/llama-server/$SERVER_KEY"
-if [ "$WITH_SERVER" = 0 ]; then
-  say "not building llama-server (--no-llama-server)"
-elif [ ! -x "$SERVER_DIR/llama-server" ]; then
-  say "building llama-server from llama-cpp-python $LLAMA_VERSION's llama.cpp with '$FLAGS' (takes minutes)"
-  BUILD=$(mktemp -d)
-  "${PIP[@]}" download --quiet --no-deps --no-binary :all: --dest "$BUILD" "llama-cpp-python==$LLAMA_VERSION"
-  tar xzf "$BUILD"/llama_cpp_python-"$LLAMA_VERSION".tar.gz -C "$BUILD"
-  # shellcheck disable=SC2086  # $FLAGS is a list of -D options
-  cmake -S "$BUILD"/llama_cpp_python-"$LLAMA_VERSION"/vendor/llama.cpp -B "$BUILD/build" -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $FLAGS > "$BUILD/cmake.log" 2>&1 \
-    || { tail -20 "$BUILD/cmake.log"; exit 1; }
-  cmake --build "$BUILD/build" --target llama-server -j "$(nproc 2>/dev/null || echo 2)" > "$BUILD/build.log" 2>&1 \
-    || { tail -30 "$BUILD/build.log"; exit 1; }
-  mkdir -p "$SERVER_DIR"
-  cp "$BUILD/build/bin/llama-server" "$SERVER_DIR/llama-server.tmp" && mv "$SERVER_DIR/llama-server.tmp" "$SERVER_DIR/llama-server"
-  rm -rf "$BUILD"
-else
-  say "reusing llama-server built with '$FLAGS'"
+if [ -x "$LIBS/llama-server" ]; then
+  ln -sf "$LIBS/llama-server" "$VENV/bin/llama-server"
+elif [ -L "$VENV/bin/llama-server" ]; then
+  rm -f "$VENV/bin/llama-server"  # another build's: `check` then says how to build this one's
 fi
-if [ "$WITH_SERVER" = 1 ]; then ln -sf "$SERVER_DIR/llama-server" "$VENV/bin/llama-server"; fi
 
 say "installing mcp-tiered and its dependencies"
 if [ "$WITH_TEST" = 1 ]; then TARGET=".[test]"; else TARGET="."; fi

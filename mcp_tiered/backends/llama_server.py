@@ -70,8 +70,9 @@ def server_binary_problem(name: str, config: LlamaServerTierConfig, run: bool = 
     binary = find_server_binary(config)
     path = key_path(["tiers", name, "server_binary"])
     if binary is None:
-        return (f"{path}: no llama-server found (not beside {sys.executable}, not on PATH); run scripts/setup.sh, "
-                "which builds it, or name one with server_binary")
+        return (f"{path}: no llama-server found (not beside {sys.executable}, not on PATH); run "
+                "`scripts/setup.sh --llama-server`, which builds it against the in-process engine's llama.cpp, or "
+                "name one with server_binary")
     if not binary.is_file() or not os.access(binary, os.X_OK):
         return f"{path}: {binary} is not an executable file"
     if run and (problem := _version_problem(binary)):

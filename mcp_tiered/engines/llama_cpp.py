@@ -8,6 +8,7 @@ from ..backends.base import Capabilities
 from ..config.schema import TierConfig
 from ..config.explain import key_path
 from . import Engine, model_file
+from .llama_build import build_of, in_process_library
 
 CAPABILITIES = Capabilities(scores_answers=True)
 
@@ -29,7 +30,8 @@ def _problems(name: str, tier: TierConfig) -> list[str]:
 
 ENGINE = Engine(
     kind="llama-cpp", config=TierConfig, backend=_backend, capabilities=lambda tier: CAPABILITIES,
-    check=lambda name, tier, row: model_file.check(name, tier, row, lambda: "in-process llama.cpp"),
+    check=lambda name, tier, row: model_file.check(
+        name, tier, row, lambda: f"in-process llama.cpp; {build_of(in_process_library())}"),
     plan=lambda name, tier, given: model_file.plan_row(name, tier, given, 1, tier.instances),
     problems=_problems,
 )

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from ..backends.base import Capabilities
 from ..config.schema import LlamaServerTierConfig
 from . import Checked, Engine, model_file
+from .llama_build import build_of
 
 CAPABILITIES = Capabilities()
 
@@ -20,8 +21,11 @@ def _backend(name: str, tier: LlamaServerTierConfig, environ: Mapping[str, str])
 def _check(name: str, tier: LlamaServerTierConfig, row: dict) -> Checked:
     from ..backends.llama_server import find_server_binary, server_binary_problem
 
-    return model_file.check(name, tier, row, lambda: f"llama-server {find_server_binary(tier)}, {tier.parallel} slots",
-                            lambda: server_binary_problem(name, tier, run=True))
+    def words() -> str:
+        binary = find_server_binary(tier)
+        return f"llama-server {binary}, {tier.parallel} slots; {build_of(binary)}"
+
+    return model_file.check(name, tier, row, words, lambda: server_binary_problem(name, tier, run=True))
 
 
 ENGINE = Engine(

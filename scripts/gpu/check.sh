@@ -2,14 +2,15 @@
 # The GPU acceptance run, on a fresh GPU machine without network, from the repository root with .gpu/ from
 # scripts/gpu/prepare.sh beside it; sized for 15 minutes of device time in all (setup ~5 min):
 #
-#   1. scripts/setup.sh --cuda --no-models, offline;
+#   1. scripts/setup.sh --cuda --no-models --llama-server, offline: llama.cpp compiled once with CUDA, as shared
+#      libraries both engines load (ENGINES=0: without llama-server);
 #   2. a synthetic 1.2B F16 model (scripts/gpu/synth_gguf.py; no model hub there);
 #   3. scripts/gpu/serve_check.py: the real server with full offload over stdio and Streamable HTTP
 #      (answered, deadline and cancelled calls; VRAM loaded and after idle unload); if the server died, it
 #      is run once more under gdb for a native backtrace;
 #   4. scripts/bench_overhead.py: the same request through MCP and directly through llama_cpp.Llama, in one
 #      run (tokens/s ratio; goal >= 0.95 at 256 generated tokens with full offload);
-#   5. only with ENGINES=1 (llama-server is then built too): scripts/bench_engines.py at C = 1, 8, 32;
+#   5. scripts/bench_engines.py at C = 1, 8, 32: the llama-server engine on the same build (unless ENGINES=0);
 #   6. only with EXTRAS=1: CPU vs offload (bench_offload.py, GPU power sampled) and prefix reuse (bench_prefix.py).
 #
 # The log goes to $OUT/log.txt (else /tmp/log.txt), the servers' stderr and any backtrace beside it.
@@ -21,8 +22,8 @@ T0=$(date +%s); t() { echo "=== $(( $(date +%s) - T0 )) s: $*"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
 python3 --version; cmake --version | head -1; nvcc --version | tail -1; nproc; git log --oneline -1 2>/dev/null
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.gpu/whl $PWD/.gpu" XDG_CACHE_HOME=/tmp/cache
-# llama-server compiles the CUDA kernels a second time: only with ENGINES=1, when the device time allows.
-SERVER_FLAG=--no-llama-server; [ "${ENGINES:-0}" = 1 ] && SERVER_FLAG=
+# llama-server links the same shared libraries (the CUDA kernels are compiled once): built unless ENGINES=0.
+SERVER_FLAG=--llama-server; [ "${ENGINES:-1}" = 0 ] && SERVER_FLAG=
 t "setup.sh --cuda --no-models $SERVER_FLAG"
 bash scripts/setup.sh --cuda --no-models $SERVER_FLAG || { t "SETUP FAILED"; exit 1; }
 t "setup done"
@@ -51,7 +52,7 @@ t "bench_overhead: MCP vs direct llama_cpp.Llama, full offload, 256 tokens"
 timeout 240 .venv/bin/python scripts/bench_overhead.py --model "$MODEL" --n-gpu-layers -1 --n-ctx 4096 \
   --max-tokens 256 --runs 7 --settle 0.2
 
-if [ "${ENGINES:-0}" = 1 ]; then
+if [ "${ENGINES:-1}" = 1 ]; then
   t "bench_engines: llama-server engine vs direct, full offload, C = 1 / 8 / 32"
   timeout 300 .venv/bin/python scripts/bench_engines.py --model "$MODEL" --n-gpu-layers -1 --concurrency 1 8 32 \
     --tokens 128 --rounds 3 --n-ctx 2048

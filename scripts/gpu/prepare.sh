@@ -10,7 +10,7 @@ mkdir -p .gpu/whl .gpu/gguf
 PLATFORMS=(--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_27_x86_64
            --platform manylinux_2_28_x86_64 --platform manylinux_2_34_x86_64)
 python3 -m pip download -q --dest .gpu/whl --only-binary=:all: --python-version 3.12 --implementation cp "${PLATFORMS[@]}" \
-  "mcp>=2.3,<3" "anthropic>=2.14,<3" "pydantic>=2.7,<3" "anyio>=4.4" "structlog>=24.1" "platformdirs>=4" \
+  "mcp==2.3.0" "anthropic>=2.14,<3" "pydantic>=2.7,<3" "anyio>=4.4" "structlog>=24.1" "platformdirs>=4" \
   "prometheus-client>=0.20" numpy diskcache jinja2 typing-extensions setuptools scikit-build-core ninja pip
 python3 -m pip download -q --dest .gpu/gguf --no-deps gguf
 SRC=$(mktemp -d)
