@@ -98,6 +98,20 @@ if [ -z "$CMAKE_VERSION" ] || [ "$(printf '%s\n' 3.21 "$CMAKE_VERSION" | sort -V
   PATH="$PWD/$VENV/bin:$PATH"
 fi
 
+# llama-cpp-python's source archive, kept: llama.cpp's sources come out of it, and the package is made from it.
+SDIST="$CACHE/sdist/llama_cpp_python-$LLAMA_VERSION.tar.gz"
+fetch_sdist() {
+  if [ ! -f "$SDIST" ]; then
+    local fetch
+    fetch=$(mktemp -d)
+    # --no-binary for it alone: its build requirements (CMake, scikit-build-core) come as wheels, not compiled.
+    "${PIP[@]}" download --quiet --no-deps --no-binary llama-cpp-python --dest "$fetch" "llama-cpp-python==$LLAMA_VERSION"
+    mkdir -p "$(dirname "$SDIST")"
+    mv "$fetch/llama_cpp_python-$LLAMA_VERSION.tar.gz" "$SDIST"
+    rm -rf "$fetch"
+  fi
+}
+
 # The one llama.cpp build: shared libraries (and llama-server when asked for) from one CMake tree.
 LLAMA_KEY=$(printf '%s|%s|shared' "$LLAMA_VERSION" "$FLAGS" | sha256sum | cut -c1-16)
 LLAMA_HOME="$CACHE/llama.cpp/$LLAMA_KEY"
@@ -112,10 +126,9 @@ if [ "$ACTION" != use ]; then
   fi
   if [ ! -f "$LLAMA_HOME/src/CMakeLists.txt" ]; then
     say "fetching llama.cpp's sources (those vendored in llama-cpp-python $LLAMA_VERSION)"
+    fetch_sdist
     FETCH=$(mktemp -d)
-    # --no-binary for it alone: its build requirements (CMake, scikit-build-core) come as wheels, not compiled.
-    "${PIP[@]}" download --quiet --no-deps --no-binary llama-cpp-python --dest "$FETCH" "llama-cpp-python==$LLAMA_VERSION"
-    tar xzf "$FETCH"/llama_cpp_python-"$LLAMA_VERSION".tar.gz -C "$FETCH"
+    tar xzf "$SDIST" -C "$FETCH"
     mkdir -p "$LLAMA_HOME"
     rm -rf "$LLAMA_HOME/src"
     mv "$FETCH"/llama_cpp_python-"$LLAMA_VERSION"/vendor/llama.cpp "$LLAMA_HOME/src"
@@ -146,12 +159,13 @@ if [ "$(cat "$MARKER" 2>/dev/null)" != "$WANT" ] || ! "$VENV/bin/python" -c 'imp
   WHEELS="$CACHE/wheels/llama-cpp-python-$LLAMA_VERSION-without-llama.cpp"
   if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
     say "packaging llama-cpp-python $LLAMA_VERSION without its own llama.cpp"
+    fetch_sdist
     mkdir -p "$WHEELS"
     BUILD=$(mktemp -d)
     # --no-cache-dir: pip's own wheel cache is keyed by the source archive, not the flags.
     CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" run_logged "$CACHE/llama-cpp-python-wheel.log" \
       "packaging llama-cpp-python" "${PIP[@]}" wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
-      --wheel-dir "$BUILD" "llama-cpp-python==$LLAMA_VERSION"
+      --wheel-dir "$BUILD" "$SDIST"
     mv "$BUILD"/llama_cpp_python-*.whl "$WHEELS"/
     rm -rf "$BUILD"
   fi
@@ -160,8 +174,7 @@ if [ "$(cat "$MARKER" 2>/dev/null)" != "$WANT" ] || ! "$VENV/bin/python" -c 'imp
   rm -rf "$PACKAGE_LIBS"
   mkdir -p "$PACKAGE_LIBS"
   for lib in "$LIBS"/lib*; do ln -s "$lib" "$PACKAGE_LIBS/"; done
-  "$VENV/bin/python" -c 'import llama_cpp' || { echo "setup.sh: llama-cpp-python cannot load $LIBS"; exit 1; }
-  echo "$WANT" > "$MARKER"
+  LINKED=1
 fi
 if [ -x "$LIBS/llama-server" ]; then
   ln -sf "$LIBS/llama-server" "$VENV/bin/llama-server"
@@ -172,6 +185,10 @@ fi
 say "installing mcp-tiered and its dependencies"
 if [ "$WITH_TEST" = 1 ]; then TARGET=".[test]"; else TARGET="."; fi
 "${PIP[@]}" install --quiet --editable "$TARGET"
+if [ "${LINKED:-0}" = 1 ]; then  # now that its dependencies are installed too
+  "$VENV/bin/python" -c 'import llama_cpp' || { echo "setup.sh: llama-cpp-python cannot load $LIBS"; exit 1; }
+  echo "$WANT" > "$MARKER"
+fi
 
 if [ "$WITH_TEST" = 1 ]; then
   scripts/install_node_tools.sh
