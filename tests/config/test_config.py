@@ -262,8 +262,8 @@ def test_check_says_where_the_llama_server_is_or_that_it_is_missing(write_config
                            'server_binary = "bin/llama-server"\n', name="missing.toml")
     assert cli.main(["check", "--config", str(found)]) == 0
     out, _ = capsys.readouterr()
-    assert "; llama-server " in out and ', 2 slots; cannot score a given answer, so it cannot verify others (engine ' \
-        '"llama-server"))' in out
+    assert "; llama-server " in out and ", 2 slots; setup's build: llama.cpp of llama-cpp-python " in out
+    assert out.splitlines()[0].endswith('; cannot score a given answer, so it cannot verify others (engine "llama-server"))')
     assert cli.main(["check", "--config", str(missing)]) == 1
     out, _ = capsys.readouterr()
     assert f"error  tiers.small.server_binary: {missing.parent}/bin/llama-server is not an executable file" in out
@@ -274,8 +274,8 @@ def test_check_says_which_tiers_verify_and_are_verified(write_config, smollm2: P
                           + VALID_TIER.replace("small", "large").replace("{model}", str(smollm2)))
     assert cli.main(["check", "--config", str(config)]) == 0
     small, large, *_ = capsys.readouterr()[0].splitlines()
-    assert small.endswith("in-process llama.cpp; can verify other tiers' answers; its answers are verified by large)")
-    assert large.endswith("in-process llama.cpp; can verify other tiers' answers)")
+    assert small.endswith("; can verify other tiers' answers; its answers are verified by large)")
+    assert large.endswith("; can verify other tiers' answers)") and "; in-process llama.cpp; setup's build: " in large
 
 
 def test_the_readmes_minimal_config_loads_with_its_claude_tier_last_in_the_chain(tmp_path: Path) -> None:
