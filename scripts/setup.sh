@@ -101,6 +101,10 @@ fi
 # llama-cpp-python's source archive, kept: llama.cpp's sources come out of it, and the package is made from it.
 SDIST="$CACHE/sdist/llama_cpp_python-$LLAMA_VERSION.tar.gz"
 fetch_sdist() {
+  if [ -f "$SDIST" ] && ! gzip -t "$SDIST" 2>/dev/null; then
+    say "the kept $SDIST is damaged: fetching it again"
+    rm -f "$SDIST"
+  fi
   if [ ! -f "$SDIST" ]; then
     local fetch
     fetch=$(mktemp -d)
@@ -127,17 +131,17 @@ if [ "$ACTION" != use ]; then
   if [ ! -f "$LLAMA_HOME/src/CMakeLists.txt" ]; then
     say "fetching llama.cpp's sources (those vendored in llama-cpp-python $LLAMA_VERSION)"
     fetch_sdist
-    FETCH=$(mktemp -d)
-    tar xzf "$SDIST" -C "$FETCH"
-    mkdir -p "$LLAMA_HOME"
-    rm -rf "$LLAMA_HOME/src"
-    mv "$FETCH"/llama_cpp_python-"$LLAMA_VERSION"/vendor/llama.cpp "$LLAMA_HOME/src"
-    rm -rf "$FETCH"
+    # Unpacked beside src/ and renamed into place: a setup cut short leaves no half tree behind as src/.
+    rm -rf "$LLAMA_HOME/src" "$LLAMA_HOME/src.unpacking"
+    mkdir -p "$LLAMA_HOME/src.unpacking"
+    tar xzf "$SDIST" -C "$LLAMA_HOME/src.unpacking"
+    mv "$LLAMA_HOME/src.unpacking/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp" "$LLAMA_HOME/src"
+    rm -rf "$LLAMA_HOME/src.unpacking"
   fi
   mkdir -p "$LLAMA_HOME/build"
   # RPATH $ORIGIN: every library and llama-server finds the others beside itself, wherever it is linked from.
-  # shellcheck disable=SC2086  # $FLAGS is a list of -D options
   # GIT_CEILING_DIRECTORIES: the sources have no git history; a repository around the cache is not theirs.
+  # shellcheck disable=SC2086  # $FLAGS is a list of -D options
   GIT_CEILING_DIRECTORIES="$LLAMA_HOME" run_logged "$LLAMA_HOME/cmake.log" "configuring llama.cpp" cmake -S "$LLAMA_HOME/src" -B "$LLAMA_HOME/build" \
     -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$ORIGIN' \
     -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
@@ -162,7 +166,8 @@ if [ "$(cat "$MARKER" 2>/dev/null)" != "$WANT" ] || ! "$VENV/bin/python" -c 'imp
     fetch_sdist
     mkdir -p "$WHEELS"
     BUILD=$(mktemp -d)
-    # --no-cache-dir: pip's own wheel cache is keyed by the source archive, not the flags.
+    # --no-cache-dir: pip's own wheel cache is keyed by the source archive alone, which also makes the package
+    # with a llama.cpp inside.
     CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" run_logged "$CACHE/llama-cpp-python-wheel.log" \
       "packaging llama-cpp-python" "${PIP[@]}" wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
       --wheel-dir "$BUILD" "$SDIST"
