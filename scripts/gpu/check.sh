@@ -5,6 +5,7 @@
 #   1. scripts/setup.sh --cuda --no-models --llama-server, offline: llama.cpp compiled once with CUDA, as shared
 #      libraries both engines load (ENGINES=0: without llama-server);
 #   2. a synthetic 1.2B F16 model (scripts/gpu/synth_gguf.py; no model hub there);
+#   2b. scripts/gpu/variants.py: where a CUDA load dies, each variant in a child under a timeout (variants.txt);
 #   3. scripts/gpu/serve_check.py: the real server with full offload over stdio and Streamable HTTP
 #      (answered, deadline and cancelled calls; VRAM loaded and after idle unload); if the server died, it
 #      is run once more under gdb for a native backtrace;
@@ -31,6 +32,10 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/gguf .gpu/gguf/*.wh
 MODEL=/tmp/synthetic.gguf
 [ -f "$MODEL" ] || PYTHONPATH=/tmp/gguf python3 scripts/gpu/synth_gguf.py .gpu/vocab.gguf "$MODEL"
 ls -la "$MODEL"
+
+t "variants: the in-process engine's first load and call taken apart (scripts/gpu/variants.py)"
+timeout 300 .venv/bin/python scripts/gpu/variants.py "$MODEL" --n-gpu-layers -1 --log "$LOGDIR/variants.txt"
+cat "$LOGDIR/variants.txt"
 
 t "serve_check (stdio and Streamable HTTP, full offload)"
 WORK=/tmp/serve_check

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import socket
@@ -108,7 +109,9 @@ def server_events(stderr: Path) -> list[dict]:
 
 async def over_stdio(config: Path, work: Path) -> None:
     stderr = work / "stdio.stderr"
-    params = StdioServerParameters(command=MCP_TIERED, args=["serve", "--config", str(config)])
+    # The whole environment: given none, the SDK passes only HOME, LOGNAME, PATH, SHELL, TERM and USER, so the
+    # server ran without LD_LIBRARY_PATH and NVIDIA_* where CUDA needs them.
+    params = StdioServerParameters(command=MCP_TIERED, args=["serve", "--config", str(config)], env=dict(os.environ))
     before = vram_mib()
     try:
         with stderr.open("w") as err:
