@@ -65,6 +65,13 @@ def test_a_dataset_of_one_item_is_refused_in_one_sentence(tmp_path: Path) -> Non
         calibrate.load_dataset(dataset)
 
 
+def write_dataset(folder: Path, items: int) -> Path:
+    """`items` prompts q0, q1, … each answered by "a", as set.jsonl in `folder`."""
+    dataset = folder / "set.jsonl"
+    dataset.write_text("".join(json.dumps({"prompt": f"q{i}", "answers": ["a"]}) + "\n" for i in range(items)))
+    return dataset
+
+
 def write_outcomes(folder: Path, name: str, rows: list[tuple[bool, float]]) -> None:
     folder.mkdir(exist_ok=True)
     calibrate.save_outcomes(folder / f"{name}.jsonl", [Outcome("x", ok, (math.log(p),), "stop") for ok, p in rows])
@@ -73,8 +80,7 @@ def write_outcomes(folder: Path, name: str, rows: list[tuple[bool, float]]) -> N
 def test_calibrate_command_reports_auroc_thresholds_and_the_cascade(write_config, tmp_path: Path, capsys) -> None:
     config = write_config('[tiers.small]\nmodel = "s.gguf"\ndescription = "s"\nescalate_to = "large"\n'
                           '[tiers.large]\nmodel = "l.gguf"\ndescription = "l"\n')
-    dataset = tmp_path / "set.jsonl"
-    dataset.write_text("".join(json.dumps({"prompt": f"q{i}", "answers": ["a"]}) + "\n" for i in range(8)))
+    dataset = write_dataset(tmp_path, 8)
     small = [(True, 0.9), (True, 0.9), (False, 0.2), (False, 0.3), (True, 0.8), (True, 0.85), (False, 0.1), (False, 0.4)]
     write_outcomes(tmp_path / "out", "small", small)
     write_outcomes(tmp_path / "out", "large", [(True, 0.9)] * 8)
@@ -136,8 +142,7 @@ def test_calibrate_with_a_verifier_prints_its_signals_the_rules_and_the_settings
                                                                                   capsys) -> None:
     config = write_config('[tiers.small]\nmodel = "s.gguf"\ndescription = "s"\nescalate_to = "large"\n'
                           'verify_with = "large"\n[tiers.large]\nmodel = "l.gguf"\ndescription = "l"\n')
-    dataset = tmp_path / "set.jsonl"
-    dataset.write_text("".join(json.dumps({"prompt": f"q{i}", "answers": ["a"]}) + "\n" for i in range(8)))
+    dataset = write_dataset(tmp_path, 8)
     # small is surer of its wrong answers than of its right ones; the verifier tells them apart perfectly.
     small = [(True, 0.5), (True, 0.55), (False, 0.9), (False, 0.8), (True, 0.4), (True, 0.6), (False, 0.7), (False, 0.65)]
     write_outcomes(tmp_path / "out", "small", small)
@@ -160,8 +165,7 @@ CLOUD_CHAIN = ('[tiers.small]\nmodel = "s.gguf"\ndescription = "s"\nescalate_to 
 
 
 def test_calibrating_a_tier_billed_per_token_asks_for_chain(write_config, tmp_path: Path, capsys) -> None:
-    dataset = tmp_path / "set.jsonl"
-    dataset.write_text("".join(json.dumps({"prompt": f"q{i}", "answers": ["a"]}) + "\n" for i in range(2)))
+    dataset = write_dataset(tmp_path, 2)
     code = cli.main(["calibrate", "--config", str(write_config(CLOUD_CHAIN)), "--tier", "cloud", "--dataset", str(dataset)])
     assert code == 1
     assert capsys.readouterr().err == ("error: --tier: cloud is billed per token, so it is calibrated only when --chain "
@@ -171,8 +175,7 @@ def test_calibrating_a_tier_billed_per_token_asks_for_chain(write_config, tmp_pa
 def test_a_chain_through_a_claude_tier_without_its_key_is_one_sentence(write_config, tmp_path: Path, capsys,
                                                                         monkeypatch) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    dataset = tmp_path / "set.jsonl"
-    dataset.write_text("".join(json.dumps({"prompt": f"q{i}", "answers": ["a"]}) + "\n" for i in range(2)))
+    dataset = write_dataset(tmp_path, 2)
     code = cli.main(["calibrate", "--config", str(write_config(CLOUD_CHAIN)), "--tier", "small", "--chain",
                      "small,cloud", "--dataset", str(dataset)])
     assert code == 1
