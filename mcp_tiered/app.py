@@ -1,9 +1,12 @@
 """The composition root: everything `serve` runs, built from the config in one place (tiers with their
-engines and the cloud budget, the ledger, the response cache, metrics, the cost model, the MCP server)."""
+engines and the cloud budget, the ledger, the response cache, metrics, the cost model, the MCP server, and
+with [store] url the team's store behind the ledger, the budget, the endpoint slots and the cache)."""
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from mcp.server.mcpserver import MCPServer
@@ -12,10 +15,10 @@ from .accounting.budget import CloudBudget
 from .calls.cache import ResponseCache
 from .config.schema import Config
 from .accounting.costs import CostModel
-from .calls.results import GenerateResult
 from .accounting.ledger import Ledger, cloud_spend_since, reading
 from .server.metrics import Metrics
 from .server.mcp_server import build_server
+from .server.transports import Transport, serve
 from .calls.tiers import TierRegistry
 
 log = structlog.get_logger(__name__)
@@ -27,9 +30,18 @@ class App:
     tiers: TierRegistry
     metrics: Metrics
     costs: CostModel
-    cache: ResponseCache[GenerateResult] | None
+    cache: Any
     ledger: Ledger | None
     mcp: MCPServer
+    store: Any = None
+    """The team's store (store.runtime.Store), or None."""
+
+    async def run(self, transport: Transport, host: str = "127.0.0.1", port: int = 8765) -> None:
+        """Serve until the transport ends, with the store open while it does."""
+        async with AsyncExitStack() as stack:
+            if self.store is not None:
+                await stack.enter_async_context(self.store.running())
+            await serve(self.mcp, self.tiers, self.metrics, self.config.server, transport, host, port)
 
     def close(self) -> None:
         """What outlives the event loop (the ledger's writer); the tiers free their models when serving ends."""
@@ -39,6 +51,8 @@ class App:
 
 def build_app(config: Config) -> App:
     """Raises ConfigError (one sentence naming the key) when a part cannot be set up, such as the ledger."""
+    if config.store.shared:
+        return _build_shared(config)
     ledger = open_ledger(config) if config.ledger.enabled else None
     tiers = TierRegistry.from_config(config)
     if ledger is not None and tiers.budget is not None:
@@ -48,6 +62,35 @@ def build_app(config: Config) -> App:
     cache = ResponseCache(config.cache.max_entries, config.cache.ttl_s) if config.cache.enabled else None
     mcp = build_server(tiers, config.server, metrics, cache, ledger, costs)
     return App(config, tiers, metrics, costs, cache, ledger, mcp)
+
+
+def _build_shared(config: Config) -> App:
+    """The same parts on the team's store: its ledger, its budget, its endpoint slots and (shared_cache) its
+    cache. The store's spend needs no restoring: every process reads it from the database."""
+    from .store.budget import SharedBudget
+    from .store.cache import SharedCache
+    from .store.ledger import StoreLedger
+    from .store.runtime import Store
+    from .store.slots import SharedSlots
+
+    store = Store(config.store)
+    ledger = StoreLedger(store, config.ledger.keep_days) if config.ledger.enabled else None
+    log.info("store", store=store.where, instance=store.instance, shared_cache=config.store.shared_cache)
+    tiers = TierRegistry.from_config(config)
+    if tiers.budget is not None:
+        tiers.budget = SharedBudget(store, config.budget.daily, config.budget.monthly, config.currency)
+    slots = SharedSlots(store)
+    for tier in tiers:
+        if (share_load := getattr(tier.backend, "share_load", None)) is not None:
+            share_load(slots)
+    metrics = Metrics(tiers)
+    costs = CostModel.from_config(config)
+    cache = None
+    if config.cache.enabled:
+        cache = (SharedCache(store, config.cache.max_entries, config.cache.ttl_s) if config.store.shared_cache
+                 else ResponseCache(config.cache.max_entries, config.cache.ttl_s))
+    mcp = build_server(tiers, config.server, metrics, cache, ledger, costs)
+    return App(config, tiers, metrics, costs, cache, ledger, mcp, store)
 
 
 def open_ledger(config: Config) -> Ledger:

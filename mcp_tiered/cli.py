@@ -19,7 +19,6 @@ from .config.load import load_config, resolve_config_path
 from .config.schema import CONFIG_ENV, Config, ModelFileFields, model_file_problem
 from .accounting.costs import CostModel
 from .errors import ConfigError
-from .accounting.ledger import reading
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
 
     from .app import build_app
-    from .server.transports import auth_token, serve
+    from .server.transports import auth_token
 
     if args.transport != "stdio":
         try:
@@ -64,7 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        anyio.run(serve, app.mcp, app.tiers, app.metrics, config.server, args.transport, args.host, args.port)
+        anyio.run(app.run, args.transport, args.host, args.port)
     finally:
         app.close()
     return 0
@@ -82,19 +81,26 @@ def parse_since(text: str) -> float:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .config.schema import StoreConfig
     from .offline import report, report_render
+    from .store.reading import reading
 
     config = _load(args)
     if config is None:
         return 1
     path = config.ledger.resolved_path
-    if not config.ledger.enabled and not path.exists():
+    try:
+        store = StoreConfig(url=args.store) if args.store else config.store
+    except ValueError as exc:  # pydantic's ValidationError: the URL's one problem
+        print(f"error: --store: {exc.errors()[0]['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 1
+    if not store.shared and not config.ledger.enabled and not path.exists():
         print("error: ledger.enabled: is false, so the server keeps no ledger and there is nothing to report",
               file=sys.stderr)
         return 1
     try:
         since = parse_since(args.since) if args.since else None
-        with reading(path) as conn:
+        with reading(store if store.shared else path) as conn:
             data = report.build_report(conn, CostModel.from_config(config), since)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -103,8 +109,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         text = report.json_text(data) + "\n"
     elif args.format == "html":
         text = report_render.render_html(data)
-    elif args.by == "client":
-        text = report_render.render_clients_table(data)
+    elif args.by in ("client", "instance"):
+        text = report_render.render_clients_table(data, args.by)
     else:
         text = report_render.render_table(data)
     _emit(text, args.output)
@@ -498,9 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--since", help="only calls from this date or date-time on (ISO 8601, UTC by default)")
     rep.add_argument("--format", choices=["table", "json", "html"], default="table",
                      help="table (default), json (as the tiered://report resource) or html (with a break-even chart)")
-    rep.add_argument("--by", choices=["tier", "client"], default="tier",
-                     help="the table's rows: tiers (default) or MCP clients (their clientInfo names); json and html "
-                     "always hold both")
+    rep.add_argument("--by", choices=["tier", "client", "instance"], default="tier",
+                     help="the table's rows: tiers (default), MCP clients (their clientInfo names) or server "
+                     "processes (a team's store); json and html always hold all three")
+    rep.add_argument("--store", metavar="URL", help="report the team's store at this postgresql:// URL instead of "
+                     "the config's ledger (the password from $PGPASSWORD)")
     rep.add_argument("--output", "-o", help="write to this file instead of stdout")
     rep.set_defaults(func=cmd_report)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import pytest
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
+from postgres import Postgres, binaries as postgres_binaries
 from mcp_tiered.backends import Backend, Completion, GenerationRequest
 from mcp_tiered.backends.base import LOCAL
 from mcp_tiered.engines.anthropic import CAPABILITIES as CLOUD_API
@@ -182,3 +183,37 @@ async def generating_spans(engine, prompts: list[str], max_tokens: int = 48) -> 
         for prompt in prompts:
             tg.start_soon(call, prompt)
     return sorted(spans)
+
+
+def _postgres_cluster() -> Postgres:
+    folder = postgres_binaries()
+    if folder is None:
+        pytest.skip("PostgreSQL's initdb and postgres are not installed (scripts/setup.sh --test installs them)")
+    try:
+        cluster = Postgres(folder)
+        cluster.start()
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"a PostgreSQL cluster could not be started here: {exc}")
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL (tests/postgres.py) for the session's store tests."""
+    cluster = _postgres_cluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Postgres]:
+    """A PostgreSQL of this test's own, which it may stop and start."""
+    cluster = _postgres_cluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def store_url(postgres: Postgres) -> str:
+    """A new, empty database on the session's cluster, over its Unix socket."""
+    return postgres.url(postgres.new_database())

@@ -1,6 +1,7 @@
 """The cloud spend cap ([budget]), one for every tier billed per token: a call reserves its worst-case cost
-at its tier's prices before it is sent, and settles the real cost when it answers. Reserving is synchronous (no await between check and spend), so concurrent calls
-can never overrun the cap together.
+at its tier's prices before it is sent, and settles the real cost when it answers. In one process the check
+and the hold happen with no await between them, so concurrent calls can never overrun the cap together; a
+team's processes share one budget in the store (store.budget.SharedBudget), decided in the database.
 
 Spend is kept per UTC day and month; the server starts from what the ledger recorded (`restore`).
 """
@@ -8,8 +9,8 @@ Spend is kept per UTC day and month; the server starts from what the ledger reco
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,10 +28,27 @@ class Reservation:
     month: str
     prices: TokenPrices
     open: bool = True
+    hold: int | None = None
+    """Its row in the store (SharedBudget)."""
 
 
 class BudgetExceeded(Exception):
-    pass
+    """The call's worst case does not fit what is left; the text says how much is left of which cap."""
+
+
+class BudgetUnavailable(BudgetExceeded):
+    """The budget cannot be checked (the store is unreachable): a cloud hop is refused, not spent blind."""
+
+
+def periods(now: float) -> tuple[str, str]:
+    """The UTC day and month `now` falls in, as the budget keys them ("2026-12-01", "2026-12")."""
+    moment = datetime.fromtimestamp(now, UTC)
+    return moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m")
+
+
+def refusal(period: str, cap: float, left: float, worst: float, currency: str) -> str:
+    return (f"the cloud call could cost up to {worst:.4f} {currency} and only {max(left, 0):.4f} {currency} "
+            f"of the {period} budget ({cap:g} {currency}) is left")
 
 
 def cost(prices: TokenPrices, input_tokens: int, output_tokens: int) -> float:
@@ -51,8 +69,7 @@ class CloudBudget:
         return cost(prices, input_tokens, max_tokens)
 
     def _periods(self) -> tuple[str, str]:
-        now = datetime.fromtimestamp(self._clock(), UTC)
-        return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+        return periods(self._clock())
 
     def reserve(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> Reservation:
         """Hold the call's worst-case cost, or raise BudgetExceeded with the sentence to show."""
@@ -64,16 +81,13 @@ class CloudBudget:
                 continue
             left = cap - self._spent.get(key, 0.0) - self._reserved.get(key, 0.0)
             if worst > left:
-                raise BudgetExceeded(
-                    f"the cloud call could cost up to {worst:.4f} {currency} and only {max(left, 0):.4f} {currency} "
-                    f"of the {period} budget ({cap:g} {currency}) is left"
-                )
+                raise BudgetExceeded(refusal(period, cap, left, worst, currency))
         for key in (day, month):
             self._reserved[key] = self._reserved.get(key, 0.0) + worst
         return Reservation(worst, day, month, prices)
 
-    @contextmanager
-    def hold(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> Iterator[Reservation]:
+    @asynccontextmanager
+    async def hold(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> AsyncIterator[Reservation]:
         """A reservation for the block (raises BudgetExceeded on entry): `settle` it with what the call
         was billed; left open, it is released when the block ends, however it ends."""
         reservation = self.reserve(prices, prompt, system, max_tokens)
@@ -82,7 +96,7 @@ class CloudBudget:
         finally:
             self.release(reservation)
 
-    def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> float:
+    async def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> float:
         """Replace the reservation by the real cost; returns that cost."""
         real = cost(reservation.prices, input_tokens, output_tokens)
         self._close(reservation, real)

@@ -31,7 +31,7 @@ from ..errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +111,7 @@ CALLS = Table("calls", (
     Column("local_cost", "REAL NOT NULL", "energy of the hops, at the electricity price"),
     Column("cloud_cost", "REAL NOT NULL", "billed by the cloud"),
     Column("client", "TEXT", "the MCP client's clientInfo name (visible()); NULL when it gave none", since=4),
+    Column("instance", "TEXT", "the server process that answered ([store] instance, else <host>:<pid>)", since=5),
 ))
 HOPS = Table("hops", (
     Column("id", "INTEGER PRIMARY KEY"),
@@ -134,9 +135,7 @@ HOPS = Table("hops", (
 TABLES = (CALLS, HOPS)
 """The ledger's tables: the one declaration of their columns (a store on another database derives its own
 statements from it)."""
-SCHEMA = f"""
-{CALLS.create}
-{HOPS.create}
+INDEXES = """
 CREATE INDEX IF NOT EXISTS calls_time ON calls(time);
 CREATE INDEX IF NOT EXISTS hops_time ON hops(time);
 -- Covering indexes for the report's per-tier, per-answerer and per-client sums: read in index order, a
@@ -145,11 +144,19 @@ CREATE INDEX IF NOT EXISTS hops_by_tier ON hops(tier, outcome, prompt_tokens, co
     prompt_s, energy_wh, local_cost, cloud_cost, time);
 CREATE INDEX IF NOT EXISTS calls_by_server ON calls(served_by, cache_hit, outcome, client, prompt_tokens,
     completion_tokens, local_cost, cloud_cost, time);
+CREATE INDEX IF NOT EXISTS calls_by_instance ON calls(instance, outcome, prompt_tokens, completion_tokens,
+    local_cost, cloud_cost, time);
 """
+"""The ledger's indexes, the same statements on SQLite and PostgreSQL."""
+SCHEMA = f"""
+{CALLS.create}
+{HOPS.create}
+{INDEXES}"""
 MIGRATIONS = {
     2: "ALTER TABLE hops ADD COLUMN verification REAL",
     3: "ALTER TABLE hops ADD COLUMN prompt_s REAL NOT NULL DEFAULT 0",
     4: "ALTER TABLE calls ADD COLUMN client TEXT",
+    5: "ALTER TABLE calls ADD COLUMN instance TEXT",
 }
 """Schema version → the statement that brings a ledger of the version before it there: it adds the column
 declared with that `since` (tests/test_ledger_schemas.py holds them to it)."""
@@ -258,7 +265,7 @@ class CallRecord:
     hops: tuple[HopRecord, ...] = ()
     client: str | None = None
 
-    def rows(self, v: _Values) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def rows(self, v: _Values, instance: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The calls row and its hops' rows, by column name (CALLS, HOPS)."""
         time = v.amount("calls.time", self.time)
         hops = [hop.row(v, time) for hop in self.hops]
@@ -271,7 +278,7 @@ class CallRecord:
                 "escalation_reasons": ",".join(h["escalation_reason"] for h in hops if h["escalation_reason"]),
                 "cache_hit": int(bool(self.cache_hit)), "energy_wh": sum(h["energy_wh"] for h in hops),
                 "local_cost": sum(h["local_cost"] for h in hops), "cloud_cost": sum(h["cloud_cost"] for h in hops),
-                "client": v.text(self.client)}, hops
+                "client": v.text(self.client), "instance": v.text(instance)}, hops
 
 
 CALL_COLUMNS = ", ".join(CALLS.names)
@@ -352,15 +359,16 @@ def _not_a_ledger(conn: sqlite3.Connection, path: Path, version: int, *, empty_o
             "ledger.path at a new file")
 
 
-def insert(conn: sqlite3.Connection, calls: list[CallRecord]) -> Counter[str]:
-    """Commit `calls` and their hops in one transaction; returns how many values of each column had to be
-    stored as 0 (_Values). A failure raises the error that caused it."""
+def insert(conn: sqlite3.Connection, calls: list[CallRecord], instance: str | None = None) -> Counter[str]:
+    """Commit `calls` and their hops in one transaction, each row marked with the `instance` that answered;
+    returns how many values of each column had to be stored as 0 (_Values). A failure raises the error that
+    caused it."""
     replaced: Counter[str] = Counter()
     conn.execute("BEGIN IMMEDIATE")
     try:
         for call in calls:
             values = _Values()
-            row, hops = call.rows(values)
+            row, hops = call.rows(values, instance)
             call_id = conn.execute(_INSERT_CALL, _CALL_VALUES(row)).lastrowid
             for hop in hops:
                 hop["call_id"] = call_id
@@ -436,14 +444,24 @@ class Ledger:
     MAX_UNWRITTEN = 100_000
     """About 25 MB of rows; beyond that, the oldest are dropped (and counted in the log)."""
 
-    def __init__(self, path: Path, keep_days: float | None = None):
+    file_errors: tuple[type[BaseException], ...] = FILE_ERRORS
+    """Failures of the database as a whole: the rows are kept for a retry."""
+    data_errors: tuple[type[BaseException], ...] = DATA_ERRORS
+    """Failures caused by a row's values: that row is dropped."""
+
+    def __init__(self, path: Path, keep_days: float | None = None, instance: str | None = None):
         self.path = path
-        self.keep_days = keep_days
-        self._pruned_at = 0.0
-        self._conn: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
         self._shm = path.with_name(path.name + "-shm")
         self._shm_size = 0
+        self._start(keep_days, instance)
+
+    def _start(self, keep_days: float | None, instance: str | None) -> None:
+        """Open the ledger (raises ConfigError when it cannot be) and start the writer."""
+        self.keep_days = keep_days
+        self.instance = instance
+        self._pruned_at = 0.0
+        self._conn: Any = None
         self._open()
         self._unwritten: list[CallRecord] = []
         self._failure: str | None = None
@@ -531,14 +549,27 @@ class Ledger:
             self._conn = None
         self._open()
 
+    @property
+    def source(self) -> Any:
+        """What a report reads this ledger from (store.reading)."""
+        return self.path
+
+    def _ensure_open(self) -> None:
+        """Before each write: a connection to the ledger the report reads."""
+        self._ensure_file()
+        self._guard_shm()
+
+    def _prune(self, before: float) -> int:
+        return prune(self._conn, before)
+
     def _prune_if_due(self) -> None:
         now = time.time()
         if self.keep_days is None or now - self._pruned_at < self.PRUNE_EVERY_S or self._conn is None:
             return
         self._pruned_at = now
         try:
-            deleted = prune(self._conn, now - self.keep_days * 86400)
-        except sqlite3.Error as exc:
+            deleted = self._prune(now - self.keep_days * 86400)
+        except self.file_errors as exc:
             log.error("ledger_prune_failed", path=str(self.path), error=str(exc))
             return
         if deleted:
@@ -575,15 +606,14 @@ class Ledger:
         """Write `batch`; returns the rows kept for a retry (the ledger cannot be written now) and the rows
         dropped (they cannot be stored at all: _write_each)."""
         try:
-            self._ensure_file()
-            self._guard_shm()
+            self._ensure_open()
             try:
                 self._insert(batch)
             except Exception as exc:
-                if isinstance(exc, FILE_ERRORS) and not isinstance(exc, DATA_ERRORS):
+                if isinstance(exc, self.file_errors) and not isinstance(exc, self.data_errors):
                     raise
                 return self._write_each(batch)  # a row's values, or a bug with one row: never the whole batch
-        except FILE_ERRORS as exc:
+        except self.file_errors as exc:
             self._failed(exc, len(batch))
             return batch, []
         self._resumed(len(batch))
@@ -598,10 +628,10 @@ class Ledger:
         for i, call in enumerate(batch):
             try:
                 self._insert([call])
-            except DATA_ERRORS as exc:
+            except self.data_errors as exc:
                 dropped.append(call)
                 errors[f"{type(exc).__name__}: {exc}"[:200]] += 1
-            except FILE_ERRORS as exc:
+            except self.file_errors as exc:
                 self._failed(exc, len(batch) - i)
                 kept = batch[i:]
                 break
@@ -617,11 +647,14 @@ class Ledger:
 
     def _insert(self, batch: list[CallRecord]) -> None:
         assert self._conn is not None
-        replaced = insert(self._conn, batch)
+        replaced = self._insert_rows(batch)
         self._note_shm_size()
         if replaced:
             log.warning("ledger_values_replaced", path=str(self.path), values=dict(replaced),
                         action="stored as 0: not a finite, non-negative number the ledger can hold")
+
+    def _insert_rows(self, batch: list[CallRecord]) -> Counter[str]:
+        return insert(self._conn, batch, self.instance)
 
     def _failed(self, exc: Exception, kept: int) -> None:
         error = str(exc)
@@ -629,7 +662,10 @@ class Ledger:
             log.error("ledger_write_failed", path=str(self.path), error=error, kept_in_memory=kept, retry_s=self.RETRY_S)
         self._failure = error
         if self._conn is not None:  # start over with a fresh connection at the next try
-            self._conn.close()
+            try:
+                self._conn.close()
+            except Exception:  # a connection already broken may fail to close; it is dropped all the same
+                pass
             self._conn = None
 
     def _resumed(self, calls: int) -> None:

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx2
@@ -31,6 +32,9 @@ from .base import Backend, Completion, GenerationRequest, prefix_affinity, refus
 from .wire.http_stream import MAX_ERROR_BYTES, PLAIN, DeadlinePassed, EndpointError, read_bounded, stream_answer
 from .pool import CallControl, InstancePool
 
+if TYPE_CHECKING:
+    from ..store.slots import SharedSlots
+
 log = structlog.get_logger(__name__)
 
 RESTORE_EVERY_S = 0.5
@@ -43,6 +47,8 @@ class _Endpoint:
     unusable: str | None = None
     """Why the endpoint can never be called (its key's variable is not set)."""
     in_flight: int = 0
+    team_in_flight: int = 0
+    """Calls on it from every process of the store, as last read (SharedSlots)."""
     cooling_until: float = 0.0
     failure: str = ""
     last_request: str = ""
@@ -82,6 +88,8 @@ class OpenAIBackend(Backend):
         self.pool: InstancePool[_Slot] = InstancePool(tier, slots, config.max_queue, config.queue_timeout_s)
         # No keep-alive: a server may close an idle connection just as a call picks it up, which would read
         # as the endpoint failing; a new connection costs a round trip.
+        self.shared_slots: SharedSlots | None = None
+        """With a store: the endpoints' calls in flight counted for the team (share_load)."""
         self._http = httpx2.AsyncClient(
             timeout=httpx2.Timeout(config.read_timeout_s, connect=config.connect_timeout_s),
             limits=httpx2.Limits(max_keepalive_connections=0))
@@ -97,6 +105,11 @@ class OpenAIBackend(Backend):
             return _Endpoint(config, {}, unusable=reason, failure=reason)
         return _Endpoint(config, {"Authorization": f"Bearer {key}"})
 
+    def share_load(self, slots: SharedSlots) -> None:
+        """Count each endpoint's calls in flight for every process of the store: max_concurrency and the
+        least-busy choice hold for the team."""
+        self.shared_slots = slots
+
     async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
         control = control or CallControl()
         text = f"{request.system}\x00{request.prompt}"
@@ -107,6 +120,7 @@ class OpenAIBackend(Backend):
                 self._restore_cooled()
                 if all(e.cooling(time.monotonic()) for e in self.endpoints):
                     break
+                await self._read_team_load()
                 slot = await self.pool.acquire_for_call(control, lambda s: self._score(s, text))
                 queue_s += control.queue_s
                 endpoint = slot.endpoint
@@ -114,7 +128,7 @@ class OpenAIBackend(Backend):
                 started = time.perf_counter()
                 try:
                     control.phase = "prompt"
-                    completion = await self._attempt(endpoint, request, control)
+                    completion = await self._attempt_shared(endpoint, request, control)
                     endpoint.last_request = text
                     self._check_logprobs(endpoint, request, completion)
                     return completion
@@ -129,12 +143,34 @@ class OpenAIBackend(Backend):
                     if control.seconds_left() == 0:
                         break
                 finally:
-                    generation_s += time.perf_counter() - started
+                    generation_s += time.perf_counter() - started - control.queue_s
+                    queue_s += control.queue_s
                     endpoint.in_flight -= 1
                     self._release(slot)
             raise BackendError(self._all_failed(failures))
         finally:
             control.queue_s, control.generation_s = queue_s, generation_s
+
+    async def _read_team_load(self) -> None:
+        if self.shared_slots is None or len(self.endpoints) < 2:
+            return
+        counts = await self.shared_slots.in_flight([e.url for e in self.endpoints])
+        for endpoint in self.endpoints:
+            endpoint.team_in_flight = counts.get(endpoint.url, 0)
+
+    async def _attempt_shared(self, endpoint: _Endpoint, request: GenerationRequest,
+                              control: CallControl) -> Completion:
+        """`_attempt` within one of the endpoint's team-wide slots (waited for within the tier's queue time;
+        that wait counts as queue time, not generation)."""
+        control.queue_s = 0.0
+        if self.shared_slots is None:
+            return await self._attempt(endpoint, request, control)
+        waited = time.perf_counter()
+        left = control.seconds_left()
+        wait_s = self.config.queue_timeout_s if left is None else min(self.config.queue_timeout_s, left)
+        async with self.shared_slots.slot(self.tier, endpoint.url, endpoint.config.max_concurrency, wait_s):
+            control.queue_s = time.perf_counter() - waited
+            return await self._attempt(endpoint, request, control)
 
     async def _attempt(self, endpoint: _Endpoint, request: GenerationRequest, control: CallControl) -> Completion:
         if self.config.api == "llama-server":
@@ -174,7 +210,8 @@ class OpenAIBackend(Backend):
 
     def _score(self, slot: _Slot, text: str) -> tuple[float, int]:
         endpoint = slot.endpoint
-        return -endpoint.in_flight / endpoint.config.max_concurrency, prefix_affinity(endpoint.last_request, text)
+        busy = max(endpoint.in_flight, endpoint.team_in_flight)
+        return -busy / endpoint.config.max_concurrency, prefix_affinity(endpoint.last_request, text)
 
     def _cool_down(self, endpoint: _Endpoint, exc: EndpointError) -> None:
         endpoint.failure = str(exc)

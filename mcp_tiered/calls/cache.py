@@ -33,6 +33,13 @@ class ResponseCache(Generic[V]):
         self._entries.move_to_end(key)
         return value
 
+    async def lookup(self, key: Hashable) -> V | None:
+        """`get`, as the dispatcher asks every cache (the store's answers over the network: store.cache)."""
+        return self.get(key)
+
+    async def keep(self, key: Hashable, value: V) -> None:
+        self.put(key, value)
+
     def put(self, key: Hashable, value: V) -> None:
         self._entries[key] = (self._clock(), value)
         self._entries.move_to_end(key)

@@ -5,8 +5,8 @@ budget) and records every hop for the ledger."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 import anyio
@@ -128,12 +128,12 @@ class Cascade:
         control.start_hop()
         request = request_for(tier, self.call)
         try:
-            with self._cloud_spend(tier, request) as settle:
+            async with self._cloud_spend(tier, request) as settle:
                 completion, problems = reported.checked(await tier.backend.generate(request, control), request)
                 if problems:
                     log.warning("engine_report_invalid", tier=tier.name, model=tier.backend.model_name,
                                 problems=problems, action="counted at the bounds instead")
-                settle(completion)
+                await settle(completion)
         except HANDED_ON as exc:
             self.failure = (tier.name, exc)
             reason = reason_for_error(exc)
@@ -178,16 +178,17 @@ class Cascade:
                              "verified" if reason is None else "rejected")
         return reason, None
 
-    @contextmanager
-    def _cloud_spend(self, tier: Tier, request: GenerationRequest) -> Iterator[Callable[[Completion], None]]:
+    @asynccontextmanager
+    async def _cloud_spend(self, tier: Tier, request: GenerationRequest
+                           ) -> AsyncIterator[Callable[[Completion], Awaitable[object]]]:
         """For a tier billed per token: its worst case held against the cloud budget (BudgetExceeded when it
-        does not fit), settled at the billed cost; released if no answer comes."""
+        does not fit or cannot be checked), settled at the billed cost; released if no answer comes."""
         budget = self.tiers.budget
         if tier.capabilities.billing != "tokens" or budget is None:
-            yield lambda completion: None
+            yield _nothing_to_settle
             return
         prices = self.costs.prices(tier.name)
-        with budget.hold(prices, request.prompt, request.system, request.max_tokens) as reservation:
+        async with budget.hold(prices, request.prompt, request.system, request.max_tokens) as reservation:
             yield lambda completion: budget.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
 
     def _blocked(self, target: str) -> str | None:
@@ -247,6 +248,10 @@ class Cascade:
                                          evaluated, 0, self.control.queue_s, self.control.generation_s, energy,
                                          self.costs.energy_cost(energy), 0.0, verification=value,
                                          prompt_s=self.control.generation_s))
+
+
+async def _nothing_to_settle(completion: Completion) -> None:
+    return None
 
 
 def request_for(tier: Tier, call: Call) -> GenerationRequest:

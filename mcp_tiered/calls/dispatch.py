@@ -154,13 +154,13 @@ class Dispatcher:
         cache_key = None
         if self.cache is not None and call.use_cache:
             cache_key = (tier_name, first.backend.model_name, call.request, call.escalate, call.local_only)
-            if (hit := self.cache.get(cache_key)) is not None:
+            if (hit := await self.cache.lookup(cache_key)) is not None:
                 return hit.model_copy(update={"cache_hit": True, "latency_ms": _ms_since(started)})
         control.set_deadline(call.deadline_s or self.default_deadline_s)
         walked = await Cascade(self.tiers, self.costs, call, control, trace).walk(first)
         result = _result(first, walked, started)
         if cache_key is not None and result.finish_reason != "deadline":
-            self.cache.put(cache_key, result)
+            await self.cache.keep(cache_key, result)
         return result
 
 

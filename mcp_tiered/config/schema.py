@@ -348,6 +348,9 @@ class ServerConfig(BaseModel):
     max_connections: Annotated[int, Field(ge=1)] = 1000
     header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    stateless: bool = False
+    """Serve Streamable HTTP without sessions (no Mcp-Session-Id), so replicas can sit behind any load
+    balancer; refused with SSE, which needs every request of a session to reach the same process."""
 
 
 class CacheConfig(BaseModel):
@@ -386,6 +389,58 @@ class LedgerConfig(BaseModel):
     @property
     def resolved_path(self) -> Path:
         return self.path or default_ledger_path()
+
+
+STORE_SCHEMES = ("postgresql://", "postgres://")
+
+
+class StoreConfig(BaseModel):
+    """`[store]`: a PostgreSQL database shared by every process configured with the same URL (each laptop's
+    stdio server, HTTP replicas): the ledger, the cloud budget, the calls in flight on `openai` endpoints and,
+    with `shared_cache`, the response cache. Without `url` each process keeps its own SQLite ledger."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    url: Annotated[str, Field(json_schema_extra={
+        "expect": "a URL such as postgresql://mcp@db.internal:5432/mcp_tiered"})] | None = None
+    password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                       json_schema_extra={"expect": "an environment variable name"})] | None = None
+    """The variable holding the database password; never the password itself in the file."""
+    shared_cache: bool = False
+    """Keep the temperature-0 response cache in the store, so one process's answer serves the others."""
+    lease_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    """How long a process that stops renewing (killed, cut off) keeps its reservations and endpoint slots."""
+    instance: Annotated[str, Field(min_length=1, max_length=200,
+                                   json_schema_extra={"expect": "a name for this process"})] | None = None
+    """How this process is named in the ledger and the report; None: <hostname>:<pid>."""
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    """How long a connection attempt or a statement may take before the store counts as unreachable."""
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        if not value.startswith(STORE_SCHEMES):
+            raise ValueError(f"must start with postgresql:// (a PostgreSQL URL), got {value.split(':', 1)[0]!r}")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises on a port that is no number)
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if parts.password is not None:
+            raise ValueError("must not hold a password; put it in an environment variable and name that "
+                             "variable in store.password_env")
+        if "password=" in parts.query:
+            raise ValueError("must not hold a password (password= in the query); name an environment variable "
+                             "in store.password_env instead")
+        return value
+
+    @property
+    def shared(self) -> bool:
+        return self.url is not None
 
 
 class TierCostConfig(BaseModel):
@@ -469,6 +524,7 @@ class Config(BaseModel):
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
     ledger: LedgerConfig = LedgerConfig()
+    store: StoreConfig = StoreConfig()
     costs: CostsConfig = CostsConfig()
     budget: BudgetConfig = BudgetConfig()
     cloud: CloudConfig | None = None

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..accounting.costs import CostModel
-from ..accounting.ledger import TABLES, reading
+from ..accounting.ledger import TABLES
+from ..store.reading import reading
 
 MONTH_S = 30.4375 * 86400
 MIN_HISTORY_S = 86400.0
@@ -59,6 +60,10 @@ HOPS = """SELECT tier, COUNT(*) AS hops, TOTAL(prompt_tokens) AS prompt_tokens,
     TOTAL(CASE WHEN {prompt_s} > 0 THEN generation_s END) AS timed_generation_s,
     TOTAL(energy_wh) AS energy_wh, TOTAL(local_cost) AS local_cost, TOTAL(cloud_cost) AS cloud_cost,
     TOTAL(outcome = 'escalated') AS escalated FROM hops {where} GROUP BY tier ORDER BY MIN(id)"""
+INSTANCES = """SELECT {instance} AS instance, outcome, COUNT(*) AS calls, TOTAL(prompt_tokens) AS prompt_tokens,
+    TOTAL(completion_tokens) AS completion_tokens, TOTAL(local_cost) AS energy_cost, TOTAL(cloud_cost) AS cloud_cost
+    FROM calls {where} GROUP BY instance, outcome"""
+"""The calls per server process (a team's replicas and laptops on one store), through calls_by_instance."""
 START = """SELECT MIN(time - latency_s) AS start FROM calls
     WHERE time <= (SELECT MIN(time) FROM calls {where}) + 3600 {also}"""
 """When the period starts: the earliest call's start, among those that ended in its first hour (through the
@@ -69,9 +74,15 @@ ADDED_COLUMNS = {column.name: (table.name, column.absent_as) for table in TABLES
 a ledger no server has upgraded yet is read as it is (the reader never writes)."""
 
 
-def _columns(conn: sqlite3.Connection) -> dict[str, str]:
+def _present(conn: Any, table: str) -> set[str]:
+    if isinstance(conn, sqlite3.Connection):
+        return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    return conn.columns(table)
+
+
+def _columns(conn: Any) -> dict[str, str]:
     """Each of ADDED_COLUMNS as the report's queries read it: the column, or its default where it is absent."""
-    present = {table: {row[1] for row in conn.execute(f"PRAGMA table_info({table})")} for table in ("calls", "hops")}
+    present = {table: _present(conn, table) for table in ("calls", "hops")}
     return {name: name if name in present[table] else default for name, (table, default) in ADDED_COLUMNS.items()}
 
 
@@ -86,6 +97,7 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
               "start": conn.execute(START.format(where=where, also=also), args * 2).fetchone()["start"],
               "end": max((g["end"] for g in groups), default=None)}
     hops = {h["tier"]: h for h in conn.execute(HOPS.format(where=where, prompt_s=columns["prompt_s"]), args)}
+    instances = conn.execute(INSTANCES.format(where=where, instance=columns["instance"]), args).fetchall()
     start = since if since is not None else period["start"]
     end = period["end"] if period["end"] is not None else start
     duration_s = max((end or 0) - (start or 0), 0.0)
@@ -135,7 +147,8 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
         "tiers": tiers,
         "totals": totals,
         "projection": _projection(costs, totals, energy_cost, cloud_cost, months, duration_s, answered),
-        "clients": _clients(groups, costs, totals),
+        "clients": _shares(groups, "client", costs, totals),
+        "instances": _shares(instances, "instance", costs, totals),
         "projection_note": history_problem(duration_s) if answered else "no call has been answered yet",
     })
 
@@ -174,11 +187,11 @@ def _merge(groups: list[Any], keys: tuple[str, ...]) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
-def _clients(groups: list[Any], costs: CostModel, totals: dict[str, Any]) -> list[dict[str, Any]]:
-    """Calls, tokens and cost per MCP client (its clientInfo name). Each call's energy and cloud bill are its
-    own; the rest of the local cost (hardware, maintenance, idle power), which no call causes alone, is
-    shared by tokens."""
-    per_client = sorted(_merge(groups, ("client",)), key=lambda r: -r["calls"])
+def _shares(groups: list[Any], by: str, costs: CostModel, totals: dict[str, Any]) -> list[dict[str, Any]]:
+    """Calls, tokens and cost per `by`: the MCP client (its clientInfo name) or the server process. Each call's
+    energy and cloud bill are its own; the rest of the local cost (hardware, maintenance, idle power), which no
+    call causes alone, is shared by tokens."""
+    per_client = sorted(_merge(groups, (by,)), key=lambda r: -r["calls"])
     tokens = totals["prompt_tokens"] + totals["completion_tokens"]
     shared = max(totals["local_cost"] - sum(r["energy_cost"] for r in per_client), 0.0)
     rows = []
@@ -186,7 +199,7 @@ def _clients(groups: list[Any], costs: CostModel, totals: dict[str, Any]) -> lis
         share = (r["prompt_tokens"] + r["completion_tokens"]) / tokens if tokens else 0.0
         cost = r["energy_cost"] + r["cloud_cost"] + share * shared
         equivalent = costs.cloud_equivalent(r["prompt_tokens"], r["completion_tokens"])
-        rows.append({"client": r["client"], "calls": r["calls"], "answered": r["answered"],
+        rows.append({by: r[by], "calls": r["calls"], "answered": r["answered"],
                      "prompt_tokens": _whole(r["prompt_tokens"]), "completion_tokens": _whole(r["completion_tokens"]),
                      "token_share": share, "energy_cost": r["energy_cost"], "cloud_cost": r["cloud_cost"],
                      "shared_cost": share * shared, "total_cost": cost, "cloud_equivalent": equivalent,
@@ -271,7 +284,7 @@ def _projection(costs: CostModel, totals: dict[str, Any], energy_cost: float, cl
     }
 
 
-def ledger_traffic(path: Path, costs: CostModel) -> dict[str, Any]:
+def ledger_traffic(path: Path | Any, costs: CostModel) -> dict[str, Any]:
     """The ledger's volume and mix for `whatif`: tokens a month (None without enough history, and why),
     the input share and the share of tokens the cloud answered."""
     with reading(path) as conn:
@@ -297,10 +310,11 @@ def _iso(ts: float | None) -> str | None:
         return None
 
 
-def report_data(path: Path, costs: CostModel, since: float | None) -> dict[str, Any]:
+def report_data(path: Path | Any, costs: CostModel, since: float | None) -> dict[str, Any]:
+    """`path`: a SQLite ledger, or the store (a Store or its config)."""
     with reading(path) as conn:
         return build_report(conn, costs, since)
 
 
-def report_json(path: Path, costs: CostModel, since: float | None) -> str:
+def report_json(path: Path | Any, costs: CostModel, since: float | None) -> str:
     return json_text(report_data(path, costs, since))

@@ -86,10 +86,14 @@ CLIENT_COLUMNS = [
 ]
 
 
-def _client_rows(report: dict[str, Any]) -> list[list[str]]:
-    return [[_cell({**c, "client": c["client"] or "(no clientInfo)",
-                    "tokens": _sum(c["prompt_tokens"], c["completion_tokens"])}.get(key), fmt)
-             for key, _, fmt in CLIENT_COLUMNS] for c in report.get("clients", [])]
+INSTANCE_COLUMNS = [("instance", "server", "{}"), *CLIENT_COLUMNS[1:]]
+
+
+def _client_rows(report: dict[str, Any], by: str = "client") -> list[list[str]]:
+    unnamed = "(no clientInfo)" if by == "client" else "(unnamed)"
+    columns = CLIENT_COLUMNS if by == "client" else INSTANCE_COLUMNS
+    return [[_cell({**c, by: c[by] or unnamed, "tokens": _sum(c["prompt_tokens"], c["completion_tokens"])}.get(key), fmt)
+             for key, _, fmt in columns] for c in report.get("clients" if by == "client" else "instances", [])]
 
 
 def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -98,9 +102,11 @@ def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
             for r in [header, *rows]]
 
 
-def render_clients_table(report: dict[str, Any]) -> str:
-    """`report --by client`: each MCP client's calls, tokens and cost (shared costs split by tokens)."""
-    out = _aligned([label for _, label, _ in CLIENT_COLUMNS], _client_rows(report))
+def render_clients_table(report: dict[str, Any], by: str = "client") -> str:
+    """`report --by client` (each MCP client) or `--by instance` (each server process of a team's store): calls,
+    tokens and cost (shared costs split by tokens)."""
+    columns = CLIENT_COLUMNS if by == "client" else INSTANCE_COLUMNS
+    out = _aligned([label for _, label, _ in columns], _client_rows(report, by))
     out += ["", f"(amounts in {report['currency']}; \"shared\": hardware, maintenance and idle power, split by "
                 "tokens)"]
     return "\n".join(out) + "\n"
@@ -177,6 +183,8 @@ def render_html(report: dict[str, Any], refresh_s: int | None = None) -> str:
 {table("tiers", (label for _, label, _ in COLUMNS), _rows(report))}
 <h2>Per client</h2>
 {table("clients", (label for _, label, _ in CLIENT_COLUMNS), _client_rows(report))}
+<h2>Per server</h2>
+{table("instances", (label for _, label, _ in INSTANCE_COLUMNS), _client_rows(report, "instance"))}
 <p>Amounts in {html.escape(report['currency'])}.</p>
 <h2>Summary</h2><dl>{summary}</dl>
 """, STYLE, refresh)

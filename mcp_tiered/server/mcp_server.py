@@ -194,7 +194,7 @@ def _add_report_resource(mcp: MCPServer, ledger: Ledger, costs: CostModel) -> No
                   "`mcp-tiered report --format json`).", mime_type="application/json")
     async def savings_report() -> str:
         await anyio.to_thread.run_sync(ledger.flush, 10.0)  # include the calls answered just now
-        return await anyio.to_thread.run_sync(report.report_json, ledger.path, costs, None)
+        return await anyio.to_thread.run_sync(report.report_json, ledger.source, costs, None)
 
     @mcp.custom_route(REPORT_PAGE, methods=["GET"])
     async def report_page(_: Request) -> Response:
@@ -202,7 +202,7 @@ def _add_report_resource(mcp: MCPServer, ledger: Ledger, costs: CostModel) -> No
         from ..offline import report_render
 
         await anyio.to_thread.run_sync(ledger.flush, 10.0)
-        data = await anyio.to_thread.run_sync(report.report_data, ledger.path, costs, None)
+        data = await anyio.to_thread.run_sync(report.report_data, ledger.source, costs, None)
         return HTMLResponse(report_render.render_html(data, refresh_s=REPORT_REFRESH_S))
 
 

@@ -129,13 +129,65 @@ CREATE INDEX IF NOT EXISTS hops_by_tier ON hops(tier, outcome, prompt_tokens, co
 CREATE INDEX IF NOT EXISTS calls_by_server ON calls(served_by, cache_hit, outcome, client, prompt_tokens,
     completion_tokens, local_cost, cloud_cost, time);
 """,
+    5: """CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,                 -- Unix seconds when the call ended
+    tool TEXT NOT NULL,
+    tier TEXT NOT NULL,                 -- the tier that was called
+    served_by TEXT,                     -- the tier whose answer was returned; NULL when none was
+    model TEXT,
+    outcome TEXT NOT NULL,              -- ok | cache_hit | error | busy | cancelled
+    prompt_tokens INTEGER NOT NULL,     -- of the answer returned
+    completion_tokens INTEGER NOT NULL,
+    latency_s REAL NOT NULL,
+    queue_s REAL NOT NULL,              -- sums over the hops
+    generation_s REAL NOT NULL,
+    escalation_reasons TEXT NOT NULL,   -- comma-separated, in order; '' when none
+    cache_hit INTEGER NOT NULL,
+    energy_wh REAL NOT NULL,
+    local_cost REAL NOT NULL,           -- energy of the hops, at the electricity price
+    cloud_cost REAL NOT NULL,           -- billed by the cloud
+    client TEXT,                        -- the MCP client's clientInfo name (visible()); NULL when it gave none
+    instance TEXT                       -- the server process that answered ([store] instance, else <host>:<pid>)
+);
+CREATE TABLE IF NOT EXISTS hops (
+    id INTEGER PRIMARY KEY,
+    call_id INTEGER NOT NULL REFERENCES calls(id),
+    time REAL NOT NULL,
+    position INTEGER NOT NULL,          -- 0: the tier called, 1: the first escalation, ...
+    tier TEXT NOT NULL,
+    model TEXT NOT NULL,
+    outcome TEXT NOT NULL,              -- answered | escalated | failed | verified | rejected (a verifier's reading)
+    escalation_reason TEXT,             -- why the call left this tier
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    queue_s REAL NOT NULL,
+    generation_s REAL NOT NULL,
+    energy_wh REAL NOT NULL,
+    local_cost REAL NOT NULL,
+    cloud_cost REAL NOT NULL,
+    verification REAL,                  -- a verifier's hop: its statistic (escalation.judge_verification)
+    prompt_s REAL NOT NULL DEFAULT 0    -- of generation_s, the seconds before the first token
+);
+
+CREATE INDEX IF NOT EXISTS calls_time ON calls(time);
+CREATE INDEX IF NOT EXISTS hops_time ON hops(time);
+-- Covering indexes for the report's per-tier, per-answerer and per-client sums: read in index order, a
+-- million calls aggregate without sorting them (2.9 s to 1.2 s; see scripts/bench_report.py).
+CREATE INDEX IF NOT EXISTS hops_by_tier ON hops(tier, outcome, prompt_tokens, completion_tokens, generation_s,
+    prompt_s, energy_wh, local_cost, cloud_cost, time);
+CREATE INDEX IF NOT EXISTS calls_by_server ON calls(served_by, cache_hit, outcome, client, prompt_tokens,
+    completion_tokens, local_cost, cloud_cost, time);
+CREATE INDEX IF NOT EXISTS calls_by_instance ON calls(instance, outcome, prompt_tokens, completion_tokens,
+    local_cost, cloud_cost, time);
+""",
 }
 """Schema version → the statements a server of that version created its ledger with, as they were (SQLite keeps
 their text in the file). Frozen: a new schema adds its own entry and leaves these as they are."""
 EARLIER = range(1, SCHEMA_VERSION)
 ADDED = {version: re.search(r"ADD COLUMN (\w+)", sql)[1] for version, sql in MIGRATIONS.items()}
 """Schema version → the column it added."""
-ABSENT = {"verification": None, "prompt_s": 0.0, "client": None}
+ABSENT = {"verification": None, "prompt_s": 0.0, "client": None, "instance": None}
 """What a row written before its column existed holds there once the ledger is migrated."""
 CALL = {"time": T0 + 40, "tool": "generate_small", "tier": "small", "served_by": "small", "model": "m", "outcome": "ok",
         "prompt_tokens": 1000, "completion_tokens": 200, "latency_s": 40.0, "queue_s": 0.0, "generation_s": 36.0,
@@ -143,7 +195,7 @@ CALL = {"time": T0 + 40, "tool": "generate_small", "tier": "small", "served_by":
 HOP = {"call_id": 1, "time": T0 + 40, "position": 0, "tier": "small", "model": "m", "outcome": "answered",
        "prompt_tokens": 1000, "completion_tokens": 200, "queue_s": 0.0, "generation_s": 36.0, "energy_wh": 3.0,
        "local_cost": 0.00075, "cloud_cost": 0.0}
-LATER = {"verification": 0.75, "prompt_s": 4.0, "client": "cursor"}
+LATER = {"verification": 0.75, "prompt_s": 4.0, "client": "cursor", "instance": "replica-1"}
 """A value for each added column, in the rows of a ledger of a version that has it."""
 
 
@@ -211,6 +263,8 @@ def test_report_reads_a_ledger_of_an_earlier_schema_as_it_is(tmp_path: Path, ver
     before = digest(ledger)
     done = mcp_tiered("report", "--config", str(config_for(tmp_path, ledger)), *output)
     assert done.returncode == 0, done.stderr
+    if version >= 4:  # its calls name their client
+        shows = shows.replace("(no clientInfo)", LATER["client"]).replace("cursor      2", "cursor      2")
     assert shows in done.stdout
     assert digest(ledger) == before
 
@@ -224,7 +278,8 @@ def test_report_json_of_a_ledger_of_an_earlier_schema_reads_its_missing_columns_
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["totals"]["calls"] == 2 and report["totals"]["prompt_tokens"] == 2000
-    assert [(c["client"], c["calls"]) for c in report["clients"]] == [(None, 2)]
+    assert [(c["client"], c["calls"]) for c in report["clients"]] == [(LATER["client"] if version >= 4 else None, 2)]
+    assert [(c["instance"], c["calls"]) for c in report["instances"]] == [(None, 2)]
     assert digest(ledger) == before
 
 
@@ -367,7 +422,8 @@ def test_a_record_gives_exactly_the_declared_columns_each_from_its_field() -> No
 
     call_fields = {f.name for f in fields(CallRecord)} - {"hops"}
     assert sorted(call_row) == sorted(CALLS.names)
-    assert sorted(call_fields) == sorted(set(CALLS.names) - SUMMED)
+    assert sorted(call_fields) == sorted(set(CALLS.names) - SUMMED - {"instance"})  # the writer's: Ledger.instance
+    assert call_row["instance"] is None and call.rows(_Values(), "replica-1")[0]["instance"] == "replica-1"
     assert {k: call_row[k] for k in call_fields} == {**{k: getattr(call, k) for k in call_fields}, "cache_hit": 1}
     assert {k: call_row[k] for k in SUMMED} == {
         "queue_s": 0.26, "generation_s": 0.28, "escalation_reasons": "low_confidence,low_confidence",
