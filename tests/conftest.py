@@ -132,7 +132,7 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def http_server(config: Path, transport: str = "http", started: list | None = None, prefix: tuple[str, ...] = (),
-                      **env: str) -> AsyncIterator[str]:
+                      exit_code: int = 0, **env: str) -> AsyncIterator[str]:
     """`mcp-tiered serve --transport http|sse` on a free port; stopped with SIGTERM (unless a test stopped it
     already), then checked for a clean exit and a released port. `started` receives the process; `prefix`
     is a command that runs it (such as prlimit with its options)."""
@@ -161,7 +161,7 @@ async def http_server(config: Path, transport: str = "http", started: list | Non
         with anyio.fail_after(20):
             code = await process.wait()
         errlog.close()
-    assert code == 0  # a clean shutdown
+    assert code == exit_code  # a clean shutdown, unless the test killed it
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a restarted server would
         s.bind(("127.0.0.1", port))  # the port was released
