@@ -143,8 +143,36 @@ def cmd_check(args: argparse.Namespace) -> int:
         checked = engine_of(tier).check(name, tier, plans[name])
         failed |= checked.failed
         print("\n".join(checked.lines))
+    if config.store.shared:
+        line, store_failed = _check_store(config)
+        print(line)
+        failed |= store_failed
     _check_plan(list(plans.values()), gpus, why)
     return 1 if failed else 0
+
+
+def _check_store(config: Config) -> tuple[str, bool]:
+    """The store's line: reachable with its schema and instance, or why not (it never writes)."""
+    from .accounting.ledger import SCHEMA_VERSION
+    from .store.connect import UNREACHABLE, reason
+    from .store.runtime import Store
+
+    import psycopg
+
+    try:
+        store = Store(config.store)
+        with psycopg.connect(store.conninfo, autocommit=True) as conn:
+            made = conn.execute("SELECT to_regclass('mcp_tiered_schema') IS NOT NULL").fetchone()[0]
+            version = conn.execute("SELECT max(version) FROM mcp_tiered_schema").fetchone()[0] if made else None
+    except ConfigError as exc:
+        return f"error  store: {exc}", True
+    except UNREACHABLE as exc:
+        return f"error  store: cannot reach {store.where} ({reason(exc)})", True
+    if version is not None and version > SCHEMA_VERSION:
+        return (f"error  store: {store.where} was written by a newer mcp-tiered (schema {version}, this one knows up "
+                f"to {SCHEMA_VERSION})", True)
+    state = f"schema {version}" if version is not None else "empty; the first server creates the schema"
+    return f"ok     store: {store.where} ({state}), this process as {store.instance}", False
 
 
 def _check_plan(rows: list[dict], gpus: list, why: str | None) -> None:

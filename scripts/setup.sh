@@ -198,6 +198,7 @@ fi
 if [ "$WITH_TEST" = 1 ]; then
   scripts/install_node_tools.sh
   scripts/install_browser.sh
+  scripts/install_postgres.sh
 fi
 
 if [ "$WITH_MODELS" = 1 ]; then

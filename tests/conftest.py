@@ -188,7 +188,9 @@ async def generating_spans(engine, prompts: list[str], max_tokens: int = 48) -> 
 def _postgres_cluster() -> Postgres:
     folder = postgres_binaries()
     if folder is None:
-        pytest.skip("PostgreSQL's initdb and postgres are not installed (scripts/setup.sh --test installs them)")
+        why = REPO / ".tools" / "POSTGRES_UNAVAILABLE"
+        pytest.skip(f"PostgreSQL's initdb and postgres are not installed: "
+                    f"{why.read_text().strip() if why.exists() else 'run scripts/setup.sh --test'}")
     try:
         cluster = Postgres(folder)
         cluster.start()
