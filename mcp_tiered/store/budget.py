@@ -51,8 +51,8 @@ class SharedBudget(CloudBudget):
                 (hold, self.store.instance, day, month, worst, self.daily, self.monthly, self.store.lease_s))
         except StoreDown as exc:
             self.store.unsettled[hold] = 0.0  # it may have been held before the answer was lost: release it
-            raise BudgetUnavailable(f"the cloud budget cannot be checked: the store {self.store.where} cannot be "
-                                    f"reached ({exc}), so no cloud call is made") from None
+            raise BudgetUnavailable(f"the store {self.store.where} cannot be reached ({exc}), so the budget cannot "
+                                    "be checked and no cloud call is made") from None
         held, day_used, month_used = rows[0]
         if not held:
             for period, used, cap in (("daily", day_used, self.daily), ("monthly", month_used, self.monthly)):

@@ -115,9 +115,8 @@ async def test_a_store_that_cannot_be_reached_refuses_the_cloud_call_in_one_sent
         with pytest.raises(BudgetUnavailable) as refused:
             async with budget.hold(PRICES, PROMPT, "", MAX_TOKENS):
                 pass
-    assert str(refused.value).startswith(f"the cloud budget cannot be checked: the store {store.where} cannot be "
-                                         "reached (")
-    assert str(refused.value).endswith("), so no cloud call is made")
+    assert str(refused.value).startswith(f"the store {store.where} cannot be reached (")
+    assert str(refused.value).endswith("), so the budget cannot be checked and no cloud call is made")
 
 
 async def test_a_settlement_the_store_missed_is_sent_when_it_is_back(own_postgres) -> None:  # noqa: ANN001
@@ -141,3 +140,25 @@ def test_a_password_variable_that_is_not_set_is_one_sentence() -> None:
     with pytest.raises(ConfigError, match=r"^store.password_env: the environment variable \$NO_SUCH_PASSWORD_VAR "
                                           "is not set or empty$"):
         Store(StoreConfig(url="postgresql://mcp@db/x", password_env="NO_SUCH_PASSWORD_VAR"), environ={})
+
+
+async def test_an_escalation_to_the_cloud_while_the_store_is_down_keeps_the_local_answer(own_postgres) -> None:  # noqa: ANN001
+    from conftest import ScriptedBackend
+    from mcp_tiered.backends import Completion
+    from mcp_tiered.calls.dispatch import Dispatcher
+    from mcp_tiered.calls.tiers import Policy, Tier, TierRegistry
+
+    unsure = Completion("maybe 5", "stop", 10, 2, (-3.0, -3.0))
+    url = own_postgres.url(own_postgres.new_database())
+    async with running_store(url) as store:
+        cloud = ScriptedBackend([Completion("4", "stop", 10, 1)], is_local=False)
+        registry = TierRegistry([Tier("small", ScriptedBackend([unsure]), "s", 100, 0.2,
+                                      Policy(min_confidence=0.9, escalate_to="claude")),
+                                 Tier("claude", cloud, "c", 100, 0.2)],
+                                budget=SharedBudget(store, CAP, None, "USD"))
+        own_postgres.stop()
+        result = await Dispatcher(registry).generate("small", "2+2?")
+    assert (result.served_by, result.text) == ("small", "maybe 5")
+    assert result.escalation_note.startswith("escalation from small to claude (low_confidence) was not made: cloud "
+                                             f"budget: the store {store.where} cannot be reached (")
+    assert cloud.requests == []

@@ -178,7 +178,8 @@ async def test_a_database_outage_loses_no_row_and_refuses_only_the_cloud(tmp_pat
                 while query(url, "SELECT count(*) FROM calls WHERE tool = 'generate_small'")[0][0] < len(answered):
                     await anyio.sleep(0.2)
     assert not any(r.is_error for r in before)
-    assert all(r.is_error and "the cloud budget cannot be checked: the store" in text(r) for r in during)
+    assert all(r.is_error and "cloud budget: the store postgresql://" in text(r)
+               and "so the budget cannot be checked and no cloud call is made" in text(r) for r in during)
     assert len(fake.requests) == 2  # nothing was spent blind
     assert query(url, "SELECT count(*) FROM calls WHERE tool = 'generate_small' AND outcome = 'ok'") == [(14,)]
     assert query(url, "SELECT outcome, count(*) FROM calls WHERE tool = 'generate_claude' GROUP BY outcome "
