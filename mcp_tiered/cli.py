@@ -43,11 +43,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
 
     from .app import build_app
-    from .server.transports import auth_token
+    from .server.transports import auth_token, check_transport
 
     if args.transport != "stdio":
-        try:
-            auth_token(config.server, args.host)  # refuse an unsafe setup before loading anything
+        try:  # refuse an unsafe or impossible setup before loading anything or opening the store
+            auth_token(config.server, args.host)
+            check_transport(config.server, args.transport)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

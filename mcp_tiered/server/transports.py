@@ -1,5 +1,6 @@
-"""Serving the MCP server: stdio, or HTTP (Streamable HTTP at /mcp, or SSE) with the operations
-endpoints /healthz and /metrics, Host/Origin checks against DNS rebinding, and a bearer token."""
+"""Serving the MCP server: stdio, or HTTP (Streamable HTTP at /mcp, without sessions under `[server] stateless`,
+or SSE) with the operations endpoints /healthz and /metrics, Host/Origin checks against DNS rebinding, and a
+bearer token."""
 
 from __future__ import annotations
 
@@ -79,6 +80,13 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+def check_transport(server: ServerConfig, transport: Transport) -> None:
+    """Refuses, in one sentence, a `[server]` setting the transport cannot honour."""
+    if server.stateless and transport == "sse":
+        raise ConfigError("server.stateless: SSE needs every request of a session to reach the process that opened "
+                          "it, so it cannot be served statelessly; use --transport http, or set stateless = false")
+
+
 def security_settings(server: ServerConfig, host: str, port: int) -> TransportSecuritySettings:
     """The Host and Origin values allowed (`"host:*"`: any port)."""
     hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", *server.allowed_hosts]
@@ -100,12 +108,16 @@ def http_app(mcp: MCPServer, tiers: TierRegistry, metrics: Metrics, server: Serv
     async def prometheus(_: Request) -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    check_transport(server, transport)
     security = security_settings(server, host, port)
     limit = server.max_request_body_bytes
     if transport == "sse":
         app = mcp.sse_app(transport_security=security, max_request_body_size=limit, host=host)
     else:
-        app = mcp.streamable_http_app(transport_security=security, max_request_body_size=limit, host=host)
+        # stateless: each POST gets a transport of its own and no Mcp-Session-Id (the SDK serves the
+        # 2026-07-28 protocol that way in either mode), so any replica can answer any request.
+        app = mcp.streamable_http_app(transport_security=security, max_request_body_size=limit, host=host,
+                                      stateless_http=server.stateless)
     return HostOriginGuard(BearerAuth(app, token) if token else app, security.allowed_hosts, security.allowed_origins)
 
 
@@ -126,7 +138,7 @@ async def serve(mcp: MCPServer, tiers: TierRegistry, metrics: Metrics, server: S
                                 lifespan="on", http=guarded_protocol(limits))
         http = _Server(config)
         log.info("serving", transport=transport, url=f"http://{host}:{port}" + ("/sse" if transport == "sse" else "/mcp"),
-                 auth="bearer" if token else "none")
+                 auth="bearer" if token else "none", stateless=server.stateless)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, http)
             await http.serve()

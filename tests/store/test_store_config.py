@@ -3,6 +3,7 @@ says whether the store is reachable; `report --store` on a bad URL is one senten
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -81,3 +82,22 @@ def test_report_on_a_store_it_cannot_reach_is_one_sentence(tmp_path: Path) -> No
     assert done.returncode == 1
     assert done.stderr.startswith("error: store.url: cannot reach the store postgresql://mcp@127.0.0.1:1/nowhere (")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_example_configs_store_section_loads_uncommented(tmp_path: Path) -> None:
+    from conftest import REPO
+    from mcp_tiered.config.load import load_config
+
+    lines, inside = [], False
+    for line in (REPO / "models.example.toml").read_text().splitlines():
+        inside = inside or line == "# [store]"
+        if inside and not line.strip():
+            inside = False
+        lines.append(line[2:] if inside and (line == "# [store]" or re.match(r"# \w+ = ", line)) else line)
+    text = "\n".join(lines)
+    assert "\n[store]\n" in text and "\nurl = " in text
+    config_path = tmp_path / "models.toml"
+    config_path.write_text(text)
+    store = load_config(config_path).store
+    assert (store.url, store.password_env, store.lease_s, store.instance) == (
+        "postgresql://mcp@db.internal:5432/mcp_tiered", "MCP_TIERED_DB_PASSWORD", 30, "replica-a")
