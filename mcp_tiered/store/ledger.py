@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import nullcontext
 from typing import Any
 
 import psycopg
 import structlog
 
 from ..accounting.ledger import CALLS, HOPS, CallRecord, Ledger, _Values
+from .schema import base_type
 from ..errors import ConfigError
 from .connect import UNREACHABLE, reason
 from .runtime import Store
 
 log = structlog.get_logger(__name__)
 
-_INSERT_CALL = (f"INSERT INTO calls ({', '.join(CALLS.names)}) VALUES ({', '.join(['%s'] * len(CALLS.names))}) "
-                "RETURNING id")
-_INSERT_HOP = f"INSERT INTO hops ({', '.join(HOPS.names)}) VALUES ({', '.join(['%s'] * len(HOPS.names))})"
-_CALL_VALUES, _HOP_VALUES = CALLS.values, HOPS.values
+_HOP_COLUMNS = [c for c in HOPS.columns if c.written and c.name != "call_id"]
+_INSERT = (f"WITH c AS (INSERT INTO calls ({', '.join(CALLS.names)}) VALUES ({', '.join(['%s'] * len(CALLS.names))}) "
+           f"RETURNING id) INSERT INTO hops (call_id, {', '.join(c.name for c in _HOP_COLUMNS)}) SELECT c.id, h.* "
+           f"FROM c, unnest({', '.join(f'%s::{base_type(c)}[]' for c in _HOP_COLUMNS)}) AS h")
+"""A call's row and its hops' in one statement (one round trip): the hops' values as one array per column."""
+_CALL_VALUES = CALLS.values
 
 
 class StoreLedger(Ledger):
@@ -46,7 +50,7 @@ class StoreLedger(Ledger):
         """At startup: a store that cannot be reached is said once and written when it is back; one that is
         no store of this version (ConfigError) stops the server."""
         try:
-            self._conn = self.store.connect()
+            self._conn = self._connect()
         except UNREACHABLE as exc:
             log.error("store_unreachable", store=self.store.where, error=reason(exc),
                       action="serving; the ledger's rows are kept in memory until the store is reachable")
@@ -55,7 +59,12 @@ class StoreLedger(Ledger):
     def _ensure_open(self) -> None:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = None
-            self._conn = self.store.connect()
+            self._conn = self._connect()
+
+    def _connect(self) -> Any:
+        conn = self.store.connect()
+        conn.autocommit = True
+        return conn
 
     def _note_shm_size(self) -> None:
         pass
@@ -77,16 +86,13 @@ class StoreLedger(Ledger):
             return self._conn.execute("DELETE FROM calls WHERE time < %s", (before,)).rowcount
 
     def _insert_rows(self, batch: list[CallRecord]) -> Counter[str]:
+        """One statement per call; a batch of several in one transaction (a call alone commits by itself)."""
         conn = self._conn
         replaced: Counter[str] = Counter()
-        with conn.transaction():
+        with conn.transaction() if len(batch) > 1 else nullcontext():
             for call in batch:
                 values = _Values()
                 row, hops = call.rows(values, self.instance)
-                call_id = conn.execute(_INSERT_CALL, _CALL_VALUES(row)).fetchone()[0]
-                for hop in hops:
-                    hop["call_id"] = call_id
-                if hops:
-                    conn.cursor().executemany(_INSERT_HOP, [_HOP_VALUES(hop) for hop in hops])
+                conn.execute(_INSERT, (*_CALL_VALUES(row), *([hop[c.name] for hop in hops] for c in _HOP_COLUMNS)))
                 replaced.update(values.replaced)
         return replaced

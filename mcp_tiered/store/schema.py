@@ -35,6 +35,11 @@ def pg_type(column: Column) -> str:
     return column.sql_type
 
 
+def base_type(column: Column) -> str:
+    """The column's PostgreSQL type without its constraints ("DOUBLE PRECISION")."""
+    return re.split(r" (?:NOT NULL|DEFAULT|REFERENCES|PRIMARY KEY|GENERATED)\b", pg_type(column))[0]
+
+
 def create_table(table: Table) -> str:
     columns = ",\n".join(f"    {c.name} {pg_type(c)}" for c in table.columns)
     notes = "".join(f"\nCOMMENT ON COLUMN {table.name}.{c.name} IS '{c.note.replace(chr(39), chr(39) * 2)}';"
