@@ -57,7 +57,7 @@ def build_app(config: Config) -> App:
     tiers = TierRegistry.from_config(config)
     if ledger is not None and tiers.budget is not None:
         restore_cloud_spend(ledger, tiers.budget)
-    metrics = Metrics(tiers)
+    metrics = Metrics(tiers, ledger=ledger)
     costs = CostModel.from_config(config)
     cache = ResponseCache(config.cache.max_entries, config.cache.ttl_s) if config.cache.enabled else None
     mcp = build_server(tiers, config.server, metrics, cache, ledger, costs)
@@ -83,7 +83,7 @@ def _build_shared(config: Config) -> App:
     for tier in tiers:
         if (share_load := getattr(tier.backend, "share_load", None)) is not None:
             share_load(slots)
-    metrics = Metrics(tiers)
+    metrics = Metrics(tiers, store, ledger)
     costs = CostModel.from_config(config)
     cache = None
     if config.cache.enabled:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -15,10 +16,11 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 
 
 class _LiveState(Collector):
-    """Values read when scraped: queue depth per tier, models loaded, cloud spend."""
+    """Values read when scraped: queue depth per tier, models loaded, cloud spend; with a store, whether it
+    answers and the ledger rows waiting in memory for it."""
 
-    def __init__(self, tiers: TierRegistry):
-        self.tiers = tiers
+    def __init__(self, tiers: TierRegistry, store: Any = None, ledger: Any = None):
+        self.tiers, self.store, self.ledger = tiers, store, ledger
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("mcp_tiered_queue_depth", "Calls waiting for a free instance", labels=["tier"])
@@ -35,10 +37,17 @@ class _LiveState(Collector):
             for period, value in self.tiers.budget.spent().items():
                 spend.add_metric([period, self.tiers.budget.currency], value)
             yield spend
+        if self.store is not None:
+            up = GaugeMetricFamily("mcp_tiered_store_up", "1 while the team's store answers ([store] url)")
+            up.add_metric([], 0 if self.store.down else 1)
+            yield up
+        if self.ledger is not None:
+            yield GaugeMetricFamily("mcp_tiered_ledger_unwritten", "Ledger rows kept in memory because the ledger "
+                                    "could not be written", value=self.ledger.unwritten)
 
 
 class Metrics:
-    def __init__(self, tiers: TierRegistry):
+    def __init__(self, tiers: TierRegistry, store: Any = None, ledger: Any = None):
         self.registry = CollectorRegistry()
         self.calls = Counter("mcp_tiered_calls", "Tool calls by called tier and outcome", ["tier", "outcome"],
                              registry=self.registry)
@@ -55,7 +64,7 @@ class Metrics:
                               ["tier"], registry=self.registry)
         self.cost = Counter("mcp_tiered_cost", "Energy cost of local tiers and billed cost of the tiers billed per token",
                             ["tier", "kind", "currency"], registry=self.registry)
-        self.registry.register(_LiveState(tiers))
+        self.registry.register(_LiveState(tiers, store, ledger))
         self._billed_per_token = {tier.name for tier in tiers if tier.capabilities.billing == "tokens"}
 
     def record(self, tier: str, outcome: str, latency_s: float, result: object | None = None) -> None:

@@ -150,7 +150,10 @@ class Store:
 
     async def _renew_forever(self) -> None:
         while True:
-            await self.renew()
+            try:
+                await self.renew()
+            except Exception:  # a bug here must not stop the server; the next renewal tries again
+                log.exception("store_renew_error", store=self.where)
             await anyio.sleep(self.RETRY_S if self.down is not None else self.lease_s / 3)
 
     async def renew(self) -> bool:

@@ -148,3 +148,27 @@ def test_the_password_comes_from_the_variable_the_config_names(postgres) -> None
     with pytest.raises(Exception, match="password authentication failed") as failed:
         wrong.connect()
     assert "wrong" not in str(failed.value) and PASSWORD not in str(failed.value)
+
+
+async def test_metrics_say_whether_the_store_answers_and_how_many_rows_wait_for_it(own_postgres) -> None:  # noqa: ANN001
+    from conftest import ScriptedBackend
+    from helpers import running_store
+    from mcp_tiered.calls.tiers import Tier, TierRegistry
+    from mcp_tiered.server.metrics import Metrics
+    from mcp_tiered.store.runtime import StoreDown
+
+    url = own_postgres.url(own_postgres.new_database())
+    async with running_store(url) as store:
+        ledger = StoreLedger(store)
+        try:
+            metrics = Metrics(TierRegistry([Tier("small", ScriptedBackend([]), "s", 10, 0.2)]), store, ledger)
+            up = metrics.exposition().decode()
+            own_postgres.stop()
+            with pytest.raises(StoreDown):
+                await store.execute("SELECT 1")
+            await ledger.commit(call())
+            down = metrics.exposition().decode()
+        finally:
+            ledger.close()
+    assert "mcp_tiered_store_up 1.0" in up and "mcp_tiered_ledger_unwritten 0.0" in up
+    assert "mcp_tiered_store_up 0.0" in down and "mcp_tiered_ledger_unwritten 1.0" in down
