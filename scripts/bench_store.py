@@ -6,14 +6,15 @@ PostgreSQL cluster this script starts in a temporary folder (Unix socket, the te
      one call with two hops, one at a time), median and p99;
   2. a cloud hop's reservation and settlement (CloudBudget vs SharedBudget: hold, settle, leave), median and p99;
   3. calls/s of 3 `serve --transport http` replicas under 50 concurrent MCP clients (SDK, Streamable HTTP),
-     each replica with its own SQLite ledger, then all three on the store. The calls are temperature-0 repeats
+     each replica with its own SQLite ledger, and all three on the store (runs in alternating order). The calls are temperature-0 repeats
      of a few prompts to a SmolLM2 tier, so after the first of each they are cache hits: no model time, every
      call still validated, dispatched, logged and committed to the ledger before it is answered.
 
-Prints each figure for both and the difference (1, 2) or the ratio (3). Run it alone: timing on this machine
+1 and 2 take their samples in turns, one call of each at a time. Prints each figure for both and the
+difference (1, 2) or the ratio (3). Run it alone: timing on this machine
 is noisy, and a test suite beside it makes it meaningless.
 
-    .venv/bin/python scripts/bench_store.py [--commits 2000] [--holds 1000] [--seconds 20] [--clients 50]
+    .venv/bin/python scripts/bench_store.py [--commits 2000] [--holds 1000] [--seconds 20] [--clients 50] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each calls/s run")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="calls/s runs of each, in alternating order")
     parser.add_argument("--model", type=Path, default=default_models_dir() / SMOLLM2.filename)
     return parser.parse_args()
 
@@ -75,25 +77,27 @@ def quantiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
 
 
-async def time_commits(ledger: Ledger, n: int) -> list[float]:
-    for _ in range(20):  # warm: connection, statements, pages
-        await ledger.commit(row())
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        assert await ledger.commit(row())
-        samples.append(time.perf_counter() - started)
+async def time_commits(ledgers: tuple[Ledger, Ledger], n: int) -> tuple[list[float], list[float]]:
+    """Each ledger's commit times, taken in turns (one, the other, ...) so that the machine's noise falls on both."""
+    samples: tuple[list[float], list[float]] = ([], [])
+    for i in range(n + 20):  # the first 20 warm the connections, statements and pages
+        for ledger, times in zip(ledgers, samples):
+            started = time.perf_counter()
+            assert await ledger.commit(row())
+            if i >= 20:
+                times.append(time.perf_counter() - started)
     return samples
 
 
-async def time_holds(budget: CloudBudget, n: int) -> list[float]:
-    samples = []
+async def time_holds(budgets: tuple[CloudBudget, CloudBudget], n: int) -> tuple[list[float], list[float]]:
+    samples: tuple[list[float], list[float]] = ([], [])
     for i in range(n + 20):
-        started = time.perf_counter()
-        async with budget.hold(PRICES, "What is 2+2?", "", 64) as reservation:
-            await budget.settle(reservation, 20, 8)
-        if i >= 20:
-            samples.append(time.perf_counter() - started)
+        for budget, times in zip(budgets, samples):
+            started = time.perf_counter()
+            async with budget.hold(PRICES, "What is 2+2?", "", 64) as reservation:
+                await budget.settle(reservation, 20, 8)
+            if i >= 20:
+                times.append(time.perf_counter() - started)
     return samples
 
 
@@ -185,25 +189,27 @@ async def main() -> None:
             store = Store(StoreConfig(url=url))
             sqlite, shared = Ledger(Path(tmp) / "ledger.sqlite3"), StoreLedger(store)
             try:
-                commits = (await time_commits(sqlite, args.commits), await time_commits(shared, args.commits))
+                commits = await time_commits((sqlite, shared), args.commits)
             finally:
                 sqlite.close()
                 shared.close()
             async with store.running():
                 with anyio.fail_after(15):
                     await store.connected()
-                holds = (await time_holds(CloudBudget(1e9, None, "USD"), args.holds),
-                         await time_holds(SharedBudget(store, 1e9, None, "USD"), args.holds))
+                holds = await time_holds((CloudBudget(1e9, None, "USD"), SharedBudget(store, 1e9, None, "USD")),
+                                         args.holds)
             print(line("ledger commit (2 hops)", *commits))
             print(line("cloud reservation + settle", *holds))
             store_url = cluster.url(cluster.new_database())
-            rates = []
-            for shared_store in (None, store_url):
-                configs = [replica_config(Path(tmp) / ("store" if shared_store else "sqlite") / f"r{i}", args.model,
-                                          shared_store) for i in range(args.replicas)]
-                rates.append(await calls_per_second(configs, args.clients, args.seconds))
-            print(f"calls/s, {args.clients} clients on {args.replicas} replicas: SQLite each {rates[0]:.1f}, "
-                  f"one store {rates[1]:.1f} (store/SQLite {rates[1] / rates[0]:.3f})")
+            rates: dict[str | None, list[float]] = {None: [], store_url: []}
+            for turn in range(args.rounds):  # SQLite, store, store, SQLite, ...: neither always goes first
+                for shared_store in (None, store_url) if turn % 2 == 0 else (store_url, None):
+                    folder = Path(tmp) / f"{'store' if shared_store else 'sqlite'}-{turn}"
+                    configs = [replica_config(folder / f"r{i}", args.model, shared_store) for i in range(args.replicas)]
+                    rates[shared_store].append(await calls_per_second(configs, args.clients, args.seconds))
+            base, shared_rate = statistics.median(rates[None]), statistics.median(rates[store_url])
+            print(f"calls/s, {args.clients} clients on {args.replicas} replicas (median of {args.rounds}): SQLite each "
+                  f"{base:.1f}, one store {shared_rate:.1f} (store/SQLite {shared_rate / base:.3f})")
     finally:
         cluster.close()
 
