@@ -41,6 +41,9 @@ class StoreDown(Exception):
 class Store:
     POOL_SIZE = 8
     RETRY_S = 1.0
+    RECONNECT_S = 300.0
+    """psycopg-pool's: how long it retries a connection in the background before it gives that one up (the
+    renewal asks for a new one every RETRY_S all the same)."""
 
     def __init__(self, config: StoreConfig, environ: Mapping[str, str] = os.environ):
         """Raises ConfigError (store.password_env) when the password's variable is not set."""
@@ -89,7 +92,8 @@ class Store:
     async def running(self) -> AsyncIterator[Store]:
         """Open the pool and renew this process's leases until the block ends; then release what it holds."""
         pool = AsyncConnectionPool(self.conninfo, min_size=1, max_size=self.POOL_SIZE, open=False,
-                                   timeout=self.timeout_s, kwargs={"autocommit": True}, name="mcp-tiered-store")
+                                   timeout=self.timeout_s, kwargs={"autocommit": True}, name="mcp-tiered-store",
+                                   reconnect_timeout=self.RECONNECT_S)
         await pool.open(wait=False)
         self._pool = pool
         self._connected = anyio.Event()
@@ -144,7 +148,7 @@ class Store:
 
     def _went_down(self, exc: BaseException) -> None:
         if self.down is None:
-            self.down = reason(exc)
+            self.down = f"no answer within {self.timeout_s:g} s" if isinstance(exc, TimeoutError) else reason(exc)
             log.error("store_unreachable", store=self.where, error=self.down,
                       action="local tiers keep answering; their rows are kept in memory; cloud hops are refused")
 
