@@ -7,6 +7,7 @@ the database is down starts all the same, and writes when it comes up.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from contextlib import nullcontext
@@ -24,11 +25,20 @@ from .runtime import Store
 log = structlog.get_logger(__name__)
 
 _HOP_COLUMNS = [c for c in HOPS.columns if c.written and c.name != "call_id"]
-_INSERT = (f"WITH c AS (INSERT INTO calls ({', '.join(CALLS.names)}) VALUES ({', '.join(['%s'] * len(CALLS.names))}) "
-           f"RETURNING id) INSERT INTO hops (call_id, {', '.join(c.name for c in _HOP_COLUMNS)}) SELECT c.id, h.* "
+_INSERT = (f"WITH c AS (INSERT INTO calls (id, {', '.join(CALLS.names)}) VALUES "
+           f"({', '.join(['%s'] * (len(CALLS.names) + 1))}) ON CONFLICT (id) DO NOTHING RETURNING id) INSERT INTO hops (call_id, {', '.join(c.name for c in _HOP_COLUMNS)}) SELECT c.id, h.* "
            f"FROM c, unnest({', '.join(f'%s::{base_type(c)}[]' for c in _HOP_COLUMNS)}) AS h")
-"""A call's row and its hops' in one statement (one round trip): the hops' values as one array per column."""
+"""A call's row and its hops' in one statement (one round trip): the hops' values as one array per column. The
+call's id is a digest of its row, so a batch sent again after its commit's answer was lost (the connection
+died between COMMIT and its reply) adds nothing the second time."""
 _CALL_VALUES = CALLS.values
+
+
+def row_id(row: dict[str, Any], hops: list[list[Any]]) -> int:
+    """A positive 63-bit id from the call's values: the same row always, another call (another end time to the
+    microsecond, another process) never in practice."""
+    digest = hashlib.blake2b(repr((sorted(row.items()), hops)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 class StoreLedger(Ledger):
@@ -93,6 +103,7 @@ class StoreLedger(Ledger):
             for call in batch:
                 values = _Values()
                 row, hops = call.rows(values, self.instance)
-                conn.execute(_INSERT, (*_CALL_VALUES(row), *([hop[c.name] for hop in hops] for c in _HOP_COLUMNS)))
+                hop_values = [[hop[c.name] for hop in hops] for c in _HOP_COLUMNS]
+                conn.execute(_INSERT, (row_id(row, hop_values), *_CALL_VALUES(row), *hop_values))
                 replaced.update(values.replaced)
         return replaced

@@ -172,3 +172,16 @@ async def test_metrics_say_whether_the_store_answers_and_how_many_rows_wait_for_
             ledger.close()
     assert "mcp_tiered_store_up 1.0" in up and "mcp_tiered_ledger_unwritten 0.0" in up
     assert "mcp_tiered_store_up 0.0" in down and "mcp_tiered_ledger_unwritten 1.0" in down
+
+
+def test_a_batch_sent_again_after_its_commit_answer_was_lost_is_written_once(store_url: str) -> None:
+    ledger = store_ledger(store_url)
+    try:
+        batch = [call("a"), call("b")]
+        ledger._ensure_open()
+        ledger._insert_rows(batch)
+        ledger._insert_rows(batch)  # what the writer does when COMMIT's reply never came
+    finally:
+        ledger.close()
+    assert query(store_url, "SELECT count(*) FROM calls") == [(2,)]
+    assert query(store_url, "SELECT count(*) FROM hops") == [(4,)]
