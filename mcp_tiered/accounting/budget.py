@@ -87,9 +87,11 @@ class CloudBudget:
         return Reservation(worst, day, month, prices)
 
     @asynccontextmanager
-    async def hold(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> AsyncIterator[Reservation]:
+    async def hold(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int,
+                   lasts_s: float | None = None) -> AsyncIterator[Reservation]:
         """A reservation for the block (raises BudgetExceeded on entry): `settle` it with what the call
-        was billed; left open, it is released when the block ends, however it ends."""
+        was billed; left open, it is released when the block ends, however it ends. `lasts_s`: how long the
+        call may run (a shared hold outlives it even if its process can no longer renew it)."""
         reservation = self.reserve(prices, prompt, system, max_tokens)
         try:
             yield reservation

@@ -162,12 +162,13 @@ class OpenAIBackend(Backend):
                               control: CallControl) -> Completion:
         """`_attempt` within one of the endpoint's team-wide slots (waited for within the tier's queue time;
         that wait counts as queue time, not generation)."""
-        control.queue_s = 0.0
+        queued_s, control.queue_s = control.queue_s, 0.0
         if self.shared_slots is None:
             return await self._attempt(endpoint, request, control)
         waited = time.perf_counter()
         left = control.seconds_left()
-        wait_s = self.config.queue_timeout_s if left is None else min(self.config.queue_timeout_s, left)
+        wait_s = max(self.config.queue_timeout_s - queued_s, 0.0)  # one queue time for both waits
+        wait_s = wait_s if left is None else min(wait_s, left)
         async with self.shared_slots.slot(self.tier, endpoint.url, endpoint.config.max_concurrency, wait_s):
             control.queue_s = time.perf_counter() - waited
             return await self._attempt(endpoint, request, control)

@@ -188,7 +188,8 @@ class Cascade:
             yield _nothing_to_settle
             return
         prices = self.costs.prices(tier.name)
-        async with budget.hold(prices, request.prompt, request.system, request.max_tokens) as reservation:
+        async with budget.hold(prices, request.prompt, request.system, request.max_tokens,
+                               self.control.seconds_left()) as reservation:
             yield lambda completion: budget.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
 
     def _blocked(self, target: str) -> str | None:

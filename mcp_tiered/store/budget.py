@@ -25,6 +25,9 @@ from .runtime import Store, StoreDown
 
 log = structlog.get_logger(__name__)
 
+CALL_SLACK_S = 5.0
+"""A hold's first lease is the call's own time left plus this (the API's last bytes, the settle's trip)."""
+
 
 class SharedBudget(CloudBudget):
     def __init__(self, store: Store, daily: float | None, monthly: float | None, currency: str,
@@ -33,22 +36,27 @@ class SharedBudget(CloudBudget):
         self.store = store
 
     @asynccontextmanager
-    async def hold(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> AsyncIterator[Reservation]:
-        reservation = await self._reserve(prices, prompt, system, max_tokens)
+    async def hold(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int,
+                   lasts_s: float | None = None) -> AsyncIterator[Reservation]:
+        reservation = await self._reserve(prices, prompt, system, max_tokens, lasts_s)
         try:
             yield reservation
         finally:
             if reservation.open:
                 await self._close_shared(reservation, 0.0)
 
-    async def _reserve(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> Reservation:
+    async def _reserve(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int,
+                       lasts_s: float | None) -> Reservation:
         worst = self.worst_case_cost(prices, prompt, system, max_tokens)
+        # The first lease covers the whole call: a process cut off from the store while its call runs could
+        # not renew, and the money it may still be billed must not go to another process meanwhile.
+        lease_s = max(self.store.lease_s, (lasts_s or 0.0) + CALL_SLACK_S)
         day, month = self._periods()
         hold = self.store.new_id()
         try:
             rows = await self.store.execute_shielded(
                 "SELECT held, day_used, month_used FROM mcp_tiered_reserve(%s, %s, %s, %s, %s, %s, %s, %s)",
-                (hold, self.store.instance, day, month, worst, self.daily, self.monthly, self.store.lease_s))
+                (hold, self.store.instance, day, month, worst, self.daily, self.monthly, lease_s))
         except StoreDown as exc:
             self.store.unsettled[hold] = 0.0  # it may have been held before the answer was lost: release it
             raise BudgetUnavailable(f"the store {self.store.where} cannot be reached ({exc}), so the budget cannot "
@@ -77,10 +85,11 @@ class SharedBudget(CloudBudget):
         hold = reservation.hold
         try:
             await self.store.execute_shielded("SELECT mcp_tiered_settle(%s, %s)", (hold, spent))
-        except StoreDown:
+        except Exception:  # StoreDown, or anything else: the settlement waits, it is never lost
             self.store.unsettled[hold] = spent
             log.warning("budget_settle_deferred", store=self.store.where, cost=round(spent, 6),
-                        action="sent when the store is reachable again; the hold stays counted until then")
+                        action="sent when the store answers again; the hold stays counted at its worst case "
+                               "until then (renewed while this process runs)")
             return
         self.store.holds.discard(hold)
 

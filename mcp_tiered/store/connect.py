@@ -17,12 +17,19 @@ from ..errors import ConfigError
 
 UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
 """The database is down, cut off, restarting, or refused us: kept for later, never a crash."""
+FAILURES = (psycopg.Error, OSError)
+"""Everything a statement of the store may fail with (also read-only during a failover, a permission taken
+away): the store counts as down until a renewal gets through; nothing is spent blind and no row is dropped."""
 
 
 def conninfo(store: StoreConfig, environ: Mapping[str, str] = os.environ) -> str:
     """The libpq connection string; raises ConfigError naming store.password_env when its variable is unset."""
     assert store.url is not None
-    extra: dict[str, object] = {"connect_timeout": max(1, round(store.timeout_s)), "application_name": "mcp-tiered"}
+    # Keepalives and tcp_user_timeout: a connection a firewall dropped in silence fails within seconds, instead
+    # of holding a statement until the kernel gives up (a quarter of an hour).
+    extra: dict[str, object] = {"connect_timeout": max(1, round(store.timeout_s)), "application_name": "mcp-tiered",
+                                "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 2,
+                                "keepalives_count": 3, "tcp_user_timeout": round(store.timeout_s * 1000)}
     if store.password_env is not None:
         password = environ.get(store.password_env)
         if not password:

@@ -19,7 +19,7 @@ import structlog
 from ..accounting.ledger import CALLS, HOPS, CallRecord, Ledger, _Values
 from .schema import base_type
 from ..errors import ConfigError
-from .connect import UNREACHABLE, reason
+from .connect import FAILURES, reason
 from .runtime import Store
 
 log = structlog.get_logger(__name__)
@@ -34,21 +34,25 @@ died between COMMIT and its reply) adds nothing the second time."""
 _CALL_VALUES = CALLS.values
 
 
-def row_id(row: dict[str, Any], hops: list[list[Any]]) -> int:
-    """A positive 63-bit id from the call's values: the same row always, another call (another end time to the
-    microsecond, another process) never in practice."""
-    digest = hashlib.blake2b(repr((sorted(row.items()), hops)).encode(), digest_size=8).digest()
+def row_id(row: dict[str, Any], hops: list[list[Any]], record: int) -> int:
+    """A positive 63-bit id from the call's values and its record's identity (`id()`, the same while the row
+    waits to be written): the same row on every retry, two calls never, not even two alike in the same
+    clock tick."""
+    digest = hashlib.blake2b(repr((sorted(row.items()), hops, record)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
 
 
 class StoreLedger(Ledger):
-    file_errors = (*UNREACHABLE, ConfigError)
+    file_errors = (*FAILURES, ConfigError)
+    """Every failure of the database (unreachable, read-only in a failover, a permission taken away) keeps the
+    rows for a retry; only a row's own values (data_errors, tried first) drop it."""
     data_errors = (psycopg.DataError, psycopg.IntegrityError, OverflowError, ValueError, TypeError)
     RETRY_S = 2.0
 
     def __init__(self, store: Store, keep_days: float | None = None):
         self.store = store
         self.path = store.where  # type: ignore[assignment]  (how the log names the ledger)
+        self.COMMIT_WAIT_S = store.timeout_s  # an answer waits no longer than a statement may take
         self._next_try = 0.0
         self._start(keep_days, store.instance)
 
@@ -61,7 +65,7 @@ class StoreLedger(Ledger):
         no store of this version (ConfigError) stops the server."""
         try:
             self._conn = self._connect()
-        except UNREACHABLE as exc:
+        except FAILURES as exc:
             log.error("store_unreachable", store=self.store.where, error=reason(exc),
                       action="serving; the ledger's rows are kept in memory until the store is reachable")
             self._conn = None
@@ -104,6 +108,6 @@ class StoreLedger(Ledger):
                 values = _Values()
                 row, hops = call.rows(values, self.instance)
                 hop_values = [[hop[c.name] for hop in hops] for c in _HOP_COLUMNS]
-                conn.execute(_INSERT, (row_id(row, hop_values), *_CALL_VALUES(row), *hop_values))
+                conn.execute(_INSERT, (row_id(row, hop_values, id(call)), *_CALL_VALUES(row), *hop_values))
                 replaced.update(values.replaced)
         return replaced

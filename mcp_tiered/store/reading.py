@@ -1,5 +1,6 @@
 """Reading a ledger for a report, wherever it lives: a SQLite file (accounting.ledger.reading) or the store.
-The report's queries are written once, in SQLite's words; on the store `?` becomes psycopg's `%s` and TOTAL()
+The report's queries are written once, in SQLite's words (no literal `?` in them: every value is a parameter);
+on the store `%` is escaped, `?` becomes psycopg's `%s` and TOTAL()
 is the aggregate the store's schema defines, so both give the same numbers."""
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class StoreReader:
         self.conn = conn
 
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> psycopg.Cursor:
-        return self.conn.execute(sql.replace("?", "%s"), args)
+        return self.conn.execute(sql.replace("%", "%%").replace("?", "%s"), args)
 
     def columns(self, table: str) -> set[str]:
         rows = self.conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s "

@@ -25,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from ..accounting.budget import periods
 from ..config.schema import StoreConfig
 from ..errors import ConfigError
-from .connect import UNREACHABLE, conninfo, describe, instance_name, reason
+from .connect import FAILURES, UNREACHABLE, conninfo, describe, instance_name, reason
 from .schema import ID_BITS, migrate
 
 log = structlog.get_logger(__name__)
@@ -131,7 +131,7 @@ class Store:
                     # statement sent here may run twice (the store's functions take the same id twice once).
                     await pool.check()
                     return await self._run(pool, sql, params)
-        except (*UNREACHABLE, TimeoutError) as exc:
+        except (*FAILURES, TimeoutError) as exc:
             self._went_down(exc)
             raise StoreDown(self.down or "unreachable") from None
 
@@ -147,8 +147,13 @@ class Store:
             return await self.execute(sql, params)
 
     def _went_down(self, exc: BaseException) -> None:
+        why = f"no answer within {self.timeout_s:g} s" if isinstance(exc, TimeoutError) else reason(exc)
+        if self.down == NOT_CONNECTED and why != self.down:  # the first reason it cannot be reached, said once
+            self.down = why
+            log.error("store_unreachable", store=self.where, error=why,
+                      action="local tiers keep answering; cloud hops are refused until the store answers")
         if self.down is None:
-            self.down = f"no answer within {self.timeout_s:g} s" if isinstance(exc, TimeoutError) else reason(exc)
+            self.down = why
             log.error("store_unreachable", store=self.where, error=self.down,
                       action="local tiers keep answering; their rows are kept in memory; cloud hops are refused")
 
@@ -164,10 +169,10 @@ class Store:
         """Renew this process's leases, send the settlements that waited, read the budget's spend; True when
         the store answered (and is up again if it was down)."""
         assert self._pool is not None
-        if self.down is not None:
-            await self._pool.check()  # the connections that died with the database go before trying again
         try:
             with anyio.fail_after(self.timeout_s):
+                if self.down is not None:  # the connections that died with the database go before trying again
+                    await self._pool.check()
                 async with self._pool.connection(timeout=self.timeout_s) as conn:
                     if not self._migrated:
                         await anyio.to_thread.run_sync(self._migrate_once)
@@ -185,7 +190,7 @@ class Store:
                                                 (day, month))
                     found = dict(await cursor.fetchall())
                     self.spent = {"today": found.get(day, 0.0), "this_month": found.get(month, 0.0)}
-        except (*UNREACHABLE, TimeoutError) as exc:
+        except (*FAILURES, TimeoutError) as exc:
             self._went_down(exc)
             return False
         except ConfigError as exc:  # a store this version may not use (a newer schema): said once, kept down
@@ -196,11 +201,11 @@ class Store:
         if self.down is not None:
             if self.down == NOT_CONNECTED:
                 log.info("store_connected", store=self.where, instance=self.instance)
-                if self._connected is not None:
-                    self._connected.set()
             else:
                 log.warning("store_reachable", store=self.where, was=self.down)
             self.down = None
+        if self._connected is not None and not self._connected.is_set():
+            self._connected.set()
         return True
 
     def _migrate_once(self) -> None:
@@ -220,7 +225,7 @@ class Store:
                                        (list(self.slots | self.stale_slots),))
                     for hold in list(self.holds):
                         await conn.execute("SELECT mcp_tiered_settle(%s, 0)", (hold,))
-        except (*UNREACHABLE, TimeoutError) as exc:
+        except (*FAILURES, TimeoutError) as exc:
             log.warning("store_release_failed", store=self.where, error=reason(exc),
                         action=f"what this process held is released when its lease ends ({self.lease_s:g} s)")
 

@@ -161,7 +161,8 @@ END $$;
 -- What a process renews while it runs (its open holds and slots), and the leftovers of dead ones cleared.
 CREATE OR REPLACE FUNCTION mcp_tiered_renew(p_holds BIGINT[], p_slots BIGINT[], p_lease_s float8)
 RETURNS void LANGUAGE sql AS $$
-    UPDATE budget_holds SET lease_until = clock_timestamp() + make_interval(secs => p_lease_s) WHERE id = ANY(p_holds);
+    UPDATE budget_holds SET lease_until = greatest(lease_until, clock_timestamp() + make_interval(secs => p_lease_s))
+        WHERE id = ANY(p_holds);
     UPDATE endpoint_slots SET lease_until = clock_timestamp() + make_interval(secs => p_lease_s) WHERE id = ANY(p_slots);
     DELETE FROM endpoint_slots WHERE lease_until < clock_timestamp() - interval '1 hour';
     DELETE FROM budget_holds WHERE lease_until < clock_timestamp() - interval '1 day';

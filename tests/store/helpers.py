@@ -27,3 +27,14 @@ def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
     with psycopg.connect(url, autocommit=True) as conn:
         cursor = conn.execute(sql, params)
         return cursor.fetchall() if cursor.description else []
+
+
+def read_only(url: str, on: bool) -> None:
+    """The database turns read-only (a demoted primary, a standby behind the primary's name) or writable again;
+    its sessions are ended, so every process reconnects and sees it."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET default_transaction_read_only = off")
+        db = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f"ALTER DATABASE {db} {'SET default_transaction_read_only = on' if on else 'RESET default_transaction_read_only'}")
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                     "pg_backend_pid()", (db,))

@@ -21,6 +21,8 @@ PROMPT, MAX_TOKENS = "2+2?", 8
 WORST = SharedBudget.worst_case_cost(PRICES, PROMPT, "", MAX_TOKENS)
 CAP = 10.5 * WORST
 """Worth ten calls at their worst case, not eleven."""
+BILLED_ONE = (20 * 3.0 + 8 * 15.0) / 1e6
+"""A call billed 20 tokens in and 8 out."""
 
 
 async def spend_worst(budget: SharedBudget) -> bool:
@@ -162,3 +164,32 @@ async def test_an_escalation_to_the_cloud_while_the_store_is_down_keeps_the_loca
     assert result.escalation_note.startswith("escalation from small to claude (low_confidence) was not made: cloud "
                                              f"budget: the store {store.where} cannot be reached (")
     assert cloud.requests == []
+
+
+async def test_a_settlement_refused_by_a_read_only_store_is_sent_when_it_is_writable(store_url: str) -> None:
+    from helpers import read_only
+
+    async with running_store(store_url, lease_s=3) as store:
+        budget = SharedBudget(store, CAP, None, "USD")
+        async with budget.hold(PRICES, PROMPT, "", MAX_TOKENS) as reservation:
+            read_only(store_url, True)
+            assert await budget.settle(reservation, 20, 8) > 0
+        assert not await spend_worst(budget)  # cannot be checked while the store refuses writes
+        read_only(store_url, False)
+        with anyio.fail_after(15):
+            while store.unsettled or store.down:
+                await anyio.sleep(0.1)
+        assert await spend_worst(budget)
+    assert query(store_url, "SELECT count(*) FROM budget_holds") == [(0,)]
+    day, _ = periods(time.time())
+    assert query(store_url, "SELECT spent FROM budget_spend WHERE period = %s", (day,)) == [
+        (pytest.approx(BILLED_ONE + WORST),)]
+
+
+async def test_a_hold_outlives_its_call_even_when_its_process_cannot_renew_it(store_url: str) -> None:
+    async with running_store(store_url, lease_s=1.0) as cut_off, running_store(store_url, lease_s=1.0) as other:
+        big = SharedBudget(cut_off, CAP, None, "USD")
+        async with big.hold(PRICES, PROMPT * 9, "", MAX_TOKENS * 14, lasts_s=4.0):
+            cut_off.holds.clear()  # as if its renewals could not reach the store
+            await anyio.sleep(2.5)  # past two leases, within the call's own time
+            assert not await spend_worst(SharedBudget(other, CAP, None, "USD"))

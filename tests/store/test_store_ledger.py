@@ -185,3 +185,23 @@ def test_a_batch_sent_again_after_its_commit_answer_was_lost_is_written_once(sto
         ledger.close()
     assert query(store_url, "SELECT count(*) FROM calls") == [(2,)]
     assert query(store_url, "SELECT count(*) FROM hops") == [(4,)]
+
+
+async def test_rows_answered_while_the_store_is_read_only_are_kept_and_written_later(store_url: str) -> None:
+    from helpers import read_only
+
+    ledger = store_ledger(store_url)
+    try:
+        assert await ledger.commit(call("before"))
+        read_only(store_url, True)
+        for _ in range(3):
+            assert not await ledger.commit(call("read-only"))
+        assert ledger.unwritten == 3
+        read_only(store_url, False)
+        with anyio.fail_after(20):
+            while ledger.unwritten:
+                await anyio.sleep(0.2)
+    finally:
+        ledger.close()
+    assert query(store_url, "SELECT client, count(*) FROM calls GROUP BY client ORDER BY client") == [
+        ("before", 1), ("read-only", 3)]
