@@ -157,14 +157,14 @@ def _check_store(config: Config) -> tuple[str, bool]:
     from .accounting.ledger import SCHEMA_VERSION
     from .store.connect import UNREACHABLE, reason
     from .store.runtime import Store
+    from .store.schema import version_of
 
     import psycopg
 
     try:
         store = Store(config.store)
         with psycopg.connect(store.conninfo, autocommit=True) as conn:
-            made = conn.execute("SELECT to_regclass('mcp_tiered_schema') IS NOT NULL").fetchone()[0]
-            version = conn.execute("SELECT max(version) FROM mcp_tiered_schema").fetchone()[0] if made else None
+            version = version_of(conn)
     except ConfigError as exc:
         return f"error  store: {exc}", True
     except UNREACHABLE as exc:

@@ -18,7 +18,7 @@ from ..config.schema import StoreConfig
 from ..errors import ConfigError
 from .connect import UNREACHABLE, reason
 from .runtime import Store
-from .schema import newer
+from .schema import newer, version_of
 
 
 class StoreReader:
@@ -50,11 +50,10 @@ def reading(source: Path | Store | StoreConfig) -> Iterator[Any]:
         raise ConfigError(f"store.url: cannot reach the store {store.where} ({reason(exc)})") from None
     with closing(conn):
         conn.read_only = True
-        found = conn.execute("SELECT to_regclass('mcp_tiered_schema') IS NOT NULL AS made").fetchone()["made"]
-        if not found:
+        version = version_of(conn)
+        if version is None:
             raise ConfigError(f"store.url: the store {store.where} holds no ledger yet (a server creates it when "
                               "it first connects)")
-        version = conn.execute("SELECT max(version) AS v FROM mcp_tiered_schema").fetchone()["v"]
-        if version is not None and version > SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             raise newer(version, store.where)
         yield StoreReader(conn)

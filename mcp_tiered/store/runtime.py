@@ -26,7 +26,7 @@ from ..accounting.budget import periods
 from ..config.schema import StoreConfig
 from ..errors import ConfigError
 from .connect import FAILURES, UNREACHABLE, conninfo, describe, instance_name, reason
-from .schema import ID_BITS, migrate
+from .schema import ID_BITS, SCHEMA_VERSION, migrate
 
 log = structlog.get_logger(__name__)
 
@@ -80,8 +80,8 @@ class Store:
         try:
             if not self._migrated:
                 found = migrate(conn, self.where)
-                if found is None or found < _current():
-                    log.info("store_schema", store=self.where, found=found, now=_current())
+                if found is None or found < SCHEMA_VERSION:
+                    log.info("store_schema", store=self.where, found=found, now=SCHEMA_VERSION)
                 self._migrated = True
         except BaseException:
             conn.close()
@@ -229,8 +229,3 @@ class Store:
             log.warning("store_release_failed", store=self.where, error=reason(exc),
                         action=f"what this process held is released when its lease ends ({self.lease_s:g} s)")
 
-
-def _current() -> int:
-    from .schema import SCHEMA_VERSION
-
-    return SCHEMA_VERSION

@@ -184,12 +184,21 @@ def newer(version: int, where: str) -> ConfigError:
                        f"knows up to {SCHEMA_VERSION}); upgrade mcp-tiered on this machine")
 
 
+def version_of(conn) -> int | None:  # noqa: ANN001 (a psycopg.Connection, whatever its row factory)
+    """The schema version the store holds; None when no server has created it yet."""
+    from psycopg.rows import tuple_row
+
+    cursor = conn.cursor(row_factory=tuple_row)
+    if not cursor.execute("SELECT to_regclass('mcp_tiered_schema') IS NOT NULL").fetchone()[0]:
+        return None
+    return cursor.execute("SELECT max(version) FROM mcp_tiered_schema").fetchone()[0]
+
+
 def migrate(conn, where: str) -> int | None:  # noqa: ANN001 (a psycopg.Connection, autocommit off)
     """Create or migrate the schema in one transaction; returns the version found (None: a new store)."""
     with conn.transaction():
         conn.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
-        exists = conn.execute("SELECT to_regclass('mcp_tiered_schema') IS NOT NULL").fetchone()[0]
-        version = conn.execute("SELECT max(version) FROM mcp_tiered_schema").fetchone()[0] if exists else None
+        version = version_of(conn)
         if version is None and conn.execute("SELECT to_regclass('calls') IS NOT NULL").fetchone()[0]:
             raise ConfigError(f"store.url: the database {where} holds a calls table that mcp-tiered did not make; "
                               "point store.url at a database of its own")
