@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import structlog
 from mcp.server.mcpserver import MCPServer
 
@@ -15,7 +16,11 @@ from .accounting.budget import CloudBudget
 from .calls.cache import ResponseCache
 from .config.schema import Config
 from .accounting.costs import CostModel
-from .accounting.ledger import Ledger, cloud_spend_since, reading
+from .accounting.ledger import Ledger, cloud_spend_since, principal_use_since
+from .auth.limits import TokenQuota
+from .errors import ConfigError
+from .store.connect import FAILURES as STORE_FAILURES, describe
+from .store.reading import reading
 from .server.metrics import Metrics
 from .server.mcp_server import build_server
 from .server.transports import Transport, serve
@@ -35,13 +40,16 @@ class App:
     mcp: MCPServer
     store: Any = None
     """The team's store (store.runtime.Store), or None."""
+    quota: TokenQuota | None = None
 
     async def run(self, transport: Transport, host: str = "127.0.0.1", port: int = 8765) -> None:
         """Serve until the transport ends, with the store open while it does."""
         async with AsyncExitStack() as stack:
             if self.store is not None:
                 await stack.enter_async_context(self.store.running())
-            await serve(self.mcp, self.tiers, self.metrics, self.config.server, transport, host, port)
+                if self.ledger is not None and self.quota is not None:
+                    await anyio.to_thread.run_sync(restore_store_use, self.config, self.quota)
+            await serve(self.mcp, self.tiers, self.metrics, self.config.server, transport, host, port, self.config.auth)
 
     def close(self) -> None:
         """What outlives the event loop (the ledger's writer); the tiers free their models when serving ends."""
@@ -55,13 +63,14 @@ def build_app(config: Config) -> App:
         return _build_shared(config)
     ledger = open_ledger(config) if config.ledger.enabled else None
     tiers = TierRegistry.from_config(config)
-    if ledger is not None and tiers.budget is not None:
-        restore_cloud_spend(ledger, tiers.budget)
+    quota = TokenQuota()
+    if ledger is not None:
+        restore_use(ledger.path, tiers.budget, quota)
     metrics = Metrics(tiers, ledger=ledger)
     costs = CostModel.from_config(config)
     cache = ResponseCache(config.cache.max_entries, config.cache.ttl_s) if config.cache.enabled else None
-    mcp = build_server(tiers, config.server, metrics, cache, ledger, costs)
-    return App(config, tiers, metrics, costs, cache, ledger, mcp)
+    mcp = build_server(tiers, config.server, metrics, cache, ledger, costs, quota)
+    return App(config, tiers, metrics, costs, cache, ledger, mcp, quota=quota)
 
 
 def _build_shared(config: Config) -> App:
@@ -89,8 +98,9 @@ def _build_shared(config: Config) -> App:
     if config.cache.enabled:
         cache = (SharedCache(store, config.cache.max_entries, config.cache.ttl_s) if config.store.shared_cache
                  else ResponseCache(config.cache.max_entries, config.cache.ttl_s))
-    mcp = build_server(tiers, config.server, metrics, cache, ledger, costs)
-    return App(config, tiers, metrics, costs, cache, ledger, mcp, store)
+    quota = TokenQuota()
+    mcp = build_server(tiers, config.server, metrics, cache, ledger, costs, quota)
+    return App(config, tiers, metrics, costs, cache, ledger, mcp, store, quota)
 
 
 def open_ledger(config: Config) -> Ledger:
@@ -100,9 +110,25 @@ def open_ledger(config: Config) -> Ledger:
     return ledger
 
 
-def restore_cloud_spend(ledger: Ledger, budget: CloudBudget) -> None:
-    """The budget counts what earlier runs spent today and this month."""
-    day, month = budget.period_starts()
-    with reading(ledger.path) as conn:
-        budget.restore(cloud_spend_since(conn, day), cloud_spend_since(conn, month))
-    log.info("cloud_spend_restored", **{k: round(v, 6) for k, v in budget.spent().items()})
+def restore_store_use(config: Config, quota: TokenQuota) -> None:
+    """Each principal's tokens today, from the team's ledger (the budget's spend is the store's own): once the
+    store is up; when it is not, the day's count starts from this process's calls."""
+    try:
+        restore_use(config.store, None, quota)
+    except (ConfigError, *STORE_FAILURES) as exc:
+        log.warning("token_use_not_restored", store=describe(config.store), error=type(exc).__name__,
+                    action="tokens_per_day counts this process's calls from now on")
+
+
+def restore_use(source: Any, budget: CloudBudget | None, quota: TokenQuota) -> None:
+    """What earlier runs used today and this month, from the ledger (`source`: its path, or the store's
+    config): the cloud budget's spend, the team's and each principal's (None: the store keeps it), and each
+    principal's tokens today."""
+    day, month = CloudBudget(None, None, "").period_starts()
+    with reading(source) as conn:
+        today, this_month = principal_use_since(conn, day), principal_use_since(conn, month)
+        quota.restore({name: tokens for name, (_, tokens) in today.items()})
+        if budget is not None:
+            by_principal = {name: (today.get(name, (0.0, 0))[0], cloud) for name, (cloud, _) in this_month.items()}
+            budget.restore(cloud_spend_since(conn, day), cloud_spend_since(conn, month), by_principal)
+            log.info("cloud_spend_restored", **{k: round(v, 6) for k, v in budget.spent().items()})

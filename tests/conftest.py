@@ -132,11 +132,11 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def http_server(config: Path, transport: str = "http", started: list | None = None, prefix: tuple[str, ...] = (),
-                      exit_code: int = 0, **env: str) -> AsyncIterator[str]:
-    """`mcp-tiered serve --transport http|sse` on a free port; stopped with SIGTERM (unless a test stopped it
-    already), then checked for a clean exit and a released port. `started` receives the process; `prefix`
-    is a command that runs it (such as prlimit with its options)."""
-    port = free_port()
+                      exit_code: int = 0, port: int | None = None, **env: str) -> AsyncIterator[str]:
+    """`mcp-tiered serve --transport http|sse` on `port` (default: a free one); stopped with SIGTERM (unless a
+    test stopped it already), then checked for a clean exit and a released port. `started` receives the
+    process; `prefix` is a command that runs it (such as prlimit with its options)."""
+    port = port or free_port()
     errlog = (config.parent / f"{transport}.stderr").open("w")
     process = await anyio.open_process(
         [*prefix, MCP_TIERED, "serve", "--config", str(config), "--transport", transport, "--port", str(port)],

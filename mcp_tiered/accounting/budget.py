@@ -1,5 +1,7 @@
 """The cloud spend cap ([budget]), one for every tier billed per token: a call reserves its worst-case cost
-at its tier's prices before it is sent, and settles the real cost when it answers. In one process the check
+at its tier's prices before it is sent, and settles the real cost when it answers. A principal with a cloud
+budget of its own ([auth] limits cloud_daily/cloud_monthly, a `Spender`) reserves against it and the team's
+caps in the same step. In one process the check
 and the hold happen with no await between them, so concurrent calls can never overrun the cap together; a
 team's processes share one budget in the store (store.budget.SharedBudget), decided in the database.
 
@@ -21,6 +23,23 @@ from ..config.schema import TokenPrices
 PROMPT_TOKEN_MARGIN = 16
 
 
+@dataclass(frozen=True, slots=True)
+class Spender:
+    """A principal with a cloud budget of its own, within the team's."""
+
+    name: str
+    daily: float | None
+    monthly: float | None
+
+
+def spender_of(principal: object) -> Spender | None:
+    """The principal's own cloud budget, or None when it has none (the team's caps alone apply)."""
+    limits = getattr(principal, "limits", None)
+    if limits is None or (limits.cloud_daily is None and limits.cloud_monthly is None):
+        return None
+    return Spender(principal.name, limits.cloud_daily, limits.cloud_monthly)  # type: ignore[attr-defined]
+
+
 @dataclass
 class Reservation:
     cost: float
@@ -30,6 +49,7 @@ class Reservation:
     open: bool = True
     hold: int | None = None
     """Its row in the store (SharedBudget)."""
+    spender: str | None = None
 
 
 class BudgetExceeded(Exception):
@@ -46,9 +66,10 @@ def periods(now: float) -> tuple[str, str]:
     return moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m")
 
 
-def refusal(period: str, cap: float, left: float, worst: float, currency: str) -> str:
+def refusal(period: str, cap: float, left: float, worst: float, currency: str, whose: str | None = None) -> str:
+    budget = f"{whose}'s {period} cloud budget" if whose else f"the {period} budget"
     return (f"the cloud call could cost up to {worst:.4f} {currency} and only {max(left, 0):.4f} {currency} "
-            f"of the {period} budget ({cap:g} {currency}) is left")
+            f"of {budget} ({cap:g} {currency}) is left")
 
 
 def cost(prices: TokenPrices, input_tokens: int, output_tokens: int) -> float:
@@ -60,8 +81,9 @@ class CloudBudget:
                  clock: callable = time.time):  # type: ignore[valid-type]
         self.daily, self.monthly, self.currency = daily, monthly, currency
         self._clock = clock
-        self._spent: dict[str, float] = {}
-        self._reserved: dict[str, float] = {}
+        self._spent: dict[object, float] = {}
+        self._reserved: dict[object, float] = {}
+        """By period (the team's) and by (principal, period) (a Spender's)."""
 
     @staticmethod
     def worst_case_cost(prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> float:
@@ -71,28 +93,35 @@ class CloudBudget:
     def _periods(self) -> tuple[str, str]:
         return periods(self._clock())
 
-    def reserve(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int) -> Reservation:
-        """Hold the call's worst-case cost, or raise BudgetExceeded with the sentence to show."""
+    def reserve(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int,
+                spender: Spender | None = None) -> Reservation:
+        """Hold the call's worst-case cost against the team's caps and the spender's, or raise BudgetExceeded
+        with the sentence to show."""
         worst = self.worst_case_cost(prices, prompt, system, max_tokens)
         day, month = self._periods()
-        currency = self.currency
-        for period, key, cap in (("daily", day, self.daily), ("monthly", month, self.monthly)):
+        caps: list[tuple[str, object, float | None, str | None]] = [("daily", day, self.daily, None),
+                                                                   ("monthly", month, self.monthly, None)]
+        if spender is not None:
+            caps += [("daily", (spender.name, day), spender.daily, spender.name),
+                     ("monthly", (spender.name, month), spender.monthly, spender.name)]
+        for period, key, cap, whose in caps:
             if cap is None:
                 continue
             left = cap - self._spent.get(key, 0.0) - self._reserved.get(key, 0.0)
             if worst > left:
-                raise BudgetExceeded(refusal(period, cap, left, worst, currency))
-        for key in (day, month):
+                raise BudgetExceeded(refusal(period, cap, left, worst, self.currency, whose))
+        for _, key, _, _ in caps:
             self._reserved[key] = self._reserved.get(key, 0.0) + worst
-        return Reservation(worst, day, month, prices)
+        return Reservation(worst, day, month, prices, spender=spender.name if spender else None)
 
     @asynccontextmanager
     async def hold(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int,
-                   lasts_s: float | None = None) -> AsyncIterator[Reservation]:
+                   lasts_s: float | None = None, spender: Spender | None = None) -> AsyncIterator[Reservation]:
         """A reservation for the block (raises BudgetExceeded on entry): `settle` it with what the call
         was billed; left open, it is released when the block ends, however it ends. `lasts_s`: how long the
-        call may run (a shared hold outlives it even if its process can no longer renew it)."""
-        reservation = self.reserve(prices, prompt, system, max_tokens)
+        call may run (a shared hold outlives it even if its process can no longer renew it); `spender`: the
+        principal whose own budget it also counts against."""
+        reservation = self.reserve(prices, prompt, system, max_tokens, spender)
         try:
             yield reservation
         finally:
@@ -112,7 +141,10 @@ class CloudBudget:
         if not reservation.open:
             return
         reservation.open = False
-        for key in (reservation.day, reservation.month):
+        keys: list[object] = [reservation.day, reservation.month]
+        if reservation.spender is not None:
+            keys += [(reservation.spender, reservation.day), (reservation.spender, reservation.month)]
+        for key in keys:
             self._reserved[key] -= reservation.cost
             self._spent[key] = self._spent.get(key, 0.0) + spent
 
@@ -122,12 +154,17 @@ class CloudBudget:
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         return day.timestamp(), day.replace(day=1).timestamp()
 
-    def restore(self, today: float, this_month: float) -> None:
-        """Count spend recorded before this process started (from the ledger)."""
+    def restore(self, today: float, this_month: float, by_principal: dict[str, tuple[float, float]] | None = None) -> None:
+        """Count spend recorded before this process started (from the ledger): the team's, and each
+        principal's (today, this month)."""
         day, month = self._periods()
-        self._spent[day] = self._spent.get(day, 0.0) + today
-        self._spent[month] = self._spent.get(month, 0.0) + this_month
+        additions: list[tuple[object, float]] = [(day, today), (month, this_month)]
+        for name, (principal_today, principal_month) in (by_principal or {}).items():
+            additions += [((name, day), principal_today), ((name, month), principal_month)]
+        for key, amount in additions:
+            self._spent[key] = self._spent.get(key, 0.0) + amount
 
     def spent(self) -> dict[str, float]:
+        """The team's spend today and this month."""
         day, month = self._periods()
         return {"today": self._spent.get(day, 0.0), "this_month": self._spent.get(month, 0.0)}

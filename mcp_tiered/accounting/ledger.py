@@ -31,7 +31,7 @@ from ..errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +112,8 @@ CALLS = Table("calls", (
     Column("cloud_cost", "REAL NOT NULL", "billed by the cloud"),
     Column("client", "TEXT", "the MCP client's clientInfo name (visible()); NULL when it gave none", since=4),
     Column("instance", "TEXT", "the server process that answered ([store] instance, else <host>:<pid>)", since=5),
+    Column("principal", "TEXT", "who called, as authenticated (key:<name>, the token's principal claim, the local "
+           "user on stdio, anonymous); NULL before schema 6", since=6),
 ))
 HOPS = Table("hops", (
     Column("id", "INTEGER PRIMARY KEY"),
@@ -146,6 +148,8 @@ CREATE INDEX IF NOT EXISTS calls_by_server ON calls(served_by, cache_hit, outcom
     completion_tokens, local_cost, cloud_cost, time);
 CREATE INDEX IF NOT EXISTS calls_by_instance ON calls(instance, outcome, prompt_tokens, completion_tokens,
     local_cost, cloud_cost, time);
+CREATE INDEX IF NOT EXISTS calls_by_principal ON calls(principal, outcome, prompt_tokens, completion_tokens,
+    local_cost, cloud_cost, time);
 """
 """The ledger's indexes, the same statements on SQLite and PostgreSQL."""
 SCHEMA = f"""
@@ -157,6 +161,7 @@ MIGRATIONS = {
     3: "ALTER TABLE hops ADD COLUMN prompt_s REAL NOT NULL DEFAULT 0",
     4: "ALTER TABLE calls ADD COLUMN client TEXT",
     5: "ALTER TABLE calls ADD COLUMN instance TEXT",
+    6: "ALTER TABLE calls ADD COLUMN principal TEXT",
 }
 """Schema version → the statement that brings a ledger of the version before it there: it adds the column
 declared with that `since` (tests/test_ledger_schemas.py holds them to it)."""
@@ -264,6 +269,7 @@ class CallRecord:
     cache_hit: bool = False
     hops: tuple[HopRecord, ...] = ()
     client: str | None = None
+    principal: str | None = None
 
     def rows(self, v: _Values, instance: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The calls row and its hops' rows, by column name (CALLS, HOPS)."""
@@ -278,7 +284,7 @@ class CallRecord:
                 "escalation_reasons": ",".join(h["escalation_reason"] for h in hops if h["escalation_reason"]),
                 "cache_hit": int(bool(self.cache_hit)), "energy_wh": sum(h["energy_wh"] for h in hops),
                 "local_cost": sum(h["local_cost"] for h in hops), "cloud_cost": sum(h["cloud_cost"] for h in hops),
-                "client": v.text(self.client), "instance": v.text(instance)}, hops
+                "client": v.text(self.client), "instance": v.text(instance), "principal": v.text(self.principal)}, hops
 
 
 CALL_COLUMNS = ", ".join(CALLS.names)
@@ -719,3 +725,12 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
 
 def cloud_spend_since(conn: sqlite3.Connection, since: float) -> float:
     return conn.execute("SELECT COALESCE(SUM(cloud_cost), 0) FROM calls WHERE time >= ?", (since,)).fetchone()[0]
+
+
+def principal_use_since(conn: sqlite3.Connection, since: float) -> dict[str, tuple[float, int]]:
+    """Each principal's cloud spend and tokens (every hop's) since `since`."""
+    rows = conn.execute("SELECT c.principal AS principal, TOTAL(h.cloud_cost) AS cloud, "
+                        "TOTAL(h.prompt_tokens + h.completion_tokens) AS tokens FROM hops h JOIN calls c ON c.id = h.call_id "
+                        "WHERE h.time >= ? AND c.principal IS NOT NULL GROUP BY c.principal", (since,))
+    named = (row if isinstance(row, dict) else dict(zip(("principal", "cloud", "tokens"), row)) for row in rows)
+    return {row["principal"]: (row["cloud"], int(row["tokens"])) for row in named}

@@ -21,6 +21,9 @@ from .escalation import (HANDED_ON, Escalate, HandOn, Reason, Standing, Stop, Ve
                          next_step, reason_for_error, verifier_for)
 from ..accounting.ledger import HopRecord
 from .tiers import Tier, TierRegistry
+from ..auth.principal import Principal
+from ..auth.scopes import CLOUD
+from ..accounting.budget import spender_of
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +67,9 @@ class Trace:
     hops: list[HopRecord] = field(default_factory=list)
     answered_at: int | None = None
     client: str | None = None
+    principal: Principal | None = None
+    """Who the call is from: its scopes decide whether it may reach tiers billed per token, its limits what
+    it may spend there."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,7 @@ class Cascade:
             return
         prices = self.costs.prices(tier.name)
         async with budget.hold(prices, request.prompt, request.system, request.max_tokens,
-                               self.control.seconds_left()) as reservation:
+                               self.control.seconds_left(), spender_of(self.trace.principal)) as reservation:
             yield lambda completion: budget.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
 
     def _blocked(self, target: str) -> str | None:
@@ -200,6 +206,10 @@ class Cascade:
             if target in self.tiers else None
         if self.call.local_only and capabilities is not None and capabilities.prompt_leaves_machine:
             return "the call is local_only"
+        principal = self.trace.principal
+        if principal is not None and not principal.grants.cloud and capabilities is not None \
+                and capabilities.billing == "tokens":
+            return f"{principal.name} has no {CLOUD} scope, so its calls never reach a tier billed per token"
         if left_out is not None:
             return left_out.reason
         return None if target in self.tiers else f"tier {target} is not available"

@@ -22,6 +22,8 @@ from ..accounting.ledger import CallRecord, Ledger
 from .results import Escalation, GenerateResult, Usage, Verification
 from .routing import Route
 from .tiers import Tier, TierRegistry
+from ..auth.limits import TokenQuota
+from ..auth.principal import Principal
 
 if TYPE_CHECKING:
     from ..server.metrics import Metrics
@@ -34,13 +36,14 @@ ROUTER_TOOL = "generate"
 class Dispatcher:
     def __init__(self, tiers: TierRegistry, default_deadline_s: float = 50.0, metrics: Metrics | None = None,
                  cache: ResponseCache[GenerateResult] | None = None, ledger: Ledger | None = None,
-                 costs: CostModel | None = None):
+                 costs: CostModel | None = None, quota: TokenQuota | None = None):
         self.tiers = tiers
         self.default_deadline_s = default_deadline_s
         self.metrics = metrics
         self.cache = cache
         self.ledger = ledger
         self.costs = costs or CostModel()
+        self.quota = quota or TokenQuota()
 
     async def route(self, prompt: str, system: str, options: dict[str, Any]) -> Route:
         """The tier the `generate` tool starts this call at (routing.pick_entry on the tiers' state now); the
@@ -69,7 +72,8 @@ class Dispatcher:
                 if n in self.tiers and not self.tiers.get(n).capabilities.prompt_leaves_machine]
 
     async def generate_routed(self, prompt: str, system: str = "", control: CallControl | None = None,
-                              *, client: str | None = None, **options: Any) -> GenerateResult:
+                              *, client: str | None = None, principal: Principal | None = None,
+                              **options: Any) -> GenerateResult:
         """The `generate` tool: pick the entry tier, then the usual cascade from it."""
         started = time.perf_counter()
         try:
@@ -77,23 +81,26 @@ class Dispatcher:
         except RequestError as exc:
             first = next(iter(self.tiers)).name
             log.warning("tool_call", tool=ROUTER_TOOL, outcome="error", error=type(exc).__name__, reason=str(exc))
-            await self._commit(self._account(ROUTER_TOOL, first, "error", started, Trace(client=client)))
+            await self._commit(self._account(ROUTER_TOOL, first, "error", started, Trace(client=client,
+                                                                                          principal=principal)))
             raise
         result = await self.generate(route.tier, prompt, system, control, via=ROUTER_TOOL, route_note=route.why,
-                                     client=client, **options)
+                                     client=client, principal=principal, **options)
         return result
 
     async def generate(self, tier_name: str, prompt: str, system: str = "", control: CallControl | None = None,
                        *, via: str | None = None, route_note: str | None = None, client: str | None = None,
-                       **options: Any) -> GenerateResult:
+                       principal: Principal | None = None, **options: Any) -> GenerateResult:
         """`via`: the tool that was called, when not the tier's own; `route_note`: why `generate` chose the tier;
-        `client`: the MCP client's name, for the ledger."""
+        `client`: the MCP client's name (what it says it is), `principal`: who the call is from (authenticated;
+        None: the local user), for the ledger, the limits and the scopes."""
         started = time.perf_counter()
         control = control or CallControl()
         tool = via or self.tiers.get(tier_name).tool_name
         event = log.bind(tool=tool, tier=tier_name)
-        trace = Trace(client=client)
+        trace = Trace(client=client, principal=principal)
         try:
+            self._check_quota(principal)
             result = await self._serve(tier_name, prompt, system, options, started, control, trace)
             if route_note is not None:
                 result = result.model_copy(update={"routing": route_note})
@@ -123,9 +130,20 @@ class Dispatcher:
         await self._commit(self._account(tool, tier_name, outcome, started, trace, result))
         return result
 
+    def _check_quota(self, principal: Principal | None) -> None:
+        if principal is None:
+            return
+        limit = principal.limits.tokens_per_day
+        left = self.quota.left(principal.name, limit)
+        if left is not None and left <= 0:
+            raise RequestError(f"tokens_per_day: {principal.name} has used {self.quota.used(principal.name)} of its "
+                               f"{limit} tokens today (UTC); calls are refused until midnight UTC")
+
     def _account(self, tool: str, tier: str, outcome: str, started: float, trace: Trace,
                  result: GenerateResult | None = None) -> CallRecord | None:
-        """Record the call in the metrics; its ledger row, or None without a ledger."""
+        """Record the call in the metrics and the principal's tokens; its ledger row, or None without a ledger."""
+        if trace.principal is not None:
+            self.quota.count(trace.principal.name, sum(h.prompt_tokens + h.completion_tokens for h in trace.hops))
         if self.metrics is not None:
             answered = None if result is None or result.cache_hit else result
             self.metrics.record(tier, outcome, time.perf_counter() - started, answered)
@@ -138,7 +156,7 @@ class Dispatcher:
             prompt_tokens=result.usage.prompt_tokens if result else 0,
             completion_tokens=result.usage.completion_tokens if result else 0,
             latency_s=time.perf_counter() - started, cache_hit=outcome == "cache_hit", hops=tuple(trace.hops),
-            client=trace.client,
+            client=trace.client, principal=trace.principal.name if trace.principal else None,
         )
 
     async def _commit(self, row: CallRecord | None) -> None:

@@ -17,6 +17,7 @@ from pydantic.fields import FieldInfo
 
 from ..calls.confidence import VerifyStatistic
 from ..weights import hub
+from .auth import AuthConfig
 from .explain import describe_value, key_path
 
 CONFIG_ENV = "MCP_TIERED_CONFIG"
@@ -525,6 +526,7 @@ class Config(BaseModel):
     cache: CacheConfig = CacheConfig()
     ledger: LedgerConfig = LedgerConfig()
     store: StoreConfig = StoreConfig()
+    auth: AuthConfig = AuthConfig()
     costs: CostsConfig = CostsConfig()
     budget: BudgetConfig = BudgetConfig()
     cloud: CloudConfig | None = None

@@ -60,10 +60,11 @@ HOPS = """SELECT tier, COUNT(*) AS hops, TOTAL(prompt_tokens) AS prompt_tokens,
     TOTAL(CASE WHEN {prompt_s} > 0 THEN generation_s END) AS timed_generation_s,
     TOTAL(energy_wh) AS energy_wh, TOTAL(local_cost) AS local_cost, TOTAL(cloud_cost) AS cloud_cost,
     TOTAL(outcome = 'escalated') AS escalated FROM hops {where} GROUP BY tier ORDER BY MIN(id)"""
-INSTANCES = """SELECT {instance} AS instance, outcome, COUNT(*) AS calls, TOTAL(prompt_tokens) AS prompt_tokens,
+BY_COLUMN = """SELECT {column} AS {name}, outcome, COUNT(*) AS calls, TOTAL(prompt_tokens) AS prompt_tokens,
     TOTAL(completion_tokens) AS completion_tokens, TOTAL(local_cost) AS energy_cost, TOTAL(cloud_cost) AS cloud_cost
-    FROM calls {where} GROUP BY instance, outcome"""
-"""The calls per server process (a team's replicas and laptops on one store), through calls_by_instance."""
+    FROM calls {where} GROUP BY {name}, outcome"""
+"""The calls per server process (a team's replicas and laptops on one store) or per principal (who called, as
+authenticated), through calls_by_instance and calls_by_principal."""
 START = """SELECT MIN(time - latency_s) AS start FROM calls
     WHERE time <= (SELECT MIN(time) FROM calls {where}) + 3600 {also}"""
 """When the period starts: the earliest call's start, among those that ended in its first hour (through the
@@ -97,7 +98,9 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
               "start": conn.execute(START.format(where=where, also=also), args * 2).fetchone()["start"],
               "end": max((g["end"] for g in groups), default=None)}
     hops = {h["tier"]: h for h in conn.execute(HOPS.format(where=where, prompt_s=columns["prompt_s"]), args)}
-    instances = conn.execute(INSTANCES.format(where=where, instance=columns["instance"]), args).fetchall()
+    instances = conn.execute(BY_COLUMN.format(where=where, column=columns["instance"], name="instance"), args).fetchall()
+    principals = conn.execute(BY_COLUMN.format(where=where, column=columns["principal"], name="principal"),
+                              args).fetchall()
     start = since if since is not None else period["start"]
     end = period["end"] if period["end"] is not None else start
     duration_s = max((end or 0) - (start or 0), 0.0)
@@ -149,6 +152,7 @@ def build_report(conn: sqlite3.Connection, costs: CostModel, since: float | None
         "projection": _projection(costs, totals, energy_cost, cloud_cost, months, duration_s, answered),
         "clients": _shares(groups, "client", costs, totals),
         "instances": _shares(instances, "instance", costs, totals),
+        "principals": _shares(principals, "principal", costs, totals),
         "projection_note": history_problem(duration_s) if answered else "no call has been answered yet",
     })
 
@@ -188,7 +192,7 @@ def _merge(groups: list[Any], keys: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 def _shares(groups: list[Any], by: str, costs: CostModel, totals: dict[str, Any]) -> list[dict[str, Any]]:
-    """Calls, tokens and cost per `by`: the MCP client (its clientInfo name) or the server process. Each call's
+    """Calls, tokens and cost per `by`: the MCP client (its clientInfo name), the server process or the principal. Each call's
     energy and cloud bill are its own; the rest of the local cost (hardware, maintenance, idle power), which no
     call causes alone, is shared by tokens."""
     per_client = sorted(_merge(groups, (by,)), key=lambda r: -r["calls"])

@@ -79,7 +79,7 @@ def _summary(report: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 CLIENT_COLUMNS = [
-    ("client", "client", "{}"), ("calls", "calls", "{:,}"), ("answered", "answered", "{:,}"),
+    ("client", "client (self-reported)", "{}"), ("calls", "calls", "{:,}"), ("answered", "answered", "{:,}"),
     ("tokens", "tokens", "{:,}"), ("token_share", "token share", "pct"), ("energy_cost", "energy", "money"),
     ("cloud_cost", "cloud cost", "money"), ("shared_cost", "shared", "money"), ("total_cost", "cost", "money"),
     ("cloud_equivalent", "on cloud", "money"), ("savings", "saved", "money"),
@@ -87,13 +87,17 @@ CLIENT_COLUMNS = [
 
 
 INSTANCE_COLUMNS = [("instance", "server", "{}"), *CLIENT_COLUMNS[1:]]
+PRINCIPAL_COLUMNS = [("principal", "principal", "{}"), *CLIENT_COLUMNS[1:]]
+GROUPINGS = {"client": ("clients", CLIENT_COLUMNS, "(no clientInfo)"),
+             "instance": ("instances", INSTANCE_COLUMNS, "(unnamed)"),
+             "principal": ("principals", PRINCIPAL_COLUMNS, "(not recorded)")}
+"""`report --by` → the report's key, the table's columns, and what a row without a name shows."""
 
 
 def _client_rows(report: dict[str, Any], by: str = "client") -> list[list[str]]:
-    unnamed = "(no clientInfo)" if by == "client" else "(unnamed)"
-    columns = CLIENT_COLUMNS if by == "client" else INSTANCE_COLUMNS
+    key_of, columns, unnamed = GROUPINGS[by]
     return [[_cell({**c, by: c[by] or unnamed, "tokens": _sum(c["prompt_tokens"], c["completion_tokens"])}.get(key), fmt)
-             for key, _, fmt in columns] for c in report.get("clients" if by == "client" else "instances", [])]
+             for key, _, fmt in columns] for c in report.get(key_of, [])]
 
 
 def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -103,9 +107,10 @@ def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render_clients_table(report: dict[str, Any], by: str = "client") -> str:
-    """`report --by client` (each MCP client) or `--by instance` (each server process of a team's store): calls,
-    tokens and cost (shared costs split by tokens)."""
-    columns = CLIENT_COLUMNS if by == "client" else INSTANCE_COLUMNS
+    """`report --by client` (each MCP client, by the name it gives itself), `--by instance` (each server process
+    of a team's store) or `--by principal` (who called, as authenticated): calls, tokens and cost (shared costs
+    split by tokens)."""
+    columns = GROUPINGS[by][1]
     out = _aligned([label for _, label, _ in columns], _client_rows(report, by))
     out += ["", f"(amounts in {report['currency']}; \"shared\": hardware, maintenance and idle power, split by "
                 "tokens)"]
@@ -181,7 +186,9 @@ def render_html(report: dict[str, Any], refresh_s: int | None = None) -> str:
 {_chart(report)}
 <h2>Per tier</h2>
 {table("tiers", (label for _, label, _ in COLUMNS), _rows(report))}
-<h2>Per client</h2>
+<h2>Per principal</h2>
+{table("principals", (label for _, label, _ in PRINCIPAL_COLUMNS), _client_rows(report, "principal"))}
+<h2>Per client (the name it gives itself)</h2>
 {table("clients", (label for _, label, _ in CLIENT_COLUMNS), _client_rows(report))}
 <h2>Per server</h2>
 {table("instances", (label for _, label, _ in INSTANCE_COLUMNS), _client_rows(report, "instance"))}

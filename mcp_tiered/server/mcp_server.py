@@ -12,7 +12,7 @@ import anyio
 import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPDeprecationWarning
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from starlette.requests import Request
@@ -21,6 +21,10 @@ from starlette.responses import HTMLResponse, Response
 import structlog
 
 from .. import __version__
+from ..auth import scopes
+from ..auth.http import principal_now
+from ..auth.limits import TokenQuota
+from ..auth.principal import Principal
 from ..backends.pool import CallControl
 from ..calls.cache import ResponseCache
 from ..compat.mcp_sdk import lowlevel_server
@@ -96,14 +100,21 @@ _TOOL_SIGNATURE = _tool_signature()
 
 
 def _generation_tool(name: str, title: str, description: str, annotations: ToolAnnotations, bounds: Bounds,
-                     run: Callable[..., Awaitable[GenerateResult]], server: ServerConfig) -> Tool:
-    """A tool taking GenerateArguments: `run(prompt, system, control, **options)` answers it."""
+                     run: Callable[..., Awaitable[GenerateResult]], server: ServerConfig,
+                     refusal: Callable[[Principal], str | None]) -> Tool:
+    """A tool taking GenerateArguments: `run(prompt, system, control, **options)` answers it; `refusal` says
+    why a principal may not call it (None: it may)."""
 
     async def generate(ctx: Context, **arguments: Any) -> Annotated[CallToolResult, GenerateResult]:
+        principal = principal_now()
+        if (refused := refusal(principal)) is not None:
+            log.warning("tool_refused", tool=name, principal=principal.name, reason="scope")
+            raise ToolError(refused)
         control = CallControl()
         failure: TieredError | None = None
         prompt, system = arguments.pop("prompt", ""), arguments.pop("system", "")
         arguments["client"] = client_name(ctx)
+        arguments["principal"] = principal
         async with anyio.create_task_group() as progress:
             progress.start_soon(_report_progress, ctx, control, server.progress_interval_s)
             try:
@@ -126,13 +137,41 @@ def _generation_tool(name: str, title: str, description: str, annotations: ToolA
     return tool
 
 
+def _tier_refusal(tier: Tier) -> Callable[[Principal], str | None]:
+    billed = tier.capabilities.billing == "tokens"
+
+    def refusal(principal: Principal) -> str | None:
+        if not principal.grants.may_call(tier.name):
+            return (f"{principal.name} may not call {tier.tool_name}: it needs the scope {scopes.TOOLS} or "
+                    f"{scopes.TIER_PREFIX}{tier.name}")
+        if billed and not principal.grants.cloud:
+            return (f"{principal.name} may not call {tier.tool_name}: tier {tier.name} is billed per token, which "
+                    f"needs the scope {scopes.CLOUD}")
+        return None
+
+    return refusal
+
+
+def _router_refusal(entries: list[str]) -> Callable[[Principal], str | None]:
+    def refusal(principal: Principal) -> str | None:
+        if all(principal.grants.may_call(t) for t in entries):
+            return None
+        allowed = [f"generate_{t}" for t in sorted(principal.grants.tiers)]
+        return (f"{principal.name} may not call {ROUTER_TOOL}, which may start at any of the tiers "
+                f"{', '.join(entries)}: it needs the scope {scopes.TOOLS}"
+                + (f"; call {', '.join(allowed)} instead" if allowed else ""))
+
+    return refusal
+
+
 def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
     return _generation_tool(
         tier.tool_name, f"Generate with the {tier.name} tier", tier.description,
         ToolAnnotations(title=f"{tier.name} tier ({tier.backend.model_name})", read_only_hint=True,
                         destructive_hint=False, idempotent_hint=False,
                         open_world_hint=tier.capabilities.prompt_leaves_machine),
-        tier_bounds(tier, server.default_deadline_s), functools.partial(dispatcher.generate, tier.name), server)
+        tier_bounds(tier, server.default_deadline_s), functools.partial(dispatcher.generate, tier.name), server,
+        _tier_refusal(tier))
 
 
 def _router_tool(dispatcher: Dispatcher, server: ServerConfig) -> Tool:
@@ -155,7 +194,7 @@ def _router_tool(dispatcher: Dispatcher, server: ServerConfig) -> Tool:
         ToolAnnotations(title="generate (picks the tier)", read_only_hint=True, destructive_hint=False,
                         idempotent_hint=False, open_world_hint=any(
                             t.capabilities.prompt_leaves_machine for t in dispatcher.tiers)),
-        bounds, dispatcher.generate_routed, server)
+        bounds, dispatcher.generate_routed, server, _router_refusal(names))
 
 
 REPORT_URI = "tiered://report"
@@ -165,9 +204,9 @@ REPORT_REFRESH_S = 10
 
 def build_server(tiers: TierRegistry, server: ServerConfig | None = None, metrics: Metrics | None = None,
                  cache: ResponseCache[GenerateResult] | None = None, ledger: Ledger | None = None,
-                 costs: CostModel | None = None) -> MCPServer:
+                 costs: CostModel | None = None, quota: TokenQuota | None = None) -> MCPServer:
     server = server or ServerConfig()
-    dispatcher = Dispatcher(tiers, server.default_deadline_s, metrics, cache, ledger, costs)
+    dispatcher = Dispatcher(tiers, server.default_deadline_s, metrics, cache, ledger, costs, quota)
     for name, left_out in tiers.unavailable.items():
         log.warning("tier_unavailable", tier=name, reason=left_out.reason)
 
@@ -193,6 +232,10 @@ def _add_report_resource(mcp: MCPServer, ledger: Ledger, costs: CostModel) -> No
                   "equivalent, savings, monthly projection, break-even and 12-month ROI (the same JSON as "
                   "`mcp-tiered report --format json`).", mime_type="application/json")
     async def savings_report() -> str:
+        principal = principal_now()
+        if not principal.grants.report:
+            log.warning("resource_refused", resource=REPORT_URI, principal=principal.name, reason="scope")
+            raise ResourceError(f"{principal.name} may not read {REPORT_URI}: it needs the scope {scopes.REPORT}")
         await anyio.to_thread.run_sync(ledger.flush, 10.0)  # include the calls answered just now
         return await anyio.to_thread.run_sync(report.report_json, ledger.source, costs, None)
 

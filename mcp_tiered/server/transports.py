@@ -1,13 +1,11 @@
 """Serving the MCP server: stdio, or HTTP (Streamable HTTP at /mcp, without sessions under `[server] stateless`,
-or SSE) with the operations endpoints /healthz and /metrics, Host/Origin checks against DNS rebinding, and a
-bearer token."""
+or SSE) with the operations endpoints /healthz and /metrics, Host/Origin checks against DNS rebinding, and
+authentication ([auth]: identities from the company's OpenID provider and named keys; auth.http.Gate)."""
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import ipaddress
-import json
 import os
 import signal
 from collections.abc import Iterator
@@ -20,8 +18,11 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
+from ..auth.http import Gate, Unguarded
+from ..auth.verifier import Verifier
+from ..config.auth import AuthConfig
 from ..config.schema import ServerConfig
 from ..errors import ConfigError
 from .http_guard import ConnectionLimits, HostOriginGuard, connection_cap, guarded_protocol, install_log_filters
@@ -32,7 +33,9 @@ from ..calls.tiers import TierRegistry
 log = structlog.get_logger(__name__)
 
 Transport = Literal["stdio", "sse", "http"]
-OPEN_PATHS = frozenset({"/healthz"})
+MAX_HEADER_BYTES = 96 * 1024
+"""A request head may be this long (uvicorn's default is 16 KiB): an oversized bearer token then gets its 401
+from the verifier rather than a bare 400 from the HTTP parser."""
 
 
 def is_loopback(host: str) -> bool:
@@ -44,12 +47,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def auth_token(server: ServerConfig, host: str) -> str | None:
-    """The bearer token HTTP requests must carry, or None; refuses an unsafe setup in one sentence."""
+def auth_token(server: ServerConfig) -> str | None:
+    """The legacy shared bearer token ([server] auth_token_env), or None."""
     if server.auth_token_env is None:
-        if not is_loopback(host):
-            raise ConfigError(f"--host {host}: serving beyond this machine needs a bearer token; set "
-                              "[server] auth_token_env to the name of an environment variable holding it")
         return None
     token = os.environ.get(server.auth_token_env)
     if not token:
@@ -58,26 +58,17 @@ def auth_token(server: ServerConfig, host: str) -> str | None:
     return token
 
 
-class BearerAuth:
-    """Every HTTP request except /healthz needs `Authorization: Bearer <token>`; others get 401
-    before reaching MCP (so no model ever runs for them)."""
-
-    def __init__(self, app: ASGIApp, token: str):
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = json.dumps({"error": "unauthorized",
-                                   "message": "missing or wrong Authorization: Bearer token"}).encode()
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+def http_verifier(server: ServerConfig, auth: AuthConfig, tiers: list[str], host: str) -> Verifier | None:
+    """Who may call over HTTP ([auth], the legacy token), or None for an unguarded loopback server; refuses
+    serving beyond this machine unguarded, in one sentence."""
+    token = auth_token(server)
+    if not auth.enabled and token is None:
+        if not is_loopback(host):
+            raise ConfigError(f"--host {host}: serving beyond this machine needs authentication; set [auth] oauth or "
+                              "keys_file, or [server] auth_token_env to the name of an environment variable holding "
+                              "a bearer token")
+        return None
+    return Verifier(auth, tiers, token)
 
 
 def check_transport(server: ServerConfig, transport: Transport) -> None:
@@ -98,7 +89,7 @@ def security_settings(server: ServerConfig, host: str, port: int) -> TransportSe
 
 
 def http_app(mcp: MCPServer, tiers: TierRegistry, metrics: Metrics, server: ServerConfig, transport: Transport,
-             host: str, port: int, token: str | None) -> ASGIApp:
+             host: str, port: int, verifier: Verifier | None) -> ASGIApp:
     @mcp.custom_route("/healthz", methods=["GET"])
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok", "tiers": {
@@ -118,31 +109,45 @@ def http_app(mcp: MCPServer, tiers: TierRegistry, metrics: Metrics, server: Serv
         # 2026-07-28 protocol that way in either mode), so any replica can answer any request.
         app = mcp.streamable_http_app(transport_security=security, max_request_body_size=limit, host=host,
                                       stateless_http=server.stateless)
-    return HostOriginGuard(BearerAuth(app, token) if token else app, security.allowed_hosts, security.allowed_origins)
+    guarded = Gate(app, verifier) if verifier is not None else Unguarded(app)
+    return HostOriginGuard(guarded, security.allowed_hosts, security.allowed_origins)
 
 
 async def serve(mcp: MCPServer, tiers: TierRegistry, metrics: Metrics, server: ServerConfig, transport: Transport,
-                host: str = "127.0.0.1", port: int = 8765) -> None:
+                host: str = "127.0.0.1", port: int = 8765, auth: AuthConfig | None = None) -> None:
     """Run until the transport ends (stdin closed, or SIGINT/SIGTERM for HTTP: uvicorn lets in-flight
     calls finish, then the models are freed and the port released)."""
     async with tiers.running():
         if transport == "stdio":
             await run_stdio(mcp)
             return
-        token = auth_token(server, host)
-        app = http_app(mcp, tiers, metrics, server, transport, host, port, token)
+        verifier = http_verifier(server, auth or AuthConfig(), [*(t.name for t in tiers), *tiers.unavailable], host)
+        app = http_app(mcp, tiers, metrics, server, transport, host, port, verifier)
         install_log_filters()
         limits = ConnectionLimits(connection_cap(server.max_connections), server.header_timeout_s,
                                   server.body_timeout_s)
         config = uvicorn.Config(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10,
-                                lifespan="on", http=guarded_protocol(limits))
+                                lifespan="on", http=guarded_protocol(limits),
+                                h11_max_incomplete_event_size=MAX_HEADER_BYTES)
         http = _Server(config)
         log.info("serving", transport=transport, url=f"http://{host}:{port}" + ("/sse" if transport == "sse" else "/mcp"),
-                 auth="bearer" if token else "none", stateless=server.stateless)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, http)
-            await http.serve()
-            tg.cancel_scope.cancel()
+                 auth=_auth_kinds(verifier), stateless=server.stateless)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_stop_on_signal, http)
+                await http.serve()
+                tg.cancel_scope.cancel()
+        finally:
+            if verifier is not None:
+                await verifier.aclose()
+
+
+def _auth_kinds(verifier: Verifier | None) -> str:
+    if verifier is None:
+        return "none"
+    kinds = [kind for kind, on in (("oauth", verifier.jwt), ("keys", verifier.keys), ("token", verifier.legacy))
+             if on is not None]
+    return "+".join(kinds)
 
 
 class _Server(uvicorn.Server):

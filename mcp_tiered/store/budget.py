@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 
-from ..accounting.budget import BudgetExceeded, BudgetUnavailable, CloudBudget, Reservation, cost, refusal
+from ..accounting.budget import BudgetExceeded, BudgetUnavailable, CloudBudget, Reservation, Spender, cost, refusal
 from ..config.schema import TokenPrices
 from .runtime import Store, StoreDown
 
@@ -37,8 +37,8 @@ class SharedBudget(CloudBudget):
 
     @asynccontextmanager
     async def hold(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int,
-                   lasts_s: float | None = None) -> AsyncIterator[Reservation]:
-        reservation = await self._reserve(prices, prompt, system, max_tokens, lasts_s)
+                   lasts_s: float | None = None, spender: Spender | None = None) -> AsyncIterator[Reservation]:
+        reservation = await self._reserve(prices, prompt, system, max_tokens, lasts_s, spender)
         try:
             yield reservation
         finally:
@@ -46,7 +46,7 @@ class SharedBudget(CloudBudget):
                 await self._close_shared(reservation, 0.0)
 
     async def _reserve(self, prices: TokenPrices, prompt: str, system: str, max_tokens: int,
-                       lasts_s: float | None) -> Reservation:
+                       lasts_s: float | None, spender: Spender | None) -> Reservation:
         worst = self.worst_case_cost(prices, prompt, system, max_tokens)
         # The first lease covers the whole call: a process cut off from the store while its call runs could
         # not renew, and the money it may still be billed must not go to another process meanwhile.
@@ -54,21 +54,31 @@ class SharedBudget(CloudBudget):
         day, month = self._periods()
         hold = self.store.new_id()
         try:
-            rows = await self.store.execute_shielded(
-                "SELECT held, day_used, month_used FROM mcp_tiered_reserve(%s, %s, %s, %s, %s, %s, %s, %s)",
-                (hold, self.store.instance, day, month, worst, self.daily, self.monthly, lease_s))
+            if spender is None:
+                rows = await self.store.execute_shielded(
+                    "SELECT held, day_used, month_used FROM mcp_tiered_reserve(%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (hold, self.store.instance, day, month, worst, self.daily, self.monthly, lease_s))
+            else:
+                rows = await self.store.execute_shielded(
+                    "SELECT held, day_used, month_used, own_day_used, own_month_used FROM mcp_tiered_reserve_for("
+                    "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (hold, self.store.instance, day, month, worst, self.daily, self.monthly, lease_s, spender.name,
+                     spender.daily, spender.monthly))
         except StoreDown as exc:
             self.store.unsettled[hold] = 0.0  # it may have been held before the answer was lost: release it
             raise BudgetUnavailable(f"the store {self.store.where} cannot be reached ({exc}), so the budget cannot "
                                     "be checked and no cloud call is made") from None
-        held, day_used, month_used = rows[0]
+        held, day_used, month_used, *own = rows[0]
         if not held:
-            for period, used, cap in (("daily", day_used, self.daily), ("monthly", month_used, self.monthly)):
+            caps = [("daily", day_used, self.daily, None), ("monthly", month_used, self.monthly, None)]
+            if spender is not None:
+                caps += [("daily", own[0], spender.daily, spender.name), ("monthly", own[1], spender.monthly, spender.name)]
+            for period, used, cap, whose in caps:
                 if cap is not None and worst > cap - used:
-                    raise BudgetExceeded(refusal(period, cap, cap - used, worst, self.currency))
+                    raise BudgetExceeded(refusal(period, cap, cap - used, worst, self.currency, whose))
             raise BudgetExceeded(refusal("daily" if self.daily is not None else "monthly", 0, 0, worst, self.currency))
         self.store.holds.add(hold)
-        return Reservation(worst, day, month, prices, hold=hold)
+        return Reservation(worst, day, month, prices, hold=hold, spender=spender.name if spender else None)
 
     async def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> float:
         real = cost(reservation.prices, input_tokens, output_tokens)

@@ -70,6 +70,16 @@ CREATE TABLE IF NOT EXISTS budget_holds (
 );
 COMMENT ON TABLE budget_holds IS 'open reservations: a worst case held until its call is settled; it counts while its process renews its lease';
 CREATE INDEX IF NOT EXISTS budget_holds_by_month ON budget_holds(month, day);
+ALTER TABLE budget_holds ADD COLUMN IF NOT EXISTS principal TEXT;
+COMMENT ON COLUMN budget_holds.principal IS 'the principal whose own cloud budget the hold also counts against; NULL: the team''s alone';
+CREATE INDEX IF NOT EXISTS budget_holds_by_principal ON budget_holds(principal, month, day);
+CREATE TABLE IF NOT EXISTS budget_spend_by_principal (
+    principal TEXT NOT NULL,
+    period TEXT NOT NULL,
+    spent DOUBLE PRECISION NOT NULL DEFAULT 0,
+    PRIMARY KEY (principal, period)
+);
+COMMENT ON TABLE budget_spend_by_principal IS 'what principals with a cloud budget of their own spent, by UTC day and month';
 CREATE TABLE IF NOT EXISTS endpoint_slots (
     id BIGINT PRIMARY KEY,
     endpoint TEXT NOT NULL,
@@ -120,18 +130,63 @@ BEGIN
     RETURN NEXT;
 END $$;
 
+-- The same for a principal with a budget of its own: the worst case must fit the team's caps and the principal's
+-- (its spend plus its holds), decided under the same lock.
+CREATE OR REPLACE FUNCTION mcp_tiered_reserve_for(p_hold BIGINT, p_instance TEXT, p_day TEXT, p_month TEXT,
+                                                  p_worst float8, p_daily float8, p_monthly float8, p_lease_s float8,
+                                                  p_principal TEXT, p_own_daily float8, p_own_monthly float8)
+RETURNS TABLE (held boolean, day_used float8, month_used float8, own_day_used float8, own_month_used float8)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({BUDGET_LOCK});
+    IF EXISTS (SELECT 1 FROM budget_holds h WHERE h.id = p_hold) THEN
+        held := true;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    SELECT COALESCE((SELECT s.spent FROM budget_spend s WHERE s.period = p_day), 0)
+         + COALESCE((SELECT sum(h.worst) FROM budget_holds h
+                     WHERE h.month = p_month AND h.day = p_day AND h.lease_until > clock_timestamp()), 0),
+           COALESCE((SELECT s.spent FROM budget_spend s WHERE s.period = p_month), 0)
+         + COALESCE((SELECT sum(h.worst) FROM budget_holds h
+                     WHERE h.month = p_month AND h.lease_until > clock_timestamp()), 0),
+           COALESCE((SELECT s.spent FROM budget_spend_by_principal s
+                     WHERE s.principal = p_principal AND s.period = p_day), 0)
+         + COALESCE((SELECT sum(h.worst) FROM budget_holds h WHERE h.principal = p_principal
+                     AND h.month = p_month AND h.day = p_day AND h.lease_until > clock_timestamp()), 0),
+           COALESCE((SELECT s.spent FROM budget_spend_by_principal s
+                     WHERE s.principal = p_principal AND s.period = p_month), 0)
+         + COALESCE((SELECT sum(h.worst) FROM budget_holds h WHERE h.principal = p_principal
+                     AND h.month = p_month AND h.lease_until > clock_timestamp()), 0)
+      INTO day_used, month_used, own_day_used, own_month_used;
+    held := (p_daily IS NULL OR day_used + p_worst <= p_daily) AND (p_monthly IS NULL OR month_used + p_worst <= p_monthly)
+        AND (p_own_daily IS NULL OR own_day_used + p_worst <= p_own_daily)
+        AND (p_own_monthly IS NULL OR own_month_used + p_worst <= p_own_monthly);
+    IF held THEN
+        INSERT INTO budget_holds (id, instance, day, month, worst, lease_until, principal)
+            VALUES (p_hold, p_instance, p_day, p_month, p_worst, clock_timestamp() + make_interval(secs => p_lease_s),
+                    p_principal);
+    END IF;
+    RETURN NEXT;
+END $$;
+
 -- Settling replaces a hold by what the call was billed (0: released). A hold settled twice counts once: the
 -- second call finds no hold and changes nothing. A hold whose lease ran out can still be settled.
 CREATE OR REPLACE FUNCTION mcp_tiered_settle(p_hold BIGINT, p_spent float8) RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE h_day TEXT; h_month TEXT;
+DECLARE h_day TEXT; h_month TEXT; h_principal TEXT;
 BEGIN
-    DELETE FROM budget_holds WHERE id = p_hold RETURNING day, month INTO h_day, h_month;
+    DELETE FROM budget_holds WHERE id = p_hold RETURNING day, month, principal INTO h_day, h_month, h_principal;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
     IF p_spent > 0 THEN
         INSERT INTO budget_spend (period, spent) VALUES (h_day, p_spent), (h_month, p_spent)
             ON CONFLICT (period) DO UPDATE SET spent = budget_spend.spent + EXCLUDED.spent;
+        IF h_principal IS NOT NULL THEN
+            INSERT INTO budget_spend_by_principal (principal, period, spent)
+                VALUES (h_principal, h_day, p_spent), (h_principal, h_month, p_spent)
+                ON CONFLICT (principal, period) DO UPDATE SET spent = budget_spend_by_principal.spent + EXCLUDED.spent;
+        END IF;
     END IF;
     RETURN true;
 END $$;

@@ -419,7 +419,7 @@ def test_a_ledger_of_schema_1_gains_the_new_columns_and_keeps_its_rows(tmp_path:
     path = tmp_path / "old.sqlite3"
     import re
 
-    newer = ("verification REAL", "prompt_s REAL", "client TEXT", "instance TEXT")  # the columns schemas 2 to 5 added
+    newer = ("verification REAL", "prompt_s REAL", "client TEXT", "instance TEXT", "principal TEXT")  # the columns schemas 2 to 6 added
     tables = ledger_module.SCHEMA.split("-- Covering indexes")[0]  # schema 1 had neither these indexes
     lines = [line for line in tables.splitlines() if not line.strip().startswith(newer)]
     old_schema = re.sub(r",(\s*--[^\n]*)?\n\)", r"\1\n)", "\n".join(lines))

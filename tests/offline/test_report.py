@@ -194,7 +194,7 @@ def test_html_report_is_a_self_contained_page_with_the_chart_and_the_table(costs
     lines = [a["class"] for t, a in tags if t == "polyline"]
     assert lines == ["local", "cloud-only"]
     assert all(len(a["points"].split()) == 31 for t, a in tags if t == "polyline")  # months 0..30
-    assert sum(t == "tr" for t, _ in tags) == 1 + 4 + 1 + 1 + 1 + 1  # header + small, large, cloud, cache; header + one client; header + one server
+    assert sum(t == "tr" for t, _ in tags) == 1 + 4 + 1 + 1 + 1 + 1 + 1 + 1  # header + small, large, cloud, cache; header + one principal; header + one client; header + one server
     assert "break-even 19.9 months" in "".join(page.text)
     assert not [t for t, a in tags if t == "script" or (t == "link" and a.get("rel") == "stylesheet")]
 

@@ -74,8 +74,9 @@ def test_binding_beyond_loopback_without_a_token_refuses_to_start(small_tier_con
                           "--host", "0.0.0.0", "--port", str(free_port())],
                          capture_output=True, text=True, timeout=30, env=server_env())
     assert out.returncode == 1
-    assert out.stderr.strip() == ("error: --host 0.0.0.0: serving beyond this machine needs a bearer token; set "
-                                  "[server] auth_token_env to the name of an environment variable holding it")
+    assert out.stderr.strip() == ("error: --host 0.0.0.0: serving beyond this machine needs authentication; set "
+                                  "[auth] oauth or keys_file, or [server] auth_token_env to the name of an "
+                                  "environment variable holding a bearer token")
 
 
 def calls_counted(metrics_text: str) -> float:
