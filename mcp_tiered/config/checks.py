@@ -13,7 +13,7 @@ from .schema import CLOUD, RESERVED_TIER_NAMES, TIER_NAME, Config
 
 def problems(config: Config) -> list[str]:
     """Every problem of a config whose types are valid."""
-    return _semantic_problems(config) + _chain_problems(config) + _verifier_problems(config)
+    return _semantic_problems(config) + _chain_problems(config) + _verifier_problems(config) + _auth_problems(config)
 
 
 def _semantic_problems(config: Config) -> list[str]:
@@ -38,6 +38,18 @@ def _semantic_problems(config: Config) -> list[str]:
                 problems.append(f"cloud.{key}: the cloud budget is set in [budget]; keep it there only (as "
                                 f"{key.removesuffix('_budget')} = ...) and remove this key")
     return problems
+
+
+def _auth_problems(config: Config) -> list[str]:
+    """The mcp-tiered scopes [auth.oauth] grants must exist (a tools:<tier> must name a tier)."""
+    from ..auth.scopes import scope_problem
+
+    oauth = config.auth.oauth
+    if oauth is None:
+        return []
+    return [f"{key_path(['auth', 'oauth', 'grants', given])}[{i}]: {problem}"
+            for given, scopes in oauth.grants.items() for i, scope in enumerate(scopes)
+            if (problem := scope_problem(scope, config.tiers)) is not None]
 
 
 def _cost_problems(config: Config) -> list[str]:
