@@ -219,3 +219,28 @@ def own_postgres() -> Iterator[Postgres]:
 def store_url(postgres: Postgres) -> str:
     """A new, empty database on the session's cluster, over its Unix socket."""
     return postgres.url(postgres.new_database())
+
+
+SECRETS: set[str] = set()
+"""Every token and key a test handed to a server: none may appear in any log of the whole run."""
+
+
+def secret(value: str) -> str:
+    """`value`, remembered for the end-of-run search of every log (no_secret_in_any_log)."""
+    SECRETS.add(value)
+    return value
+
+
+LOG_SUFFIXES = (".stderr", ".log")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole run: every server's, provider's and tool's log under the run's temporary folder is
+    searched for every remembered token and key (an error at the end of the run if one is found)."""
+    yield
+    if not SECRETS:
+        return
+    logs = [p for p in tmp_path_factory.getbasetemp().rglob("*") if p.is_file() and p.name.endswith(LOG_SUFFIXES)]
+    found = [(str(p), s[:8] + "…") for p in logs for s in SECRETS if s in p.read_text(errors="replace")]
+    assert not found, f"secrets in logs: {found}"

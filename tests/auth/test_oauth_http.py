@@ -19,13 +19,13 @@ from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
-from conftest import free_port, http_server
+from conftest import free_port, http_server, secret
 from oidc_provider import new_private_jwks, public_jwks, running_oidc_provider, sign_token
 
 pytestmark = pytest.mark.anyio
 
-AGENT = {"client_id": "agent", "client_secret": "agent-secret-7f3a", "scope": "tools cloud report"}
-NARROW = {"client_id": "narrow", "client_secret": "narrow-secret-91c2", "scope": "tools"}
+AGENT = {"client_id": "agent", "client_secret": secret("agent-secret-7f3a"), "scope": "tools cloud report"}
+NARROW = {"client_id": "narrow", "client_secret": secret("narrow-secret-91c2"), "scope": "tools"}
 CALL = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
         "params": {"name": "generate_small", "arguments": {"prompt": "hi"}}}
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -47,6 +47,12 @@ class MemoryStorage:
 
     async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
         self.client = client_info
+
+
+async def remember_bearer(request: httpx2.Request) -> None:
+    """The access token the SDK's client obtained, for the end-of-run search of the logs."""
+    if (value := request.headers.get("authorization", "")).startswith("Bearer "):
+        secret(value.removeprefix("Bearer "))
 
 
 def oauth_config(folder: Path, smollm2: Path, issuer: str, resource: str) -> Path:
@@ -117,7 +123,8 @@ async def test_the_sdk_oauth_client_discovers_the_provider_from_a_401_and_calls_
                                               client_id=AGENT["client_id"], client_secret=AGENT["client_secret"],
                                               issuer=op.issuer)
         with anyio.fail_after(90):
-            async with http_server(config, port=port) as base, httpx2.AsyncClient(auth=auth) as http, \
+            async with http_server(config, port=port) as base, \
+                    httpx2.AsyncClient(auth=auth, event_hooks={"request": [remember_bearer]}) as http, \
                     Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client:
                 result = await client.call_tool("generate_small", {"prompt": "Say hi.", "temperature": 0})
                 report = await http.get(f"{base}/report")
@@ -138,12 +145,12 @@ async def test_every_bad_token_is_refused_with_401_and_nothing_reaches_a_model(t
     resources = {resource: {"scope": "tools"}, other: {"scope": "tools"}}
     with running_oidc_provider(tmp_path, [NARROW], resources, jwks=jwks) as op:
         config = oauth_config(tmp_path, smollm2, op.issuer, resource)
-        tokens = bad_tokens(jwks, op.issuer, resource, op.token(NARROW["client_id"], NARROW["client_secret"], other,
-                                                                "tools"))
+        tokens = {name: secret(token) for name, token in bad_tokens(
+            jwks, op.issuer, resource, op.token(NARROW["client_id"], NARROW["client_secret"], other, "tools")).items()}
         answers: dict[str, httpx2.Response] = {}
         with anyio.fail_after(90):
             async with http_server(config, port=port) as base, httpx2.AsyncClient() as http:
-                good = op.token(NARROW["client_id"], NARROW["client_secret"], resource, "tools")
+                good = secret(op.token(NARROW["client_id"], NARROW["client_secret"], resource, "tools"))
                 assert (await http.post(f"{base}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                                         headers={**HEADERS, "authorization": f"Bearer {good}"})).status_code != 401
                 fetched = op.jwks_requests()

@@ -13,10 +13,10 @@ import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import http_server, stdio_server
+from conftest import http_server, secret, stdio_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
-TOKEN = "legacy-shared-token-5d1e"
+TOKEN = secret("legacy-shared-token-5d1e")
 
 
 def config(tmp_path: Path, smollm2: Path, extra: str = "") -> Path:

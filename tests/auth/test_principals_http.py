@@ -19,7 +19,7 @@ from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import Implementation
 
-from conftest import MCP_TIERED, http_server, server_env
+from conftest import MCP_TIERED, http_server, secret, server_env
 from fake_anthropic import FakeAnthropic
 from mcp_tiered.accounting.budget import PROMPT_TOKEN_MARGIN
 from mcp_tiered.auth.keys import add_key
@@ -31,7 +31,7 @@ PRICES = (3.0, 15.0)
 BILLED = (20 * PRICES[0] + 8 * PRICES[1]) / 1e6
 """What the tests' Messages API bills every answer (20 tokens in, 8 out): with a 4-byte prompt and max_tokens 8
 a call's worst case is exactly that, so a cap counts whole calls."""
-KEY = {"ANTHROPIC_API_KEY": "sk-test-never-logged"}
+KEY = {"ANTHROPIC_API_KEY": secret("sk-test-never-logged")}
 
 
 def config_for(folder: Path, fake_url: str, smollm2: Path | None = None, team_calls: float = 1000,
@@ -49,7 +49,7 @@ def config_for(folder: Path, fake_url: str, smollm2: Path | None = None, team_ca
 
 
 def key(folder: Path, name: str, scopes: list[str], **limits: Any) -> str:
-    return add_key(folder / "keys.json", name, scopes, PrincipalLimits(**limits))
+    return secret(add_key(folder / "keys.json", name, scopes, PrincipalLimits(**limits)))
 
 
 @asynccontextmanager

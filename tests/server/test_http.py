@@ -15,11 +15,11 @@ from mcp.client.client import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import MCP_TIERED, free_port, http_server, server_env
+from conftest import MCP_TIERED, free_port, http_server, secret, server_env
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 
-TOKEN = "test-token-4f1c"
+TOKEN = secret("test-token-4f1c")
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
 
