@@ -467,7 +467,7 @@ def _keys_file(args: argparse.Namespace) -> tuple[Path, Config] | int:
     if config.auth.keys_file is None:
         print("error: auth.keys_file: is not set in the config, so there is no key file to manage; set it to a "
               "path such as keys.json", file=sys.stderr)
-        return 2
+        return 1
     return config.auth.keys_file, config
 
 
@@ -488,12 +488,12 @@ def cmd_keys_add(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         option = "--" + str(exc.errors()[0]["loc"][0]).replace("_", "-")
         print(f"error: {option}: {explain(exc, PrincipalLimits)[0].split(': ', 1)[1]}", file=sys.stderr)
-        return 2
+        return 1
     try:
         key = add_key(path, args.name, args.scope or DEFAULT_SCOPES, limits, tiers=config.tiers)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     print(key)
     print(f"note: this is key {args.name!r}; it is shown once and stored nowhere (only its sha256, in {path})",
           file=sys.stderr)
@@ -513,7 +513,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         entries = list_keys(path)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     rows = [{"name": e.name, "sha256_prefix": e.sha256[:8], "scopes": list(e.scopes),
              "limits": e.limits.model_dump(exclude_none=True), "created": e.created} for e in entries]
     if args.format == "json":
@@ -542,11 +542,11 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         revoked = revoke_key(path, args.name)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     if not revoked:
         print(f"error: there is no key named {args.name!r} in {path}; `mcp-tiered keys list` shows them",
               file=sys.stderr)
-        return 2
+        return 1
     print(f"revoked key {args.name!r}; the server refuses it from its next request on")
     return 0
 

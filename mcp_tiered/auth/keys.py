@@ -284,6 +284,9 @@ def add_key(path: Path, name: str, scopes: Iterable[str], limits: PrincipalLimit
     tier_names = None if tiers is None else tuple(tiers)
     if problem := name_problem(name):
         raise ConfigError(f"key name: {problem}")
+    if name == DEFAULT_KEY_NAME:
+        raise ConfigError(f"key name: {DEFAULT_KEY_NAME!r} is the name of [server] auth_token_env's token (its "
+                          f"principal is key:{DEFAULT_KEY_NAME}); choose another name")
     if not scopes:
         raise ConfigError(f"a key needs at least one scope; valid scopes are {', '.join(EVERY_SCOPE)} and tools:<tier>")
     for scope in scopes:

@@ -289,26 +289,32 @@ def test_cli_add_without_a_scope_grants_tools_only(write_config) -> None:
     assert list_keys(config.parent / "keys.json")[0].scopes == ("tools",)
 
 
-def test_cli_revoke_of_an_unknown_name_exits_2_with_one_sentence(write_config) -> None:
+def test_cli_revoke_of_an_unknown_name_exits_1_with_one_sentence(write_config) -> None:
     config = write_config(CONFIG)
     out = keys_cli(config, "revoke", "nobody")
-    assert (out.returncode, out.stdout) == (2, "")
+    assert (out.returncode, out.stdout) == (1, "")
     assert out.stderr == (f"error: there is no key named 'nobody' in {config.parent / 'keys.json'}; "
                           "`mcp-tiered keys list` shows them\n")
 
 
-def test_cli_add_of_a_bad_scope_exits_2_with_one_sentence(write_config) -> None:
+def test_cli_add_of_a_bad_scope_exits_1_with_one_sentence(write_config) -> None:
     out = keys_cli(write_config(CONFIG), "add", "ci", "--scope", "clod")
-    assert (out.returncode, out.stdout) == (2, "")
+    assert (out.returncode, out.stdout) == (1, "")
     assert out.stderr == "error: 'clod' is not a scope; valid scopes are tools, cloud, report and tools:<tier>\n"
 
 
 def test_cli_add_of_a_bad_limit_names_the_option(write_config) -> None:
     out = keys_cli(write_config(CONFIG), "add", "ci", "--tokens-per-day", "0")
-    assert (out.returncode, out.stderr) == (2, "error: --tokens-per-day: must be an integer ≥ 1, got 0\n")
+    assert (out.returncode, out.stderr) == (1, "error: --tokens-per-day: must be an integer ≥ 1, got 0\n")
 
 
 def test_cli_without_a_keys_file_says_so_naming_auth_keys_file(write_config) -> None:
     out = keys_cli(write_config('[tiers.small]\nmodel = "m.gguf"\ndescription = "x"\n'), "list")
-    assert out.returncode == 2
+    assert out.returncode == 1
     assert out.stderr.startswith("error: auth.keys_file: is not set in the config") and out.stderr.count("\n") == 1
+
+
+def test_the_name_of_the_legacy_token_is_reserved(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'default' is the name of \\[server\\] auth_token_env's token"):
+        add_key(tmp_path / "keys.json", DEFAULT_KEY_NAME, ["tools"])
+    assert not (tmp_path / "keys.json").exists()
