@@ -148,8 +148,49 @@ def cmd_check(args: argparse.Namespace) -> int:
         line, store_failed = _check_store(config)
         print(line)
         failed |= store_failed
+    for line, auth_failed in _check_auth(config):
+        print(line)
+        failed |= auth_failed
     _check_plan(list(plans.values()), gpus, why)
     return 1 if failed else 0
+
+
+def _check_auth(config: Config) -> list[tuple[str, bool]]:
+    """[auth]'s lines: the keys file's keys, and the identity provider's metadata and JWKS, read now."""
+    lines = []
+    if config.auth.keys_file is not None:
+        from .auth.keys import KeyFile
+
+        try:
+            count = len(KeyFile(config.auth.keys_file, list(config.tiers)).entries)
+            lines.append((f"ok     auth: keys file {config.auth.keys_file} ({count} key{'s' * (count != 1)})", False))
+        except ConfigError as exc:
+            lines.append((f"error  auth: {exc}", True))
+    if (oauth := config.auth.oauth) is not None:
+        import anyio
+        import httpx2
+
+        from .auth.jwt_tokens import JwtVerifier
+
+        async def probe() -> int:
+            verifier = JwtVerifier(oauth)
+            try:
+                return await verifier.probe()
+            finally:
+                await verifier.aclose()
+
+        try:
+            count = anyio.run(probe)
+        except (httpx2.HTTPError, ValueError) as exc:
+            lines.append((f"error  auth: the identity provider {oauth.issuer} cannot be read ({exc})", True))
+        else:
+            if count:
+                lines.append((f"ok     auth: issuer {oauth.issuer}, {count} signing key{'s' * (count != 1)} for "
+                              f"{', '.join(oauth.algorithms)}", False))
+            else:
+                lines.append((f"error  auth: the identity provider {oauth.issuer} publishes no key for "
+                              f"{', '.join(oauth.algorithms)} (auth.oauth.algorithms)", True))
+    return lines
 
 
 def _check_store(config: Config) -> tuple[str, bool]:

@@ -89,6 +89,13 @@ class JwtVerifier:
             self._http = httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=False)
         return self._http
 
+    async def probe(self) -> int:
+        """How many keys the provider publishes that can verify its tokens here (for `check`); raises
+        httpx.HTTPError or ValueError when its metadata or JWKS cannot be read."""
+        self._jwks_uri = await self._discover()
+        self._keys = await self._fetch_keys(self._jwks_uri)
+        return len(self._keys)
+
     async def verify(self, token: str) -> Verified:
         """The token's principal and scopes, or Refused."""
         if len(token) > MAX_TOKEN_CHARS:

@@ -188,3 +188,22 @@ async def test_the_protected_resource_metadata_names_the_issuer_and_the_scopes(t
     assert metadata["resource"] == resource
     assert metadata["authorization_servers"] == [op.issuer]
     assert metadata["scopes_supported"] == ["tools", "cloud", "report"]
+
+
+def test_check_reads_the_providers_keys_and_says_when_it_cannot(tmp_path: Path, smollm2: Path) -> None:
+    import subprocess
+
+    from conftest import MCP_TIERED, server_env
+
+    resource = "http://127.0.0.1:9/mcp"
+    with running_oidc_provider(tmp_path, [NARROW], {resource: {"scope": "tools"}}) as op:
+        config = oauth_config(tmp_path, smollm2, op.issuer, resource)
+        found = subprocess.run([MCP_TIERED, "check", "--config", str(config)], capture_output=True, text=True,
+                               timeout=120, env=server_env())
+    gone = subprocess.run([MCP_TIERED, "check", "--config", str(config)], capture_output=True, text=True,
+                          timeout=120, env=server_env())
+    assert f"ok     auth: issuer {op.issuer}, 1 signing key for RS256, ES256" in found.stdout.splitlines()
+    assert found.returncode == 0, found.stdout
+    assert gone.returncode == 1
+    assert [line for line in gone.stdout.splitlines() if "auth:" in line][0].startswith(
+        f"error  auth: the identity provider {op.issuer} cannot be read (")
