@@ -22,6 +22,7 @@ from ..accounting.ledger import CallRecord, Ledger
 from .results import Escalation, GenerateResult, Usage, Verification
 from .routing import Route
 from .tiers import Tier, TierRegistry
+from ..auth import scopes
 from ..auth.limits import TokenQuota
 from ..auth.principal import Principal
 
@@ -77,6 +78,7 @@ class Dispatcher:
         """The `generate` tool: pick the entry tier, then the usual cascade from it."""
         started = time.perf_counter()
         try:
+            self._check_router_scope(principal)
             route = await self.route(prompt, system, options)
         except RequestError as exc:
             first = next(iter(self.tiers)).name
@@ -100,6 +102,8 @@ class Dispatcher:
         event = log.bind(tool=tool, tier=tier_name)
         trace = Trace(client=client, principal=principal)
         try:
+            if via is None:
+                self._check_tier_scope(tier_name, principal)
             self._check_quota(principal)
             result = await self._serve(tier_name, prompt, system, options, started, control, trace)
             if route_note is not None:
@@ -129,6 +133,28 @@ class Dispatcher:
         outcome = "cache_hit" if result.cache_hit else "ok"
         await self._commit(self._account(tool, tier_name, outcome, started, trace, result))
         return result
+
+    def _check_tier_scope(self, tier_name: str, principal: Principal | None) -> None:
+        """RequestError when the principal may not call the tier's tool (its scopes), in one sentence."""
+        if principal is None:
+            return
+        tier = self.tiers.get(tier_name)
+        if not principal.grants.may_call(tier.name):
+            raise RequestError(f"{principal.name} may not call {tier.tool_name}: it needs the scope {scopes.TOOLS} "
+                               f"or {scopes.TIER_PREFIX}{tier.name}")
+        if tier.capabilities.billing == "tokens" and not principal.grants.cloud:
+            raise RequestError(f"{principal.name} may not call {tier.tool_name}: tier {tier.name} is billed per "
+                               f"token, which needs the scope {scopes.CLOUD}")
+
+    def _check_router_scope(self, principal: Principal | None) -> None:
+        """`generate` may start at any entry tier: the principal must be allowed every one of them."""
+        entries = [t.name for t in self.entry_tiers()]
+        if principal is None or all(principal.grants.may_call(t) for t in entries):
+            return
+        allowed = [self.tiers.get(t).tool_name for t in sorted(principal.grants.tiers) if t in self.tiers]
+        raise RequestError(f"{principal.name} may not call {ROUTER_TOOL}, which may start at any of the tiers "
+                           f"{', '.join(entries)}: it needs the scope {scopes.TOOLS}"
+                           + (f"; call {', '.join(allowed)} instead" if allowed else ""))
 
     def _check_quota(self, principal: Principal | None) -> None:
         if principal is None:
@@ -171,7 +197,10 @@ class Dispatcher:
         call = build_call(first, parse_arguments({"prompt": prompt, "system": system, **options}))
         cache_key = None
         if self.cache is not None and call.use_cache:
-            cache_key = (tier_name, first.backend.model_name, call.request, call.escalate, call.local_only)
+            # Whether the call may reach the cloud is part of the key: an answer that came from there is no
+            # answer for a principal whose calls may not.
+            cloud = trace.principal is None or trace.principal.grants.cloud
+            cache_key = (tier_name, first.backend.model_name, call.request, call.escalate, call.local_only, cloud)
             if (hit := await self.cache.lookup(cache_key)) is not None:
                 return hit.model_copy(update={"cache_hit": True, "latency_ms": _ms_since(started)})
         control.set_deadline(call.deadline_s or self.default_deadline_s)

@@ -24,7 +24,6 @@ from .. import __version__
 from ..auth import scopes
 from ..auth.http import principal_now
 from ..auth.limits import TokenQuota
-from ..auth.principal import Principal
 from ..backends.pool import CallControl
 from ..calls.cache import ResponseCache
 from ..compat.mcp_sdk import lowlevel_server
@@ -100,16 +99,12 @@ _TOOL_SIGNATURE = _tool_signature()
 
 
 def _generation_tool(name: str, title: str, description: str, annotations: ToolAnnotations, bounds: Bounds,
-                     run: Callable[..., Awaitable[GenerateResult]], server: ServerConfig,
-                     refusal: Callable[[Principal], str | None]) -> Tool:
-    """A tool taking GenerateArguments: `run(prompt, system, control, **options)` answers it; `refusal` says
-    why a principal may not call it (None: it may)."""
+                     run: Callable[..., Awaitable[GenerateResult]], server: ServerConfig) -> Tool:
+    """A tool taking GenerateArguments: `run(prompt, system, control, **options)` answers it, for the principal
+    of the request (whose scopes the dispatcher checks)."""
 
     async def generate(ctx: Context, **arguments: Any) -> Annotated[CallToolResult, GenerateResult]:
         principal = principal_now()
-        if (refused := refusal(principal)) is not None:
-            log.warning("tool_refused", tool=name, principal=principal.name, reason="scope")
-            raise ToolError(refused)
         control = CallControl()
         failure: TieredError | None = None
         prompt, system = arguments.pop("prompt", ""), arguments.pop("system", "")
@@ -137,41 +132,13 @@ def _generation_tool(name: str, title: str, description: str, annotations: ToolA
     return tool
 
 
-def _tier_refusal(tier: Tier) -> Callable[[Principal], str | None]:
-    billed = tier.capabilities.billing == "tokens"
-
-    def refusal(principal: Principal) -> str | None:
-        if not principal.grants.may_call(tier.name):
-            return (f"{principal.name} may not call {tier.tool_name}: it needs the scope {scopes.TOOLS} or "
-                    f"{scopes.TIER_PREFIX}{tier.name}")
-        if billed and not principal.grants.cloud:
-            return (f"{principal.name} may not call {tier.tool_name}: tier {tier.name} is billed per token, which "
-                    f"needs the scope {scopes.CLOUD}")
-        return None
-
-    return refusal
-
-
-def _router_refusal(entries: list[str]) -> Callable[[Principal], str | None]:
-    def refusal(principal: Principal) -> str | None:
-        if all(principal.grants.may_call(t) for t in entries):
-            return None
-        allowed = [f"generate_{t}" for t in sorted(principal.grants.tiers)]
-        return (f"{principal.name} may not call {ROUTER_TOOL}, which may start at any of the tiers "
-                f"{', '.join(entries)}: it needs the scope {scopes.TOOLS}"
-                + (f"; call {', '.join(allowed)} instead" if allowed else ""))
-
-    return refusal
-
-
 def _tool_for(tier: Tier, dispatcher: Dispatcher, server: ServerConfig) -> Tool:
     return _generation_tool(
         tier.tool_name, f"Generate with the {tier.name} tier", tier.description,
         ToolAnnotations(title=f"{tier.name} tier ({tier.backend.model_name})", read_only_hint=True,
                         destructive_hint=False, idempotent_hint=False,
                         open_world_hint=tier.capabilities.prompt_leaves_machine),
-        tier_bounds(tier, server.default_deadline_s), functools.partial(dispatcher.generate, tier.name), server,
-        _tier_refusal(tier))
+        tier_bounds(tier, server.default_deadline_s), functools.partial(dispatcher.generate, tier.name), server)
 
 
 def _router_tool(dispatcher: Dispatcher, server: ServerConfig) -> Tool:
@@ -194,7 +161,7 @@ def _router_tool(dispatcher: Dispatcher, server: ServerConfig) -> Tool:
         ToolAnnotations(title="generate (picks the tier)", read_only_hint=True, destructive_hint=False,
                         idempotent_hint=False, open_world_hint=any(
                             t.capabilities.prompt_leaves_machine for t in dispatcher.tiers)),
-        bounds, dispatcher.generate_routed, server, _router_refusal(names))
+        bounds, dispatcher.generate_routed, server)
 
 
 REPORT_URI = "tiered://report"

@@ -85,6 +85,9 @@ async def test_without_the_cloud_scope_no_call_reaches_the_cloud(tmp_path: Path,
     assert direct.is_error and direct.content[0].text == (
         "Error executing tool generate_claude: key:local-only may not call generate_claude: tier claude is billed per token, which needs the scope cloud")
     assert local not in logged(tmp_path)
+    assert ledger_rows(tmp_path, "SELECT principal, tool, outcome FROM calls ORDER BY id") == [
+        ("key:local-only", "generate_small", "error"), ("key:local-only", "generate_small", "ok"),
+        ("key:local-only", "generate_claude", "error")]  # refused calls are recorded too, with their principal
 
 
 async def test_without_the_report_scope_report_metrics_and_the_resource_are_refused(tmp_path: Path) -> None:
