@@ -229,3 +229,22 @@ async def test_the_ledger_records_the_principal_whatever_client_name_is_sent(tmp
     lines = done.stdout.splitlines()
     assert lines[0].split()[:3] == ["principal", "calls", "answered"]
     assert [line.split()[:3] for line in lines[1:3]] == [["key:bob", "2", "2"], ["key:alice", "1", "1"]]
+
+
+async def test_tokens_and_cloud_spend_of_earlier_runs_count_after_a_restart(tmp_path: Path) -> None:
+    with FakeAnthropic(reply="4") as fake:
+        config = config_for(tmp_path, fake.url)
+        keys = {"thrifty": key(tmp_path, "thrifty", ["tools", "cloud"], tokens_per_day=20),
+                "frugal": key(tmp_path, "frugal", ["tools", "cloud"], cloud_daily=1.5 * BILLED)}
+        answers: dict[str, list[bool]] = {name: [] for name in keys}
+        with anyio.fail_after(60):
+            for _ in range(2):
+                async with http_server(config, **KEY) as base:
+                    for name, token in keys.items():
+                        async with client_for(base, token) as client:
+                            result = await client.call_tool("generate_claude", {"prompt": "abc?"})
+                            answers[name].append(result.is_error)
+                            last = result
+        assert len(fake.requests) == 2
+    assert answers == {"thrifty": [False, True], "frugal": [False, True]}
+    assert "of key:frugal's daily cloud budget" in last.content[0].text
