@@ -65,7 +65,10 @@ class Gate:
                                             on_error=_bad_credentials)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":  # not served: refused rather than let past the checks
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":  # lifespan
             await self._signed_in.app(scope, receive, send)
             return
         if scope["path"] in OPEN_PATHS:

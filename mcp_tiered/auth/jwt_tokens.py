@@ -66,7 +66,8 @@ class JwtVerifier:
     def __init__(self, oauth: OAuthConfig, http: httpx.AsyncClient | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.oauth = oauth
-        self.audiences = sorted({oauth.resource, oauth.resource.rstrip("/")})
+        resource = oauth.resource.rstrip("/")
+        self.audiences = [resource, resource + "/"]
         self._http = http
         self._clock = clock
         self._keys: dict[str | None, _Key] = {}
@@ -142,8 +143,10 @@ class JwtVerifier:
         return self._fetched_at is None or now - self._fetched_at >= self.oauth.jwks_max_age_s
 
     async def _key(self, kid: str | None) -> _Key:
-        if (key := self._cached(kid)) is not None and not self._stale(self._clock()):
-            return key
+        now = self._clock()
+        if (key := self._cached(kid)) is not None and (not self._stale(now) or self._lock.locked()
+                                                        or now < self._retry_at):
+            return key  # a stale set still serves while it is fetched anew, or after a fetch failed
         async with self._lock:  # one fetch for every request waiting on it
             now = self._clock()
             if now >= self._retry_at:
@@ -162,7 +165,7 @@ class JwtVerifier:
                 self._jwks_uri = await self._discover()
             keys = await self._fetch_keys(self._jwks_uri)
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
-            self._retry_at = now + RETRY_FAILED_FETCH_S
+            self._retry_at = self._clock() + RETRY_FAILED_FETCH_S  # from the failure: a timeout takes seconds
             log.warning("jwks_unavailable", issuer=self.oauth.issuer, error=_short(exc),
                         action="tokens signed with keys not yet fetched are refused until it answers")
             return
@@ -188,6 +191,8 @@ class JwtVerifier:
             jwks_uri = metadata.get("jwks_uri")
             if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
                 raise ValueError(f"the metadata at {url} names no jwks_uri")
+            if issuer.startswith("https://") and not jwks_uri.startswith("https://"):
+                raise ValueError(f"the metadata at {url} names a jwks_uri without https")
             return jwks_uri
         raise ValueError("the issuer serves no OpenID or OAuth metadata")
 

@@ -227,6 +227,8 @@ def _entry(item: Any, at: list[str | int], tiers: tuple[str, ...] | None) -> Key
     name, sha256, scopes = item["name"], item["sha256"], item["scopes"]
     if problem := name_problem(name):
         return f"{key_path([*at, 'name'])}: {problem}"
+    if name == DEFAULT_KEY_NAME:
+        return f"{key_path([*at, 'name'])}: 'default' is the name of [server] auth_token_env's token; rename this key"
     if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
         return f"{key_path([*at, 'sha256'])}: must be 64 lowercase hex digits (the sha256 of the key)"
     if not isinstance(scopes, list):
@@ -279,7 +281,7 @@ def list_keys(path: Path) -> list[KeyEntry]:
 def add_key(path: Path, name: str, scopes: Iterable[str], limits: PrincipalLimits = PrincipalLimits(),
             tiers: Iterable[str] | None = None) -> str:
     """Adds a key named `name` to the file (creating it) and returns the key: shown once, stored nowhere."""
-    path = Path(path)
+    path = Path(path).resolve()  # a symlinked file stays a symlink: its target is what changes
     scopes = tuple(dict.fromkeys(scopes))
     tier_names = None if tiers is None else tuple(tiers)
     if problem := name_problem(name):
@@ -304,7 +306,7 @@ def add_key(path: Path, name: str, scopes: Iterable[str], limits: PrincipalLimit
 
 def revoke_key(path: Path, name: str) -> bool:
     """Removes the key named `name`; False when there is none."""
-    path = Path(path)
+    path = Path(path).resolve()
     with _locked(path):
         entries = list_keys(path)
         kept = [entry for entry in entries if entry.name != name]

@@ -40,21 +40,37 @@ def retry_after(seconds: float) -> str:
 
 
 class TokenQuota:
-    """Tokens each principal's calls used today (UTC), counted as each call ends; `restore` adds what the
-    ledger recorded before this process started."""
+    """Tokens each principal's calls used today (UTC), counted as each call ends, and the worst case of its
+    calls in flight, held while they run (so that concurrent calls cannot all start on the same tokens left);
+    `restore` adds what the ledger recorded before this process started."""
 
     def __init__(self, clock: Callable[[], float] = time.time):
         self._clock = clock
         self._used: dict[tuple[str, str], int] = {}
+        self._held: dict[tuple[str, str], int] = {}
 
     def _today(self) -> str:
         return periods(self._clock())[0]
 
     def left(self, principal: str, per_day: int | None) -> int | None:
-        """Tokens left today, or None without a limit."""
+        """Tokens left today once the calls in flight use their worst case, or None without a limit."""
         if per_day is None:
             return None
-        return per_day - self._used.get((principal, self._today()), 0)
+        key = (principal, self._today())
+        return per_day - self._used.get(key, 0) - self._held.get(key, 0)
+
+    def hold(self, principal: str, tokens: int) -> tuple[str, str, int]:
+        """Hold a starting call's worst case; `release` what this returns when the call has been counted."""
+        key = (principal, self._today())
+        self._held[key] = self._held.get(key, 0) + tokens
+        return (*key, tokens)
+
+    def release(self, held: tuple[str, str, int]) -> None:
+        principal, day, tokens = held
+        self._held[(principal, day)] -= tokens
+
+    def held(self, principal: str) -> int:
+        return self._held.get((principal, self._today()), 0)
 
     def count(self, principal: str, tokens: int) -> None:
         if tokens > 0:

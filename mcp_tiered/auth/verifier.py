@@ -16,7 +16,7 @@ from ..accounting.ledger import visible
 from ..config.auth import AuthConfig, PrincipalLimits
 from .jwt_tokens import JwtVerifier, Refused
 from .keys import TOKEN_PREFIX, KeyFile, default_key
-from .principal import NAME_CHARS, Principal
+from .principal import ANONYMOUS, KEY_PREFIX, NAME_CHARS, Principal
 from .scopes import Grants, scope_problem
 
 log = structlog.get_logger(__name__)
@@ -62,6 +62,8 @@ class Verifier:
             return self._with_limits(entry.principal()), None, None
         verified = await self.jwt.verify(token)
         name = visible(verified.principal[:NAME_CHARS])
+        if name.startswith(KEY_PREFIX) or name == ANONYMOUS:  # a key's or an unguarded server's name
+            raise Refused("reserved principal name", name)
         principal = Principal(name, "oauth", self.grants(verified.scopes), self.limits_of(name))
         exp = verified.claims.get("exp")
         # The SDK's middleware refuses a token past expires_at with no leeway: give it ours.

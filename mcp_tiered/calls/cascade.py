@@ -70,6 +70,8 @@ class Trace:
     principal: Principal | None = None
     """Who the call is from: its scopes decide whether it may reach tiers billed per token, its limits what
     it may spend there."""
+    tokens_held: tuple[str, str, int] | None = None
+    """The call's worst case held against the principal's tokens_per_day (TokenQuota.hold), until counted."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,9 @@ class Cascade:
         if principal is not None and not principal.grants.cloud and capabilities is not None \
                 and capabilities.billing == "tokens":
             return f"{principal.name} has no {CLOUD} scope, so its calls never reach a tier billed per token"
+        if principal is not None and self.call.escalate == "always" and not principal.grants.may_call(target):
+            # the policy may hand a call on to a tier the principal cannot call; the caller may not ask for it
+            return f"{principal.name} may not call tier {target} itself, so escalate=always cannot hand the call there"
         if left_out is not None:
             return left_out.reason
         return None if target in self.tiers else f"tier {target} is not available"

@@ -22,6 +22,7 @@ from ..accounting.ledger import CallRecord, Ledger
 from .results import Escalation, GenerateResult, Usage, Verification
 from .routing import Route
 from .tiers import Tier, TierRegistry
+from ..accounting.budget import PROMPT_TOKEN_MARGIN
 from ..auth import scopes
 from ..auth.limits import TokenQuota
 from ..auth.principal import Principal
@@ -104,7 +105,7 @@ class Dispatcher:
         try:
             if via is None:
                 self._check_tier_scope(tier_name, principal)
-            self._check_quota(principal)
+            trace.tokens_held = self._hold_tokens(principal, tier_name, prompt, system, options)
             result = await self._serve(tier_name, prompt, system, options, started, control, trace)
             if route_note is not None:
                 result = result.model_copy(update={"routing": route_note})
@@ -156,20 +157,32 @@ class Dispatcher:
                            f"{', '.join(entries)}: it needs the scope {scopes.TOOLS}"
                            + (f"; call {', '.join(allowed)} instead" if allowed else ""))
 
-    def _check_quota(self, principal: Principal | None) -> None:
-        if principal is None:
-            return
-        limit = principal.limits.tokens_per_day
-        left = self.quota.left(principal.name, limit)
+    def _hold_tokens(self, principal: Principal | None, tier_name: str, prompt: str, system: str,
+                     options: dict[str, Any]) -> tuple[str, str, int] | None:
+        """With tokens_per_day: the call's worst case held (RequestError when nothing is left), else None."""
+        if principal is None or (limit := principal.limits.tokens_per_day) is None:
+            return None
+        name = principal.name
+        left = self.quota.left(name, limit)
         if left is not None and left <= 0:
-            raise RequestError(f"tokens_per_day: {principal.name} has used {self.quota.used(principal.name)} of its "
-                               f"{limit} tokens today (UTC); calls are refused until midnight UTC")
+            used, held = self.quota.used(name), self.quota.held(name)
+            raise RequestError(f"tokens_per_day: {name} has used {used} of its {limit} tokens today (UTC)"
+                               + (f" and its calls in flight may use the other {held}; try again when they have "
+                                  "finished" if held else "; calls are refused until midnight UTC"))
+        max_tokens = options.get("max_tokens")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+            max_tokens = self.tiers.get(tier_name).max_tokens
+        worst = len(prompt.encode()) + len(system.encode()) + PROMPT_TOKEN_MARGIN + max(max_tokens, 0)
+        return self.quota.hold(name, worst)
 
     def _account(self, tool: str, tier: str, outcome: str, started: float, trace: Trace,
                  result: GenerateResult | None = None) -> CallRecord | None:
         """Record the call in the metrics and the principal's tokens; its ledger row, or None without a ledger."""
         if trace.principal is not None:
             self.quota.count(trace.principal.name, sum(h.prompt_tokens + h.completion_tokens for h in trace.hops))
+        if trace.tokens_held is not None:
+            self.quota.release(trace.tokens_held)
+            trace.tokens_held = None
         if self.metrics is not None:
             answered = None if result is None or result.cache_hit else result
             self.metrics.record(tier, outcome, time.perf_counter() - started, answered)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .explain import describe_value
 
@@ -18,12 +18,18 @@ Amount = Annotated[float, Field(ge=0, le=1e15, allow_inf_nan=False,
                                 json_schema_extra={"expect": "a number from 0 to 1e15"})]
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def _http_url(value: str, what: str) -> str:
+    """An https URL (http only on this machine, where no network lies between)."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(value)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ValueError(f"must be an http(s) URL ({what}), got {describe_value(value)}")
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        raise ValueError(f"must be an https URL ({what}; http only on loopback), got {describe_value(value)}")
     if parts.query or parts.fragment:
         raise ValueError(f"must be a URL without a query or fragment ({what}), got {describe_value(value)}")
     return value
@@ -80,6 +86,13 @@ class OAuthConfig(BaseModel):
     """The least time between two JWKS fetches caused by a token signed with a key not in the cached set."""
     jwks_max_age_s: Annotated[float, Field(ge=60)] = 3600.0
     """The cached JWKS is fetched anew after this long, so rotated-out keys stop working."""
+
+    @model_validator(mode="after")
+    def _groups_need_grants(self) -> OAuthConfig:
+        if self.groups_claim is not None and not self.grants:
+            raise ValueError("groups_claim needs grants: a group grants only the mcp-tiered scopes that grants "
+                             "maps it to (else a directory group named 'cloud' would grant the cloud scope)")
+        return self
 
     @property
     def advertised_scopes(self) -> list[str]:

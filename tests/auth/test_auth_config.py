@@ -58,3 +58,14 @@ def test_a_grant_of_an_unknown_scope_names_its_key(tmp_path: Path, smollm2: Path
 def test_an_issuer_that_is_no_url_is_refused(tmp_path: Path, smollm2: Path) -> None:
     text = problem(tmp_path, smollm2, '[auth.oauth]\nissuer = "idp.example.com"\nresource = "https://m/mcp"\n')
     assert "auth.oauth.issuer: must be an http(s) URL" in text
+
+
+def test_an_issuer_over_plain_http_beyond_loopback_is_refused(tmp_path: Path, smollm2: Path) -> None:
+    text = problem(tmp_path, smollm2, '[auth.oauth]\nissuer = "http://idp.example.com"\nresource = "https://m/mcp"\n')
+    assert "auth.oauth.issuer: must be an https URL (the issuer's identifier; http only on loopback)" in text
+
+
+def test_groups_without_grants_are_refused(tmp_path: Path, smollm2: Path) -> None:
+    text = problem(tmp_path, smollm2, '[auth.oauth]\nissuer = "https://idp.example.com"\nresource = "https://m/mcp"\n'
+                   'groups_claim = "groups"\n')
+    assert "auth.oauth: groups_claim needs grants" in text

@@ -318,3 +318,20 @@ def test_the_name_of_the_legacy_token_is_reserved(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'default' is the name of \\[server\\] auth_token_env's token"):
         add_key(tmp_path / "keys.json", DEFAULT_KEY_NAME, ["tools"])
     assert not (tmp_path / "keys.json").exists()
+
+
+def test_a_symlinked_keys_file_stays_a_symlink_and_its_target_changes(tmp_path: Path) -> None:
+    target = tmp_path / "managed" / "keys.json"
+    add_key(target, "a", ["tools"])
+    link = tmp_path / "keys.json"
+    link.symlink_to(target)
+    token = add_key(link, "b", ["tools"])
+    assert link.is_symlink()
+    assert KeyFile(target).lookup(token).name == "b"
+
+
+def test_a_file_entry_named_default_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"version": 1, "keys": [{"name": "default", "sha256": "0" * 64, "scopes": ["tools"]}]}))
+    with pytest.raises(ConfigError, match=r"keys\[0\]\.name: 'default' is the name of \[server\] auth_token_env"):
+        KeyFile(path)

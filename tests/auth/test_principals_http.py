@@ -248,3 +248,42 @@ async def test_tokens_and_cloud_spend_of_earlier_runs_count_after_a_restart(tmp_
         assert len(fake.requests) == 2
     assert answers == {"thrifty": [False, True], "frugal": [False, True]}
     assert "of key:frugal's daily cloud budget" in last.content[0].text
+
+
+async def test_concurrent_calls_cannot_all_start_on_the_same_tokens_left(tmp_path: Path) -> None:
+    with FakeAnthropic(reply="4") as fake:
+        config = config_for(tmp_path, fake.url)
+        token = key(tmp_path, "thrifty", ["tools", "cloud"], tokens_per_day=30)
+        with anyio.fail_after(60):
+            async with http_server(config, **KEY) as base, client_for(base, token) as client:
+                results = []
+
+                async def one() -> None:
+                    results.append(await client.call_tool("generate_claude", {"prompt": "abc?"}))
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(20):
+                        tg.start_soon(one)
+        # Each call holds its worst case (28 tokens) while it runs: the first leaves 2, so a second starts, and
+        # no more until they have been counted; then 56 are used.
+        assert len(fake.requests) == 2
+    assert sum(not r.is_error for r in results) == 2
+    assert {r.content[0].text.split(";")[0] for r in results if r.is_error} <= {
+        "Error executing tool generate_claude: tokens_per_day: key:thrifty has used 0 of its 30 tokens today (UTC) "
+        "and its calls in flight may use the other 56",
+        "Error executing tool generate_claude: tokens_per_day: key:thrifty has used 28 of its 30 tokens today (UTC) "
+        "and its calls in flight may use the other 28",
+        "Error executing tool generate_claude: tokens_per_day: key:thrifty has used 56 of its 30 tokens today (UTC)"}
+
+
+@pytest.mark.model
+async def test_a_principal_with_one_tier_cannot_ask_for_the_next_with_escalate_always(tmp_path: Path,
+                                                                                     smollm2: Path) -> None:
+    with FakeAnthropic(reply="4") as fake:
+        config = config_for(tmp_path, fake.url, smollm2)
+        token = key(tmp_path, "small-only", ["tools:small", "cloud"])
+        with anyio.fail_after(60):
+            async with http_server(config, **KEY) as base, client_for(base, token) as client:
+                always = await client.call_tool("generate_small", {"prompt": "Hi?", "escalate": "always"})
+        assert len(fake.requests) == 0
+    assert always.is_error and "key:small-only may not call tier claude itself" in always.content[0].text

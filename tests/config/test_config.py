@@ -32,7 +32,7 @@ MALFORMED = {
     "invalid_toml": ("[tiers.small\nmodel = 1", '{dir}/models.toml: invalid TOML: Expected \']\' at the end of a table declaration (at line 1, column 13)'),
     "no_tiers_table": ("", "tiers: is required (a table with at least one [tiers.<name>] entry)"),
     "empty_tiers": ("[tiers]", "tiers: must be a table with at least one [tiers.<name>] entry, got an empty table"),
-    "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers, escalation, server, cache, ledger, store, costs, budget, cloud"),
+    "unknown_top_level_key": (VALID_TIER + "\n[servers]\nport = 1", "servers: unknown key; valid keys here are tiers, escalation, server, cache, ledger, store, auth, costs, budget, cloud"),
     "unknown_tier_key": (
         VALID_TIER + "n_ctxx = 4096",
         "tiers.small.n_ctxx: unknown key; valid keys here are " + ", ".join(LLAMA_CPP_KEYS),
