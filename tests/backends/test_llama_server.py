@@ -91,7 +91,7 @@ async def test_the_deadline_returns_the_text_generated_so_far(smollm2: Path) -> 
         with anyio.fail_after(60):
             await engine.generate(request("Say hi.", 4))
             completion = await engine.generate(request("Write a long story about a dragon.", 256, 0.8),
-                                               CallControl(deadline_s=2.0))
+                                               CallControl(deadline_s=0.6))
     finally:
         await engine.aclose()
     assert completion.finish_reason == "deadline"

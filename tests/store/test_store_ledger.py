@@ -111,10 +111,11 @@ def test_a_store_of_the_version_before_is_migrated_with_its_rows(store_url: str)
     ledger = store_ledger(store_url)
     ledger.record(call())
     ledger.close()
-    query(store_url, f"ALTER TABLE calls DROP COLUMN instance; UPDATE mcp_tiered_schema SET version = {SCHEMA_VERSION - 1}")
+    latest = [c.name for c in CALLS.columns if c.since == SCHEMA_VERSION][0]
+    query(store_url, f"ALTER TABLE calls DROP COLUMN {latest}; UPDATE mcp_tiered_schema SET version = {SCHEMA_VERSION - 1}")
     store_ledger(store_url).close()
     assert query(store_url, "SELECT version FROM mcp_tiered_schema") == [(SCHEMA_VERSION,)]
-    assert query(store_url, "SELECT count(*), count(instance) FROM calls") == [(1, 0)]
+    assert query(store_url, f"SELECT count(*), count({latest}) FROM calls") == [(1, 0)]
 
 
 def test_a_store_written_by_a_newer_version_is_refused_and_left_alone(store_url: str) -> None:
