@@ -4,7 +4,7 @@
   1. the verifier alone, in this process (`Verifier.verify_token`): a named key (one stat of the keys file, a
      sha256, a lookup) and a JWT access token (RS256, PyJWT, cached JWKS from a provider this script serves on
      loopback), median and p99 in microseconds, against the legacy shared token (one constant-time compare);
-  2. MCP `ping` requests over Streamable HTTP, one at a time, to `serve --transport http`: unguarded on loopback
+  2. MCP `tools/list` requests (2026-07-28: one self-contained POST each) over Streamable HTTP, one at a time, to `serve --transport http`: unguarded on loopback
      (the baseline), with the legacy token, with a named key and with a JWT (the same kind of provider); median
      latency of each and its ratio to the baseline. The servers run one after another, in alternating order.
 
@@ -42,9 +42,10 @@ from mcp_tiered.config.auth import AuthConfig, OAuthConfig  # noqa: E402
 
 MCP_TIERED = str(Path(sys.executable).with_name("mcp-tiered"))
 LEGACY = "legacy-token-for-the-benchmark"
-PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+PING = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}}
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json",
-           "mcp-protocol-version": "2026-07-28"}
+           "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/list"}
 
 
 class Provider:
@@ -80,7 +81,7 @@ def quantiles(samples: list[float]) -> tuple[float, float]:
 async def bench_verifier(folder: Path, provider: Provider, count: int) -> None:
     key = add_key(folder / "keys.json", "bench", ["tools"])
     resource = "http://127.0.0.1:9/mcp"
-    auth = AuthConfig(keys_file=folder / "keys.json", oauth=OAuthConfig(issuer=provider.issuer, resource=resource))
+    auth = AuthConfig(keys_file=str(folder / "keys.json"), oauth=OAuthConfig(issuer=provider.issuer, resource=resource))
     verifier = Verifier(auth, ["small"], LEGACY)
     tokens = {"legacy token": LEGACY, "named key": key, "JWT (RS256)": provider.token(resource)}
     for token in tokens.values():
@@ -128,7 +129,8 @@ async def pings(folder: Path, kind: str, provider: Provider, key: str, count: in
                 except httpx2.TransportError:
                     await anyio.sleep(0.1)
             for _ in range(20):  # warm up (and the JWKS fetch)
-                assert (await http.post(f"{base}/mcp", json=PING, headers=headers)).status_code == 200
+                answer = await http.post(f"{base}/mcp", json=PING, headers=headers)
+                assert answer.status_code == 200, (kind, answer.status_code, answer.text[:300])
             samples = []
             for _ in range(count):
                 started = time.perf_counter()
@@ -164,7 +166,7 @@ async def main() -> None:
                     medians[kind].append(await pings(folder, kind, provider, key, args.pings, smollm2))
         server.close()
     base = statistics.median(medians["unguarded"])
-    print(f"2. MCP ping over Streamable HTTP, one at a time, {args.pings} per server and round, {args.rounds} rounds")
+    print(f"2. MCP tools/list over Streamable HTTP, one at a time, {args.pings} per server and round, {args.rounds} rounds")
     for kind in kinds:
         value = statistics.median(medians[kind])
         print(f"   {kind:<14} median {value:6.2f} ms   {value / base:5.3f}x unguarded")
