@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -34,7 +33,7 @@ import httpx2
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from oidc_provider import new_private_jwks, public_jwks, sign_token  # noqa: E402
+from oidc_provider import TinyProvider, sign_token  # noqa: E402
 
 from mcp_tiered.auth.keys import add_key  # noqa: E402
 from mcp_tiered.auth.verifier import Verifier  # noqa: E402
@@ -48,25 +47,7 @@ HEADERS = {"accept": "application/json, text/event-stream", "content-type": "app
            "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/list"}
 
 
-class Provider:
-    """Metadata and JWKS on loopback, as an identity provider serves them."""
-
-    def __init__(self) -> None:
-        self.jwks = new_private_jwks()
-        self.issuer = ""
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        path = (await reader.readline()).split()[1].decode()
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass
-        document = public_jwks(self.jwks) if path == "/jwks" else {"issuer": self.issuer,
-                                                                   "jwks_uri": f"{self.issuer}/jwks"}
-        body = json.dumps(document).encode()
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                     b"content-length: %d\r\n\r\n%s" % (len(body), body))
-        await writer.drain()
-        writer.close()
-
+class Provider(TinyProvider):
     def token(self, resource: str) -> str:
         now = int(time.time())
         return sign_token(self.jwks, {"iss": self.issuer, "aud": resource, "sub": "bench", "iat": now,

@@ -4,14 +4,15 @@ resource indicators, signed with a private JWKS made here so the tests can sign 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import secrets
 import select
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,36 @@ def _ready_line(process: subprocess.Popen[bytes], timeout_s: float) -> dict[str,
         return None
     line = process.stdout.readline()
     return json.loads(line) if line else None
+
+
+class TinyProvider:
+    """Serves its OpenID metadata and JWKS; with `hang`, accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.jwks = new_private_jwks()
+        self.hang = False
+        self.issuer = ""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        path = (await reader.readline()).split()[1].decode()
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        if self.hang:
+            await asyncio.sleep(60)
+        document = public_jwks(self.jwks) if path == "/jwks" else {"issuer": self.issuer,
+                                                                   "jwks_uri": f"{self.issuer}/jwks"}
+        body = json.dumps(document).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+
+@asynccontextmanager
+async def tiny_provider() -> AsyncIterator[TinyProvider]:
+    provider = TinyProvider()
+    server = await asyncio.start_server(provider.handle, "127.0.0.1", 0)
+    provider.issuer = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        yield provider
+        server.close()

@@ -1,6 +1,6 @@
 """The cloud budget of a whole team: every process configured with the store reserves against the same spend.
 
-A reservation is one statement (mcp_tiered_reserve): the worst case is held only if the UTC day's and month's
+A reservation is one statement (mcp_tiered_reserve_for): the worst case is held only if the UTC day's and month's
 spend, plus every hold whose lease runs, plus it, fits each cap. Settling is one statement too, idempotent: the
 hold is replaced by the billed cost once. A process renews its holds' leases while it runs (Store.renew), so
 the holds of a process that died stop counting when their lease ends. There is no periodic sync: the database
@@ -54,16 +54,11 @@ class SharedBudget(CloudBudget):
         day, month = self._periods()
         hold = self.store.new_id()
         try:
-            if spender is None:
-                rows = await self.store.execute_shielded(
-                    "SELECT held, day_used, month_used FROM mcp_tiered_reserve(%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (hold, self.store.instance, day, month, worst, self.daily, self.monthly, lease_s))
-            else:
-                rows = await self.store.execute_shielded(
-                    "SELECT held, day_used, month_used, own_day_used, own_month_used FROM mcp_tiered_reserve_for("
-                    "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (hold, self.store.instance, day, month, worst, self.daily, self.monthly, lease_s, spender.name,
-                     spender.daily, spender.monthly))
+            rows = await self.store.execute_shielded(
+                "SELECT held, day_used, month_used, own_day_used, own_month_used FROM mcp_tiered_reserve_for("
+                "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (hold, self.store.instance, day, month, worst, self.daily, self.monthly, lease_s,
+                 *((spender.name, spender.daily, spender.monthly) if spender else (None, None, None))))
         except StoreDown as exc:
             self.store.unsettled[hold] = 0.0  # it may have been held before the answer was lost: release it
             raise BudgetUnavailable(f"the store {self.store.where} cannot be reached ({exc}), so the budget cannot "

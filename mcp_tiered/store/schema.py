@@ -103,35 +103,9 @@ CREATE OR REPLACE AGGREGATE total(float8) (sfunc = float8pl, stype = float8, ini
 CREATE OR REPLACE AGGREGATE total(boolean) (sfunc = mcp_tiered_add, stype = float8, initcond = '0');
 
 -- A reservation: the worst case is held only if what the day and the month have spent, plus the holds whose
--- lease runs, plus it, stays within each cap (NULL: no cap). The hold's id is the caller's, so a reservation
--- whose answer was lost can still be released. Returns whether it was held and what the periods had used.
-CREATE OR REPLACE FUNCTION mcp_tiered_reserve(p_hold BIGINT, p_instance TEXT, p_day TEXT, p_month TEXT,
-                                              p_worst float8, p_daily float8, p_monthly float8, p_lease_s float8)
-RETURNS TABLE (held boolean, day_used float8, month_used float8) LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock({BUDGET_LOCK});
-    IF EXISTS (SELECT 1 FROM budget_holds h WHERE h.id = p_hold) THEN  -- sent again after a lost answer
-        held := true; day_used := NULL; month_used := NULL;
-        RETURN NEXT;
-        RETURN;
-    END IF;
-    SELECT COALESCE((SELECT s.spent FROM budget_spend s WHERE s.period = p_day), 0)
-         + COALESCE((SELECT sum(h.worst) FROM budget_holds h
-                     WHERE h.month = p_month AND h.day = p_day AND h.lease_until > clock_timestamp()), 0),
-           COALESCE((SELECT s.spent FROM budget_spend s WHERE s.period = p_month), 0)
-         + COALESCE((SELECT sum(h.worst) FROM budget_holds h
-                     WHERE h.month = p_month AND h.lease_until > clock_timestamp()), 0)
-      INTO day_used, month_used;
-    held := (p_daily IS NULL OR day_used + p_worst <= p_daily) AND (p_monthly IS NULL OR month_used + p_worst <= p_monthly);
-    IF held THEN
-        INSERT INTO budget_holds (id, instance, day, month, worst, lease_until)
-            VALUES (p_hold, p_instance, p_day, p_month, p_worst, clock_timestamp() + make_interval(secs => p_lease_s));
-    END IF;
-    RETURN NEXT;
-END $$;
-
--- The same for a principal with a budget of its own: the worst case must fit the team's caps and the principal's
--- (its spend plus its holds), decided under the same lock.
+-- lease runs, plus it, stays within each cap (NULL: no cap) — the team's, and with p_principal that
+-- principal's own (its spend and its holds). The hold's id is the caller's, so a reservation whose answer was
+-- lost can still be released. Returns whether it was held and what the periods had used.
 CREATE OR REPLACE FUNCTION mcp_tiered_reserve_for(p_hold BIGINT, p_instance TEXT, p_day TEXT, p_month TEXT,
                                                   p_worst float8, p_daily float8, p_monthly float8, p_lease_s float8,
                                                   p_principal TEXT, p_own_daily float8, p_own_monthly float8)
@@ -139,7 +113,7 @@ RETURNS TABLE (held boolean, day_used float8, month_used float8, own_day_used fl
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock({BUDGET_LOCK});
-    IF EXISTS (SELECT 1 FROM budget_holds h WHERE h.id = p_hold) THEN
+    IF EXISTS (SELECT 1 FROM budget_holds h WHERE h.id = p_hold) THEN  -- sent again after a lost answer
         held := true;
         RETURN NEXT;
         RETURN;
@@ -169,6 +143,15 @@ BEGIN
     END IF;
     RETURN NEXT;
 END $$;
+
+-- The team's caps alone (the function processes of schema 5 call).
+CREATE OR REPLACE FUNCTION mcp_tiered_reserve(p_hold BIGINT, p_instance TEXT, p_day TEXT, p_month TEXT,
+                                              p_worst float8, p_daily float8, p_monthly float8, p_lease_s float8)
+RETURNS TABLE (held boolean, day_used float8, month_used float8) LANGUAGE sql AS $$
+    SELECT r.held, r.day_used, r.month_used
+    FROM mcp_tiered_reserve_for(p_hold, p_instance, p_day, p_month, p_worst, p_daily, p_monthly, p_lease_s,
+                                NULL, NULL, NULL) r
+$$;
 
 -- Settling replaces a hold by what the call was billed (0: released). A hold settled twice counts once: the
 -- second call finds no hold and changes nothing. A hold whose lease ran out can still be settled.

@@ -4,11 +4,7 @@ refused, the audience matches with or without its trailing slash."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -16,42 +12,9 @@ import pytest
 from mcp_tiered.auth.jwt_tokens import FETCH_TIMEOUT_S, JwtVerifier
 from mcp_tiered.auth.verifier import Verifier
 from mcp_tiered.config.auth import AuthConfig, OAuthConfig
-from oidc_provider import new_private_jwks, public_jwks, sign_token
+from oidc_provider import TinyProvider, sign_token, tiny_provider
 
 pytestmark = pytest.mark.anyio
-
-
-class TinyProvider:
-    """Serves its OpenID metadata and JWKS; with `hang`, accepts connections and never answers."""
-
-    def __init__(self) -> None:
-        self.jwks = new_private_jwks()
-        self.hang = False
-        self.issuer = ""
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        path = (await reader.readline()).split()[1].decode()
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass
-        if self.hang:
-            await asyncio.sleep(60)
-        document = public_jwks(self.jwks) if path == "/jwks" else {"issuer": self.issuer,
-                                                                   "jwks_uri": f"{self.issuer}/jwks"}
-        body = json.dumps(document).encode()
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                     b"content-length: %d\r\n\r\n%s" % (len(body), body))
-        await writer.drain()
-        writer.close()
-
-
-@asynccontextmanager
-async def tiny_provider() -> AsyncIterator[TinyProvider]:
-    provider = TinyProvider()
-    server = await asyncio.start_server(provider.handle, "127.0.0.1", 0)
-    provider.issuer = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    async with server:
-        yield provider
-        server.close()
 
 
 RESOURCE = "http://127.0.0.1:9/mcp"
