@@ -19,6 +19,14 @@ class RequestError(TieredError):
     """A call's arguments cannot be served as given (bad value, prompt too long)."""
 
 
+class ScopeError(RequestError):
+    """The principal's scopes do not allow the call (HTTP 403 where HTTP says it)."""
+
+
+class QuotaError(RequestError):
+    """The principal's limit for the day is used up (HTTP 429 where HTTP says it)."""
+
+
 class PromptTooLongError(RequestError):
     """The prompt plus the requested completion does not fit the tier's context window."""
 

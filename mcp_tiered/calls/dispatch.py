@@ -17,7 +17,7 @@ from .cache import ResponseCache
 from .cascade import Cascade, Trace, Walked
 from ..accounting.costs import CostModel
 from . import routing
-from ..errors import BackendError, BusyError, RequestError, TieredError
+from ..errors import BackendError, BusyError, QuotaError, RequestError, ScopeError, TieredError
 from ..accounting.ledger import CallRecord, Ledger
 from .results import Escalation, GenerateResult, Usage, Verification
 from .routing import Route
@@ -75,35 +75,36 @@ class Dispatcher:
 
     async def generate_routed(self, prompt: str, system: str = "", control: CallControl | None = None,
                               *, client: str | None = None, principal: Principal | None = None,
-                              **options: Any) -> GenerateResult:
-        """The `generate` tool: pick the entry tier, then the usual cascade from it."""
+                              tool: str = ROUTER_TOOL, **options: Any) -> GenerateResult:
+        """The `generate` tool (or `tool`, such as the OpenAI face's `auto` model): pick the entry tier, then
+        the usual cascade from it."""
         started = time.perf_counter()
         try:
             self._check_router_scope(principal)
             route = await self.route(prompt, system, options)
         except RequestError as exc:
             first = next(iter(self.tiers)).name
-            log.warning("tool_call", tool=ROUTER_TOOL, outcome="error", error=type(exc).__name__, reason=str(exc))
-            await self._commit(self._account(ROUTER_TOOL, first, "error", started, Trace(client=client,
-                                                                                          principal=principal)))
+            log.warning("tool_call", tool=tool, outcome="error", error=type(exc).__name__, reason=str(exc))
+            await self._commit(self._account(tool, first, "error", started, Trace(client=client, principal=principal)))
             raise
-        result = await self.generate(route.tier, prompt, system, control, via=ROUTER_TOOL, route_note=route.why,
-                                     client=client, principal=principal, **options)
+        result = await self.generate(route.tier, prompt, system, control, via=tool, route_note=route.why,
+                                     client=client, principal=principal, routed=True, **options)
         return result
 
     async def generate(self, tier_name: str, prompt: str, system: str = "", control: CallControl | None = None,
                        *, via: str | None = None, route_note: str | None = None, client: str | None = None,
-                       principal: Principal | None = None, **options: Any) -> GenerateResult:
+                       principal: Principal | None = None, routed: bool = False, **options: Any) -> GenerateResult:
         """`via`: the tool that was called, when not the tier's own; `route_note`: why `generate` chose the tier;
         `client`: the MCP client's name (what it says it is), `principal`: who the call is from (authenticated;
-        None: the local user), for the ledger, the limits and the scopes."""
+        None: the local user), for the ledger, the limits and the scopes; `routed`: generate_routed chose the
+        tier (its scopes were checked there)."""
         started = time.perf_counter()
         control = control or CallControl()
         tool = via or self.tiers.get(tier_name).tool_name
         event = log.bind(tool=tool, tier=tier_name)
         trace = Trace(client=client, principal=principal)
         try:
-            if via is None:
+            if not routed:
                 self._check_tier_scope(tier_name, principal)
             trace.tokens_held = self._hold_tokens(principal, tier_name, prompt, system, options)
             result = await self._serve(tier_name, prompt, system, options, started, control, trace)
@@ -141,10 +142,10 @@ class Dispatcher:
             return
         tier = self.tiers.get(tier_name)
         if not principal.grants.may_call(tier.name):
-            raise RequestError(f"{principal.name} may not call {tier.tool_name}: it needs the scope {scopes.TOOLS} "
+            raise ScopeError(f"{principal.name} may not call {tier.tool_name}: it needs the scope {scopes.TOOLS} "
                                f"or {scopes.TIER_PREFIX}{tier.name}")
         if tier.capabilities.billing == "tokens" and not principal.grants.cloud:
-            raise RequestError(f"{principal.name} may not call {tier.tool_name}: tier {tier.name} is billed per "
+            raise ScopeError(f"{principal.name} may not call {tier.tool_name}: tier {tier.name} is billed per "
                                f"token, which needs the scope {scopes.CLOUD}")
 
     def _check_router_scope(self, principal: Principal | None) -> None:
@@ -153,7 +154,7 @@ class Dispatcher:
         if principal is None or all(principal.grants.may_call(t) for t in entries):
             return
         allowed = [self.tiers.get(t).tool_name for t in sorted(principal.grants.tiers) if t in self.tiers]
-        raise RequestError(f"{principal.name} may not call {ROUTER_TOOL}, which may start at any of the tiers "
+        raise ScopeError(f"{principal.name} may not call {ROUTER_TOOL}, which may start at any of the tiers "
                            f"{', '.join(entries)}: it needs the scope {scopes.TOOLS}"
                            + (f"; call {', '.join(allowed)} instead" if allowed else ""))
 
@@ -166,7 +167,7 @@ class Dispatcher:
         left = self.quota.left(name, limit)
         if left is not None and left <= 0:
             used, held = self.quota.used(name), self.quota.held(name)
-            raise RequestError(f"tokens_per_day: {name} has used {used} of its {limit} tokens today (UTC)"
+            raise QuotaError(f"tokens_per_day: {name} has used {used} of its {limit} tokens today (UTC)"
                                + (f" and its calls in flight may use the other {held}; try again when they have "
                                   "finished" if held else "; calls are refused until midnight UTC"))
         max_tokens = options.get("max_tokens")

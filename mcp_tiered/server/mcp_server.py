@@ -24,6 +24,7 @@ from .. import __version__
 from ..auth import scopes
 from ..auth.http import principal_now
 from ..auth.limits import TokenQuota
+from ..openai_face.routes import add_routes as add_openai_routes
 from ..backends.pool import CallControl
 from ..calls.cache import ResponseCache
 from ..compat.mcp_sdk import lowlevel_server
@@ -186,6 +187,7 @@ def build_server(tiers: TierRegistry, server: ServerConfig | None = None, metric
                *(_tool_for(tier, dispatcher, server) for tier in tiers)],
     )
     _accept_log_level(mcp)
+    add_openai_routes(mcp, dispatcher)
     if ledger is not None:
         _add_report_resource(mcp, ledger, costs or CostModel())
     return mcp
