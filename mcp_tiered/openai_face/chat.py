@@ -18,8 +18,8 @@ from ..config.explain import explain
 AUTO = "auto"
 PINNED = ":never"
 """`<tier>:never`: that tier answers, without escalation."""
-NEUTRAL = {"top_p": 1, "frequency_penalty": 0, "presence_penalty": 0, "n": 1, "stream": False, "logprobs": False,
-           "parallel_tool_calls": None, "stream_options": None, "seed": None, "response_format": {"type": "text"}}
+NEUTRAL = {"top_p": 1, "frequency_penalty": 0, "presence_penalty": 0, "n": 1, "logprobs": False,
+           "parallel_tool_calls": None, "seed": None, "response_format": {"type": "text"}}
 """Parameters clients send with their neutral value: accepted at that value only."""
 
 
@@ -53,6 +53,11 @@ class _Message(BaseModel):
         return self.content or ""
 
 
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -63,6 +68,8 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     stop: str | list[str] | None = None
     user: str | None = None
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class Call:
     prompt: str
     system: str
     options: dict[str, Any]
+    stream: bool = False
+    include_usage: bool = False
 
 
 def parse(body: object, tiers: list[str]) -> Call:
@@ -81,7 +90,7 @@ def parse(body: object, tiers: list[str]) -> Call:
     if not isinstance(body, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
     for name, neutral in NEUTRAL.items():
-        if name in body and body[name] != neutral and not (name == "stream_options" and body.get("stream") is False):
+        if name in body and body[name] != neutral:
             raise OpenAIError(400, f"{name}: only {json.dumps(neutral)} is supported (for now), got "
                               f"{json.dumps(body[name])[:100]}", param=name)
     try:
@@ -89,6 +98,8 @@ def parse(body: object, tiers: list[str]) -> Call:
     except ValidationError as exc:
         raise OpenAIError(400, explain(exc, ChatRequest)[0]) from None
     unsupported = sorted(set(request.model_extra or {}) - set(NEUTRAL))
+    if request.stream_options is not None and not request.stream:
+        raise OpenAIError(400, "stream_options: is only allowed with stream = true", param="stream_options")
     if unsupported:
         raise OpenAIError(400, f"{unsupported[0]}: is not supported", param=unsupported[0])
     system = "\n\n".join(m.text for m in request.messages if m.role in ("system", "developer"))
@@ -107,7 +118,8 @@ def parse(body: object, tiers: list[str]) -> Call:
     if request.stop is not None:
         options["stop"] = [request.stop] if isinstance(request.stop, str) else request.stop
     tier = model_tier(request.model, tiers, options)
-    return Call(request.model, tier, turns[0].text, system, options)
+    return Call(request.model, tier, turns[0].text, system, options, request.stream,
+                bool(request.stream_options and request.stream_options.include_usage))
 
 
 def model_tier(model: str, tiers: list[str], options: dict[str, Any]) -> str | None:
@@ -127,15 +139,40 @@ def model_names(tiers: list[str]) -> list[str]:
     return [AUTO, *tiers, *(tier + PINNED for tier in tiers)]
 
 
+def _usage(result: GenerateResult) -> dict[str, int]:
+    usage = result.usage
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+
+
+def _finish(result: GenerateResult) -> str:
+    return "stop" if result.finish_reason == "stop" else "length"
+
+
+def _extension(result: GenerateResult) -> dict[str, Any]:
+    return result.model_dump(mode="json", by_alias=True, exclude={"text"})
+
+
 def completion(result: GenerateResult) -> dict[str, Any]:
     """The result as a `chat.completion`; `mcp_tiered` carries what the MCP tool's result carries."""
-    usage = result.usage
     return {
         "id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion", "created": int(time.time()),
         "model": f"{result.served_by}/{result.model}",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                     "finish_reason": "stop" if result.finish_reason == "stop" else "length", "logprobs": None}],
-        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                  "total_tokens": usage.prompt_tokens + usage.completion_tokens},
-        "mcp_tiered": result.model_dump(mode="json", by_alias=True, exclude={"text"}),
+                     "finish_reason": _finish(result), "logprobs": None}],
+        "usage": _usage(result), "mcp_tiered": _extension(result),
     }
+
+
+def chunks(result: GenerateResult, include_usage: bool) -> list[dict[str, Any]]:
+    """The answer that stands as `chat.completion.chunk` events: the role, the text, the finish reason (with the
+    extension), and with include_usage a last chunk with no choices and the usage."""
+    head = {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": f"{result.served_by}/{result.model}"}
+    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+              {**head, "choices": [{"index": 0, "delta": {"content": result.text}, "finish_reason": None}]},
+              {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(result)}],
+               "mcp_tiered": _extension(result)}]
+    if include_usage:
+        events.append({**head, "choices": [], "usage": _usage(result)})
+    return events

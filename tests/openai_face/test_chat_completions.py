@@ -4,7 +4,9 @@ the extension field, and each failure as the OpenAI error the SDK raises."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
 from pathlib import Path
 
 import anyio
@@ -102,3 +104,69 @@ async def test_identities_scopes_and_limits_hold_as_on_mcp(tmp_path: Path, smoll
                                              "tools:small")
     assert answered.choices[0].message.content is not None
     assert [row[3:] for row in ledger(tmp_path)] == [("key:reader", "error"), ("key:caller", "ok")]
+
+
+async def test_a_stream_ends_with_the_usage_chunk_and_done(tmp_path: Path, smollm2: Path) -> None:
+    with anyio.fail_after(60):
+        async with http_server(config_for(tmp_path, smollm2)) as base, sdk(base) as client:
+            stream = await client.chat.completions.create(
+                model="small", messages=[{"role": "user", "content": "Say hi."}], temperature=0, stream=True,
+                stream_options={"include_usage": True})
+            events = [chunk async for chunk in stream]
+            whole = await client.chat.completions.create(model="small", messages=[{"role": "user", "content": "Say hi."}],
+                                                         temperature=0)
+    assert all(e.object == "chat.completion.chunk" for e in events)
+    assert "".join(e.choices[0].delta.content or "" for e in events if e.choices) == whole.choices[0].message.content
+    assert events[-1].choices == [] and events[-1].usage.total_tokens == whole.usage.total_tokens
+    assert [e.choices[0].finish_reason for e in events if e.choices][-1] == whole.choices[0].finish_reason
+
+
+async def test_a_streamed_escalation_sends_only_the_final_tiers_text_with_keepalives_meanwhile(
+        tmp_path: Path, smollm2: Path) -> None:
+    from fake_anthropic import FakeAnthropic
+
+    with FakeAnthropic(reply="Cloud answer: Paris.", default="slow", slow_s=12) as fake:
+        path = tmp_path / "models.toml"
+        path.write_text(f'[tiers.small]\nmodel = "{smollm2}"\ndescription = "small"\nn_ctx = 512\nmax_tokens = 8\n'
+                        'min_confidence = 0.999\nescalate_to = "claude"\n'
+                        f'[tiers.claude]\nengine = "anthropic"\ndescription = "Claude"\nmodel = "claude-test"\n'
+                        f'base_url = "{fake.url}"\nmax_retries = 0\nmax_tokens = 8\ninput_price_per_mtok = 3.0\n'
+                        f'output_price_per_mtok = 15.0\n[ledger]\npath = "{tmp_path / "ledger.sqlite3"}"\n')
+        comments: list[float] = []
+        events: list[dict] = []
+        with anyio.fail_after(90):
+            async with http_server(path, ANTHROPIC_API_KEY=secret("sk-test-stream")) as base:
+                import httpx2
+
+                async with httpx2.AsyncClient(timeout=60) as http:
+                    started = time.monotonic()
+                    async with http.stream("POST", f"{base}/v1/chat/completions", json={
+                            "model": "small", "messages": [{"role": "user", "content": "Capital of France?"}],
+                            "stream": True, "stream_options": {"include_usage": True}}) as response:
+                        status = response.status_code
+                        async for line in response.aiter_lines():
+                            if line.startswith(":"):
+                                comments.append(time.monotonic() - started)
+                            elif line.startswith("data: ") and line != "data: [DONE]":
+                                events.append(json.loads(line.removeprefix("data: ")))
+                    ended = time.monotonic() - started
+        assert len(fake.requests) == 1
+    assert status == 200
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert text == "Cloud answer: Paris."  # the small tier's answer never went out
+    gaps = [b - a for a, b in zip([0.0, *comments], [*comments, ended])]
+    assert comments and max(gaps) <= 10.0, gaps
+    assert events[-1]["usage"] == {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}
+    assert events[-2]["mcp_tiered"]["escalations"][0]["to"] == "claude"
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as conn:
+        assert conn.execute("SELECT prompt_tokens, completion_tokens FROM hops WHERE tier = 'claude'").fetchall() == [
+            (20, 8)]
+
+
+async def test_a_streamed_call_that_is_refused_at_once_gets_its_own_status(tmp_path: Path, smollm2: Path) -> None:
+    with anyio.fail_after(60):
+        async with http_server(config_for(tmp_path, smollm2)) as base, sdk(base) as client:
+            with pytest.raises(openai.BadRequestError) as too_long:
+                await client.chat.completions.create(model="small", stream=True, messages=[
+                    {"role": "user", "content": "word " * 2000}])
+    assert too_long.value.status_code == 400
