@@ -389,7 +389,7 @@ def parse_span(text: str, option: str) -> tuple[float, float]:
     """"50M", "2500" or "2000-3000" (k, M, G suffixes) → (low, high); ConfigError naming the option."""
     import re
 
-    from .config.schema import MAX_AMOUNT
+    from .config.amounts import MAX_AMOUNT
 
     def number(part: str) -> float:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", part)
@@ -420,7 +420,7 @@ def _in_range(value: float | None, option: str, high: float) -> None:
 
 def cmd_whatif(args: argparse.Namespace) -> int:
     from .offline import whatif, whatif_render
-    from .config.schema import MAX_AMOUNT
+    from .config.amounts import MAX_AMOUNT
     from .offline.report import json_text, ledger_traffic
 
     config = _load(args)

@@ -20,6 +20,7 @@ from typing import Any
 import httpx2
 import jwt
 import pytest
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
@@ -182,3 +183,23 @@ async def tiny_provider() -> AsyncIterator[TinyProvider]:
     async with server:
         yield provider
         server.close()
+
+
+class MemoryStorage:
+    """The MCP SDK OAuth client's token storage, in memory."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client_info: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client_info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client_info = client_info

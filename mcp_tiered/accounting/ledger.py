@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import structlog
 
-from ..config.schema import MAX_AMOUNT
+from ..config.amounts import MAX_AMOUNT
 from ..errors import ConfigError
 
 log = structlog.get_logger(__name__)

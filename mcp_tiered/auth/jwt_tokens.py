@@ -78,7 +78,6 @@ class JwtVerifier:
         """After a failed fetch, none before this."""
         self._jwks_uri: str | None = None
         self._lock = anyio.Lock()
-        self.fetches = 0
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -170,7 +169,6 @@ class JwtVerifier:
                         action="tokens signed with keys not yet fetched are refused until it answers")
             return
         self._keys, self._fetched_at = keys, now
-        self.fetches += 1
         log.info("jwks_fetched", issuer=self.oauth.issuer, keys=len(keys))
 
     async def _discover(self) -> str:

@@ -9,13 +9,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from .amounts import Amount
 from .explain import describe_value
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 """The signatures a token may carry: never `none`, never HS* (a shared secret, which a public key must not be)."""
-
-Amount = Annotated[float, Field(ge=0, le=1e15, allow_inf_nan=False,
-                                json_schema_extra={"expect": "a number from 0 to 1e15"})]
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -17,6 +17,7 @@ from pydantic.fields import FieldInfo
 
 from ..calls.confidence import VerifyStatistic
 from ..weights import hub
+from .amounts import Amount
 from .auth import AuthConfig
 from .explain import describe_value, key_path
 
@@ -68,10 +69,6 @@ def _optional_path(value: Any, info: ValidationInfo, expect: str) -> Path | None
 ConfidenceStatistic = Literal["mean", "quantile", "min", "first"]
 Probability = Annotated[float, Field(ge=0, le=1)]
 Quantile = Annotated[float, Field(gt=0, lt=1, json_schema_extra={"expect": "a number between 0 and 1 (exclusive)"})]
-MAX_AMOUNT = 1e15
-Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False,
-                                json_schema_extra={"expect": "a number from 0 to 1e15"})]
-"""A price, cost or power draw in [costs]: finite (the report's arithmetic and JSON have no infinity)."""
 
 
 class EscalationConfig(BaseModel):

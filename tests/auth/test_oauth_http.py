@@ -17,10 +17,9 @@ import pytest
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from conftest import free_port, http_server, secret
-from oidc_provider import new_private_jwks, public_jwks, running_oidc_provider, sign_token
+from oidc_provider import MemoryStorage, new_private_jwks, public_jwks, running_oidc_provider, sign_token
 
 pytestmark = pytest.mark.anyio
 
@@ -29,24 +28,6 @@ NARROW = {"client_id": "narrow", "client_secret": secret("narrow-secret-91c2"), 
 CALL = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
         "params": {"name": "generate_small", "arguments": {"prompt": "hi"}}}
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-
-
-class MemoryStorage:
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
 
 
 async def remember_bearer(request: httpx2.Request) -> None:

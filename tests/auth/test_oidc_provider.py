@@ -15,14 +15,13 @@ import pytest
 import uvicorn
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
-from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from oidc_provider import new_private_jwks, public_jwks, running_oidc_provider
+from oidc_provider import MemoryStorage, new_private_jwks, public_jwks, running_oidc_provider
 
 RESOURCE = "http://127.0.0.1:8931/mcp"
 OTHER = "http://other.example/api"
@@ -91,24 +90,6 @@ def test_the_provider_is_stopped_and_reaped(tmp_path: Path) -> None:
         with running_oidc_provider(tmp_path, [CLIENT], RESOURCES) as op:
             raise RuntimeError("the test failed")
     assert op.process.returncode is not None
-
-
-class MemoryStorage:
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client_info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
 
 
 @asynccontextmanager
