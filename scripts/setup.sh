@@ -62,8 +62,12 @@ run_logged() {  # run_logged LOG what COMMAND...: the command's output to LOG; o
 }
 
 # The default native build emits every instruction the build CPU advertises, AMX included, which some
-# VMs advertise but trap ("Illegal instruction"): build for a portable AVX2/AVX-512 baseline instead.
-CPU_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"
+# VMs advertise but trap ("Illegal instruction"): build for a portable AVX2 baseline instead, with AVX-512
+# only where the CPU has it (many do not: AMD EPYC before Zen 4, where such a build dies loading a model).
+CPU_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+  CPU_FLAGS="$CPU_FLAGS -DGGML_AVX512=ON"
+fi
 case "$GPU" in
   cpu) DEFAULT_FLAGS="$CPU_FLAGS" ;;
   # CPU code for an AVX2 baseline (most work runs on the GPU); CUDA code only for the GPUs present,
