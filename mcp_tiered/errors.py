@@ -27,6 +27,10 @@ class QuotaError(RequestError):
     """The principal's limit for the day is used up (HTTP 429 where HTTP says it)."""
 
 
+class ToolsUnsupportedError(RequestError):
+    """The request has tools (or tool turns) and the tier's engine does not do tools."""
+
+
 class PromptTooLongError(RequestError):
     """The prompt plus the requested completion does not fit the tier's context window."""
 

@@ -4,7 +4,8 @@ Each request takes the next mode from `script` (then `default`): "ok", "401", "4
 "529", "slow" (answers after `slow_s`), "malformed" (200 with a body that is not JSON), "drip" (streams
 one word every `drip_s`), "truncated" (streams the reply and stops with stop_reason "max_tokens"). A request with `"stream": true` is answered with server-sent events, word by word;
 two modes break such a stream after `message_start` and two deltas: "reset" (the connection is reset, TCP RST)
-and "cut" (the connection closes cleanly, without `message_stop`).
+and "cut" (the connection closes cleanly, without `message_stop`). "tool" streams a `tool_use` block that calls the
+request's first tool with `tool_input` (its JSON in two `input_json_delta` pieces), stop_reason "tool_use".
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ ERRORS = {
 
 class FakeAnthropic:
     def __init__(self, reply: str = "Cloud answer: Paris.", default: str = "ok", slow_s: float = 3.0,
-                 drip_s: float = 0.5):
+                 drip_s: float = 0.5, tool_input: dict[str, Any] | None = None):
         self.reply = reply
+        self.tool_input = tool_input or {}
         self.default = default
         self.slow_s = slow_s
         self.drip_s = drip_s
         self.script: deque[str] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.streamed = 0
+        """Streams sent to their end (message_stop)."""
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -90,6 +94,9 @@ class FakeAnthropic:
                     time.sleep(fake.slow_s)
                 if body.get("stream"):
                     try:
+                        if mode == "tool":
+                            self._tool_use(body)
+                            return
                         self._stream(body, fake.drip_s if mode == "drip" else 0.0,
                                      break_after=2 if mode in ("reset", "cut") else None,
                                      stop_reason="max_tokens" if mode == "truncated" else "end_turn")
@@ -109,6 +116,29 @@ class FakeAnthropic:
                     self._send(200, json.dumps(message).encode())
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                     pass
+
+            def _event(self, kind: str, data: dict[str, Any]) -> None:
+                self.wfile.write(f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode())
+                self.wfile.flush()
+
+            def _tool_use(self, body: dict[str, Any]) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                arguments = json.dumps(fake.tool_input)
+                self._event("message_start", {"message": {
+                    "id": "msg_02", "type": "message", "role": "assistant", "model": body.get("model", "claude"),
+                    "content": [], "stop_reason": None, "stop_sequence": None,
+                    "usage": {"input_tokens": 30, "output_tokens": 1}}})
+                self._event("content_block_start", {"index": 0, "content_block": {
+                    "type": "tool_use", "id": "toolu_01", "name": body["tools"][0]["name"], "input": {}}})
+                for piece in (arguments[:len(arguments) // 2], arguments[len(arguments) // 2:]):
+                    self._event("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta",
+                                                                              "partial_json": piece}})
+                self._event("content_block_stop", {"index": 0})
+                self._event("message_delta", {"delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                                              "usage": {"output_tokens": 12}})
+                self._event("message_stop", {})
 
             def _stream(self, body: dict[str, Any], drip_s: float, break_after: int | None = None,
                         stop_reason: str = "end_turn") -> None:
@@ -138,5 +168,6 @@ class FakeAnthropic:
                 event("message_delta", {"delta": {"stop_reason": stop_reason, "stop_sequence": None},
                                         "usage": {"output_tokens": 8}})
                 event("message_stop", {})
+                fake.streamed += 1
 
         return Handler

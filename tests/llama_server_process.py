@@ -24,12 +24,14 @@ def llama_server_binary() -> Path:
     return binary
 
 
-def start_llama_server(model: Path, port: int, parallel: int = 2, key: str | None = KEY) -> subprocess.Popen[bytes]:
-    """llama-server on 127.0.0.1:`port` (the endpoint a team already runs), healthy; `key`: its API key."""
+def start_llama_server(model: Path, port: int, parallel: int = 2, key: str | None = KEY,
+                       jinja: bool = True) -> subprocess.Popen[bytes]:
+    """llama-server on 127.0.0.1:`port` (the endpoint a team already runs), healthy; `key`: its API key;
+    `jinja`: its chat templates can render tools."""
     process = subprocess.Popen(
         [str(llama_server_binary()), "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
          "--parallel", str(parallel), "--ctx-size", str(1024 * parallel), "--no-kv-unified", "--threads", "2",
-         "--jinja", "--no-webui"],
+         *(["--jinja"] if jinja else []), "--no-webui"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, **({"LLAMA_API_KEY": key} if key else {})})
     deadline = time.monotonic() + 60

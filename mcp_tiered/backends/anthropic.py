@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from typing import Any
 
 import anthropic
 import anyio
@@ -11,12 +13,13 @@ import httpx2
 
 from ..config.schema import AnthropicTierConfig
 from ..engines.anthropic import CAPABILITIES
-from ..errors import BackendError
-from .base import Backend, Completion, GenerationRequest
+from ..errors import BackendError, RequestError
+from .base import Backend, Completion, GenerationRequest, ToolCall
 from .pool import CallControl
 
 
 MALFORMED = "{tier}: the Anthropic API sent a response that is not a valid Messages API answer"
+TOOL_CHOICE = {"auto": "auto", "none": "none", "required": "any"}
 INCOMPLETE = "{tier}: the Anthropic API's answer stream ended before the answer was complete (no message_stop)"
 
 
@@ -44,9 +47,13 @@ class AnthropicBackend(Backend):
 
     async def _stream(self, request: GenerationRequest, control: CallControl) -> Completion:
         """Streamed, so that the call's deadline can return the text received so far, as local tiers do."""
-        kwargs = {"system": request.system} if request.system else {}
+        kwargs: dict[str, Any] = {"system": request.system} if request.system else {}
         if request.stop:
             kwargs["stop_sequences"] = list(request.stop)
+        if request.dialogue is not None and request.dialogue.tools:
+            kwargs["tools"] = [{"name": tool.name, "description": tool.description,
+                                "input_schema": json.loads(tool.parameters)} for tool in request.dialogue.tools]
+            kwargs["tool_choice"] = {"type": TOOL_CHOICE[request.dialogue.tool_choice]}
         parts: list[str] = []
         input_tokens = 0
         started_message = stopped = False
@@ -56,7 +63,7 @@ class AnthropicBackend(Backend):
                 async with self._client.messages.stream(
                     model=self.config.model,
                     max_tokens=request.max_tokens,
-                    messages=[{"role": "user", "content": request.prompt}],
+                    messages=messages_of(request),
                     **kwargs,
                 ) as stream:
                     async for event in stream:
@@ -67,6 +74,8 @@ class AnthropicBackend(Backend):
                                 control.generating_since, control.phase = time.monotonic(), "generating"
                             parts.append(event.delta.text)
                             control.tokens += 1
+                            if control.on_text is not None:
+                                control.on_text(event.delta.text)
                         elif event.type == "message_stop":
                             stopped = True
                     if not started_message:
@@ -82,9 +91,11 @@ class AnthropicBackend(Backend):
                 # count the most it could have been.
                 return Completion("".join(parts).strip(), "deadline", input_tokens, request.max_tokens)
             text = "".join(block.text for block in message.content if block.type == "text")
+            calls = tuple(ToolCall(block.id, block.name, json.dumps(block.input)) for block in message.content
+                          if block.type == "tool_use")
             usage = message.usage
-            finish = "length" if message.stop_reason == "max_tokens" else "stop"
-            return Completion(text.strip(), finish, usage.input_tokens, usage.output_tokens)
+            finish = "length" if message.stop_reason == "max_tokens" else "tool_calls" if calls else "stop"
+            return Completion(text.strip(), finish, usage.input_tokens, usage.output_tokens, tool_calls=calls)
         except anthropic.AuthenticationError as exc:
             raise BackendError(
                 f"{self.tier}: the Anthropic API rejected the API key (HTTP 401); check ${self.config.api_key_env}"
@@ -111,6 +122,36 @@ class AnthropicBackend(Backend):
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def messages_of(request: GenerationRequest) -> list[dict[str, Any]]:
+    """The conversation as Messages API turns: an assistant's tool calls become `tool_use` blocks, and tool
+    answers `tool_result` blocks of one user turn (with the user text that follows them)."""
+    messages: list[dict[str, Any]] = []
+    for turn in request.turns():
+        role = "assistant" if turn.role == "assistant" else "user"
+        if turn.role == "tool":
+            blocks: list[dict[str, Any]] = [{"type": "tool_result", "tool_use_id": turn.tool_call_id,
+                                             "content": turn.content}]
+        else:
+            blocks = [{"type": "text", "text": turn.content}] if turn.content else []
+            blocks += [{"type": "tool_use", "id": call.id, "name": call.name, "input": _arguments(call)}
+                       for call in turn.tool_calls]
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] += blocks
+        else:
+            messages.append({"role": role, "content": blocks})
+    return messages
+
+
+def _arguments(call: ToolCall) -> Any:
+    try:
+        value = json.loads(call.arguments)
+    except ValueError:
+        raise RequestError(f"messages: the arguments of tool call {call.id} are not JSON") from None
+    if not isinstance(value, dict):
+        raise RequestError(f"messages: the arguments of tool call {call.id} are not a JSON object")
+    return value
 
 
 def _error_message(exc: anthropic.APIStatusError) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from .pool import CallControl, InstancePool
 
-FinishReason = Literal["stop", "length", "deadline"]
+FinishReason = Literal["stop", "length", "deadline", "tool_calls"]
 SAMPLING = {"top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
 """The sampling every local engine uses beside the call's temperature."""
 LOOP_CHECK_EVERY = 64
@@ -17,8 +17,63 @@ LOOP_CHECK_EVERY = 64
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call of one of the request's tools, as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str
+    """The arguments as JSON text (OpenAI's form; a JSON object when the model wrote a valid call)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call (OpenAI's `tools[].function`)."""
+
+    name: str
+    description: str
+    parameters: str
+    """Its JSON Schema, as JSON text."""
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One message of a conversation after the system prompt."""
+
+    role: Literal["user", "assistant", "tool"]
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    """An assistant turn's calls of tools."""
+    tool_call_id: str = ""
+    """A tool turn's answer: the call it answers."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dialogue:
+    """What a request carries beyond one user message (the OpenAI face): the whole conversation and tools."""
+
+    turns: tuple[Turn, ...]
+    """Every message after the system prompt, in order; it ends with a user or tool turn."""
+    tools: tuple[Tool, ...] = ()
+    tool_choice: Literal["auto", "none", "required"] = "auto"
+    """required: the answer must call a tool (a named tool: `tools` holds that one alone)."""
+
+    @property
+    def needs_tools(self) -> bool:
+        """Only an engine that does tools can serve it (`Capabilities.tools`)."""
+        return bool(self.tools) or any(t.role == "tool" or t.tool_calls for t in self.turns)
+
+    def text(self) -> str:
+        """All of its text (for bounds on tokens): contents, calls' arguments, tools' descriptions and schemas."""
+        parts = [t.content for t in self.turns] + [c.name + c.arguments for t in self.turns for c in t.tool_calls]
+        parts += [t.name + t.description + t.parameters for t in self.tools]
+        return "\n".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     prompt: str
+    """The user message; with a `dialogue`, the text of its last user turn (what routing reads)."""
     system: str
     max_tokens: int
     temperature: float
@@ -27,6 +82,19 @@ class GenerationRequest:
     """Record each generated token's log-probability (the confidence signal)."""
     stop_on_loop: bool = False
     """Stop generating once the answer's end is a loop (`confidence.is_repetitive`)."""
+    dialogue: Dialogue | None = None
+    """The whole conversation and its tools, in place of `prompt` alone."""
+
+    def turns(self) -> tuple[Turn, ...]:
+        return self.dialogue.turns if self.dialogue is not None else (Turn("user", self.prompt),)
+
+    def text(self) -> str:
+        """All of the request's text but the system prompt."""
+        return self.dialogue.text() if self.dialogue is not None else self.prompt
+
+    @property
+    def needs_tools(self) -> bool:
+        return self.dialogue is not None and self.dialogue.needs_tools
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +107,8 @@ class Completion:
     """Natural-log probability of each generated token under the model, when recorded."""
     cached_tokens: int = 0
     """Prompt tokens the engine took from its KV cache instead of evaluating them, when it says."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The answer's calls of the request's tools (finish_reason "tool_calls")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +139,8 @@ class Capabilities:
     scores_answers: bool = False
     """`score` reads a given answer in one prefill and returns its token log-probabilities: the tier can be
     another tier's verifier (`verify_with`)."""
+    tools: bool = False
+    """The engine passes tools to the model and returns its calls of them (a request's `needs_tools`)."""
 
 
 LOCAL = Capabilities()

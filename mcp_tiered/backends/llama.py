@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 import time
@@ -59,7 +60,7 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def format_chat(llama: Llama, messages: list[dict[str, str]]) -> FormattedPrompt:
+def format_chat(llama: Llama, messages: list[dict[str, Any]]) -> FormattedPrompt:
     """Apply the model's chat template (or the configured chat_format) and tokenize once, the caller's
     text as plain text (chat_text)."""
     marked = mark(messages)
@@ -142,7 +143,7 @@ class LlamaBackend(Backend):
         """Run `job(llama, request, *args, control)` on a free instance's thread, loading its model first."""
         # llama.cpp reuses the KV cache for the prompt's prefix that the instance processed last
         # (agents resend the same long system prompt), so prefer the free instance that shares most.
-        text = f"{request.system}\x00{request.prompt}"
+        text = f"{request.system}\x00{request.text()}"
         instance = await self.pool.acquire_for_call(control, lambda candidate: candidate.affinity(text))
         release = True
         try:
@@ -279,7 +280,7 @@ class LlamaBackend(Backend):
 
     def _generate(self, llama: Llama, request: GenerationRequest, control: CallControl) -> Completion:
         try:
-            prompt = format_chat(llama, chat_messages(request.system, request.prompt))
+            prompt = format_chat(llama, chat_messages(request))
         except BackendError:
             raise
         except Exception as exc:
@@ -310,6 +311,8 @@ class LlamaBackend(Backend):
             # heap fragmented and the server's RSS creeping up a few KB per call.
             scratch = self._scratch[id(llama)] = np.empty(n_vocab, dtype=np.float32)
         finish: str = "length"
+        on_text = control.on_text
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore") if on_text is not None else None
         states = self._states.get(id(llama))
         if states is not None:
             states.restore_best(llama, prompt.tokens)
@@ -339,6 +342,8 @@ class LlamaBackend(Backend):
                 if any(stop in tail for stop in stops):
                     finish = "stop"
                     break
+            if decoder is not None and (piece := decoder.decode(llama.detokenize([token]))):
+                on_text(piece)
             if len(tokens) >= request.max_tokens:
                 break
             if request.stop_on_loop and len(tokens) % LOOP_CHECK_EVERY == 0 and len(tokens) >= 2 * LOOP_CHECK_EVERY:
@@ -369,7 +374,7 @@ class LlamaBackend(Backend):
         import numpy as np
 
         try:
-            prompt = format_chat(llama, chat_messages(request.system, request.prompt)).tokens
+            prompt = format_chat(llama, chat_messages(request)).tokens
         except BackendError:
             raise
         except Exception as exc:

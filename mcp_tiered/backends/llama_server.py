@@ -40,9 +40,9 @@ import structlog
 from ..config.schema import LlamaServerTierConfig, model_file_problem
 from ..engines.llama_server import CAPABILITIES
 from ..config.explain import key_path
-from ..errors import BackendError, BusyError
-from .wire import llama_api
-from .base import Backend, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
+from ..errors import BackendError, BusyError, PromptTooLongError
+from .wire import llama_api, openai_api
+from .base import SAMPLING, Backend, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
 from .wire.http_stream import DeadlinePassed, EndpointError, stream_answer
 from .llama import available_cpus
 from .pool import CallControl, InstancePool
@@ -198,7 +198,7 @@ class LlamaServerBackend(Backend):
 
     async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
         control = control or CallControl()
-        text = f"{request.system}\x00{request.prompt}"
+        text = f"{request.system}\x00{request.text()}"
         slot = await self.pool.acquire_for_call(control, lambda candidate: prefix_affinity(candidate.last_request, text))
         self._busy += 1
         started = time.perf_counter()
@@ -207,11 +207,14 @@ class LlamaServerBackend(Backend):
             started = time.perf_counter()  # generation seconds, as on the in-process engine, exclude the start
             control.phase = "prompt"
             try:
-                tokens = await self._tokens(server, request, control)
+                if request.needs_tools:
+                    completion = await self._chat(server, slot, request, control)
+                else:
+                    tokens = await self._tokens(server, request, control)
+                    refuse_if_too_long(self.tier, len(tokens), request.max_tokens, self.config.n_ctx)
+                    completion = await self._complete(server, slot, tokens, request, control)
             except DeadlinePassed:
                 return Completion("", "deadline", 0, 0)
-            refuse_if_too_long(self.tier, len(tokens), request.max_tokens, self.config.n_ctx)
-            completion = await self._complete(server, slot, tokens, request, control)
             slot.last_request = text
             return completion
         finally:
@@ -371,6 +374,25 @@ class LlamaServerBackend(Backend):
         try:
             return await llama_api.prompt_tokens(self._http, server.url, server.headers, request, control)
         except EndpointError as exc:
+            raise await self._failure(server, exc) from exc
+
+    async def _chat(self, server: _Server, slot: _Slot, request: GenerationRequest, control: CallControl) -> Completion:
+        """A request with tools, through the server's OpenAI API, whose template (--jinja) renders the tools and
+        whose parser returns the model's calls; the caller's text with its control-token spellings broken first
+        (the API tokenizes the rendered text with control tokens). llama-server streams no log-probabilities
+        with tools, so a text answer here is judged without token confidence."""
+        try:
+            spellings = await llama_api.control_spellings(self._http, server.url, server.headers,
+                                                          f"{request.system}\n{request.text()}", control)
+            body = {**openai_api.chat_body(self.model_name, request, False, spellings), "id_slot": slot.index,
+                    "cache_prompt": True, **{k: v for k, v in SAMPLING.items() if k != "top_p"}}
+            return await stream_answer(self._http, server.url, "/v1" + openai_api.PATH, body, server.headers, request,
+                                       control, openai_api.ChatReader())
+        except EndpointError as exc:
+            if exc.status == 400 and "context" in str(exc).lower():
+                raise PromptTooLongError(f"prompt is too long for tier {self.tier}: llama-server {exc}; shorten the "
+                                         "prompt or lower max_tokens", prompt_tokens=0, max_tokens=request.max_tokens,
+                                         n_ctx=self.config.n_ctx) from None
             raise await self._failure(server, exc) from exc
 
     async def _complete(self, server: _Server, slot: _Slot, tokens: list[int], request: GenerationRequest,

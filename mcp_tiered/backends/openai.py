@@ -24,7 +24,7 @@ import httpx2
 import structlog
 
 from ..config.schema import EndpointConfig, OpenAITierConfig
-from ..errors import BackendError, PromptTooLongError
+from ..errors import BackendError, PromptTooLongError, ToolsUnsupportedError
 from ..config.explain import key_path
 from .wire import llama_api, openai_api
 from ..engines.openai import capabilities
@@ -112,7 +112,7 @@ class OpenAIBackend(Backend):
 
     async def generate(self, request: GenerationRequest, control: CallControl | None = None) -> Completion:
         control = control or CallControl()
-        text = f"{request.system}\x00{request.prompt}"
+        text = f"{request.system}\x00{request.text()}"
         failures: dict[str, str] = {}
         queue_s = generation_s = 0.0
         try:
@@ -138,6 +138,10 @@ class OpenAIBackend(Backend):
                             f"prompt is too long for tier {self.tier}: {endpoint.url} {exc}; shorten the prompt "
                             "or lower max_tokens", prompt_tokens=0, max_tokens=request.max_tokens,
                             n_ctx=self.config.n_ctx or 0) from None
+                    if request.needs_tools and exc.status == 400:  # the request's tools, not the endpoint, failed
+                        raise ToolsUnsupportedError(
+                            f"tier {self.tier}: {endpoint.url} {exc} for a request with tools; a vLLM or SGLang "
+                            "server takes tools when started with its tool-call parser") from None
                     failures[endpoint.url] = f"{endpoint.url} {exc}"
                     self._cool_down(endpoint, exc)
                     if control.seconds_left() == 0:
@@ -174,7 +178,7 @@ class OpenAIBackend(Backend):
             return await self._attempt(endpoint, request, control)
 
     async def _attempt(self, endpoint: _Endpoint, request: GenerationRequest, control: CallControl) -> Completion:
-        if self.config.api == "llama-server":
+        if self.config.api == "llama-server" and not request.needs_tools:  # tools: its OpenAI API parses calls
             root = endpoint.url.removesuffix("/v1")
             try:
                 tokens = await llama_api.prompt_tokens(self._http, root, endpoint.headers, request, control)
@@ -203,11 +207,8 @@ class OpenAIBackend(Backend):
                                  f'tiers.{self.tier}.api = "llama-server" tokenizes it exactly')
         if not endpoint.tokenizer:
             return set()
-        spellings: set[str] = set()
-        for text in (request.system, request.prompt):
-            if text:
-                spellings |= await llama_api.control_spellings(self._http, root, endpoint.headers, text, control)
-        return spellings
+        text = f"{request.system}\n{request.text()}"
+        return await llama_api.control_spellings(self._http, root, endpoint.headers, text, control)
 
     def _score(self, slot: _Slot, text: str) -> tuple[float, int]:
         endpoint = slot.endpoint

@@ -35,6 +35,9 @@ class CallControl:
         """Seconds the current hop waited for a free instance (set by the backend)."""
         self.generation_s = 0.0
         """Seconds the current hop's engine worked on it: prompt and generation, model load excluded."""
+        self.on_text: Callable[[str], None] | None = None
+        """Receives the answer's text as the engine generates it, piece by piece (from the engine's thread for
+        in-process engines): set only where nothing will judge that answer (the OpenAI face's pinned tier)."""
 
     PROMPT_PHASES = frozenset({"prompt", "waiting for the cloud"})
 

@@ -20,7 +20,7 @@ LOGPROB_SLACK = 1e-3
 
 def prompt_bound(request: GenerationRequest) -> int:
     """The most prompt tokens the request can be: a tokenizer makes at most one token per byte of text."""
-    return len(request.prompt.encode()) + len(request.system.encode()) + TEMPLATE_TOKENS
+    return len(request.text().encode()) + len(request.system.encode()) + TEMPLATE_TOKENS
 
 
 def _count(value: object, bound: int) -> bool:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..backends import GenerationRequest
+from ..backends.base import Dialogue
 from .cascade import Call
 from ..errors import RequestError
 from .tiers import Tier
@@ -98,8 +99,9 @@ def parse_arguments(arguments: dict[str, Any]) -> GenerateArguments:
     return args
 
 
-def build_call(tier: Tier, args: GenerateArguments) -> Call:
-    """The call on `tier`, within its limits; raises RequestError with one sentence."""
+def build_call(tier: Tier, args: GenerateArguments, dialogue: Dialogue | None = None) -> Call:
+    """The call on `tier`, within its limits; raises RequestError with one sentence. `dialogue`: the whole
+    conversation and its tools (the OpenAI face), whose last user turn is `args.prompt`."""
     limit = tier.max_tokens
     max_tokens = args.max_tokens if args.max_tokens is not None else limit
     if max_tokens > limit:
@@ -110,6 +112,8 @@ def build_call(tier: Tier, args: GenerateArguments) -> Call:
     if local_only and tier.capabilities.prompt_leaves_machine:
         raise RequestError(f"local_only: {tier.tool_name} sends the prompt to the cloud; call a local tier instead")
     temperature = args.temperature if args.temperature is not None else tier.temperature
-    request = GenerationRequest(args.prompt, args.system, max_tokens, temperature, tuple(args.stop or ()))
+    request = GenerationRequest(args.prompt, args.system, max_tokens, temperature, tuple(args.stop or ()),
+                                dialogue=dialogue)
+    # Answers that call tools are not cached: the same request comes again with its tools' answers.
     return Call(request, args.escalate or "auto", local_only, args.deadline_s,
-                args.cache is not False and request.temperature == 0)
+                args.cache is not False and request.temperature == 0 and not request.needs_tools)

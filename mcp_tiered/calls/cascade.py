@@ -16,7 +16,7 @@ from ..backends import Completion, GenerationRequest, reported
 from ..backends.pool import CallControl
 from ..accounting.budget import BudgetExceeded
 from ..accounting.costs import CostModel
-from ..errors import BackendError, BusyError, RequestError, TieredError
+from ..errors import BackendError, BusyError, RequestError, TieredError, ToolsUnsupportedError
 from .escalation import (HANDED_ON, Escalate, HandOn, Reason, Standing, Stop, Verify, judge, judge_verification,
                          next_step, reason_for_error, verifier_for)
 from ..accounting.ledger import HopRecord
@@ -136,6 +136,9 @@ class Cascade:
         control.start_hop()
         request = request_for(tier, self.call)
         try:
+            if request.needs_tools and not tier.capabilities.tools:
+                raise ToolsUnsupportedError(f"tier {tier.name} cannot use tools: its engine does not pass them to "
+                                            "the model; call a tier whose engine does (llama-server, openai, anthropic)")
             async with self._cloud_spend(tier, request) as settle:
                 completion, problems = reported.checked(await tier.backend.generate(request, control), request)
                 if problems:
@@ -154,11 +157,13 @@ class Cascade:
             self._record(position, tier, None, why, "failed")
             raise
         self.failure = None
-        reason, value = judge(tier, completion)
+        reason, value = judge(tier, completion, request)
         self.answer = (tier, completion, value)
         self.trace.answered_at = len(self.trace.hops)
         self._record(position, tier, completion, reason, "escalated")
-        return reason, value, verifier_for(tier.policy, value) if reason is None else None
+        # A verifier reads text after a plain prompt: a conversation with tools is not for it to read.
+        verify = reason is None and not request.needs_tools
+        return reason, value, verifier_for(tier.policy, value) if verify else None
 
     async def _verify(self, tier_name: str, verifier_name: str) -> tuple[Reason | None, str | None]:
         """Have `verifier_name` read the answer in hand: ("rejected" or None, None), or (None, the note saying
@@ -196,7 +201,7 @@ class Cascade:
             yield _nothing_to_settle
             return
         prices = self.costs.prices(tier.name)
-        async with budget.hold(prices, request.prompt, request.system, request.max_tokens,
+        async with budget.hold(prices, request.text(), request.system, request.max_tokens,
                                self.control.seconds_left(), spender_of(self.trace.principal)) as reservation:
             yield lambda completion: budget.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
 

@@ -12,6 +12,7 @@ import anyio
 import structlog
 
 from .arguments import build_call, parse_arguments
+from ..backends.base import Dialogue
 from ..backends.pool import CallControl
 from .cache import ResponseCache
 from .cascade import Cascade, Trace, Walked
@@ -93,11 +94,13 @@ class Dispatcher:
 
     async def generate(self, tier_name: str, prompt: str, system: str = "", control: CallControl | None = None,
                        *, via: str | None = None, route_note: str | None = None, client: str | None = None,
-                       principal: Principal | None = None, routed: bool = False, **options: Any) -> GenerateResult:
+                       principal: Principal | None = None, routed: bool = False, dialogue: Dialogue | None = None,
+                       **options: Any) -> GenerateResult:
         """`via`: the tool that was called, when not the tier's own; `route_note`: why `generate` chose the tier;
         `client`: the MCP client's name (what it says it is), `principal`: who the call is from (authenticated;
         None: the local user), for the ledger, the limits and the scopes; `routed`: generate_routed chose the
-        tier (its scopes were checked there)."""
+        tier (its scopes were checked there); `dialogue`: the whole conversation and its tools, whose last user
+        turn is `prompt` (the OpenAI face)."""
         started = time.perf_counter()
         control = control or CallControl()
         tool = via or self.tiers.get(tier_name).tool_name
@@ -106,8 +109,9 @@ class Dispatcher:
         try:
             if not routed:
                 self._check_tier_scope(tier_name, principal)
-            trace.tokens_held = self._hold_tokens(principal, tier_name, prompt, system, options)
-            result = await self._serve(tier_name, prompt, system, options, started, control, trace)
+            text = prompt if dialogue is None else dialogue.text()
+            trace.tokens_held = self._hold_tokens(principal, tier_name, text, system, options)
+            result = await self._serve(tier_name, prompt, system, options, started, control, trace, dialogue)
             if route_note is not None:
                 result = result.model_copy(update={"routing": route_note})
         except TieredError as exc:
@@ -206,9 +210,9 @@ class Dispatcher:
             await self.ledger.commit(row)
 
     async def _serve(self, tier_name: str, prompt: str, system: str, options: dict[str, Any],
-                     started: float, control: CallControl, trace: Trace) -> GenerateResult:
+                     started: float, control: CallControl, trace: Trace, dialogue: Dialogue | None) -> GenerateResult:
         first = self.tiers.get(tier_name)
-        call = build_call(first, parse_arguments({"prompt": prompt, "system": system, **options}))
+        call = build_call(first, parse_arguments({"prompt": prompt, "system": system, **options}), dialogue)
         cache_key = None
         if self.cache is not None and call.use_cache:
             # Whether the call may reach the cloud is part of the key: an answer that came from there is no
@@ -237,7 +241,7 @@ def _result(first: Tier, walked: Walked, started: float) -> GenerateResult:
         verifications=[Verification(tier=r.tier, by=r.by, statistic=r.statistic, value=round(r.value, 4),
                                     kept=r.kept, answer_tokens=r.answer_tokens, evaluated_tokens=r.evaluated_tokens,
                                     ms=round(r.seconds * 1000, 1)) for r in walked.readings],
-        escalation_note=walked.note,
+        escalation_note=walked.note, tool_calls=list(completion.tool_calls),
     )
 
 

@@ -4,21 +4,23 @@ happens next. Pure decisions (no I/O, no logging); cascade.py carries them out a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Literal
 
-from ..backends import Completion
+from ..backends import Completion, GenerationRequest
 from ..backends.base import ScoredAnswer
 from .confidence import confidence, is_repetitive, verification
-from ..errors import BackendError, BusyError, PromptTooLongError, TieredError
+from ..errors import BackendError, BusyError, PromptTooLongError, TieredError, ToolsUnsupportedError
 from .tiers import Policy, Tier
 
 Reason = Literal["context", "low_confidence", "empty", "repetitive", "truncated", "rejected", "error", "busy",
-                 "requested"]
+                 "requested", "tools", "tool_call"]
 Escalate = Literal["auto", "never", "always"]
 
 ERROR_REASONS: dict[type[TieredError], Reason] = {
     PromptTooLongError: "context",
+    ToolsUnsupportedError: "tools",
     BusyError: "busy",
     BackendError: "error",
 }
@@ -30,8 +32,13 @@ def reason_for_error(exc: TieredError) -> Reason:
     return next(reason for kind, reason in ERROR_REASONS.items() if isinstance(exc, kind))
 
 
-def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | None]:
-    """Is a local answer good enough? The reason to escalate (or None) and the confidence."""
+def judge(tier: Tier, completion: Completion, request: GenerationRequest) -> tuple[Reason | None, float | None]:
+    """Is a local answer good enough? The reason to escalate (or None) and the confidence. An answer that calls
+    tools is judged by its calls alone (`tool_call_problem`), not by token confidence."""
+    if completion.tool_calls or completion.finish_reason == "tool_calls":
+        return ("tool_call" if tool_call_problem(completion, request) else None), None
+    if request.dialogue is not None and request.dialogue.tool_choice == "required":
+        return "tool_call", None
     policy = tier.policy
     value = (confidence(completion.token_logprobs, policy.confidence, policy.confidence_quantile)
              if tier.capabilities.token_logprobs else None)
@@ -44,6 +51,27 @@ def judge(tier: Tier, completion: Completion) -> tuple[Reason | None, float | No
     if value is not None and value < policy.min_confidence:
         return "low_confidence", value
     return None, value
+
+
+def tool_call_problem(completion: Completion, request: GenerationRequest) -> str | None:
+    """Why the answer's tool calls cannot be carried out as they stand, or None: each names one of the request's
+    tools and its arguments are a JSON object with every property that tool's schema requires."""
+    tools = {tool.name: tool for tool in request.dialogue.tools} if request.dialogue is not None else {}
+    if not completion.tool_calls:
+        return "it ends in a tool call but names none"
+    for call in completion.tool_calls:
+        if call.name not in tools:
+            return f"it calls {call.name!r}, which is not one of the request's tools"
+        try:
+            arguments = json.loads(call.arguments)
+            required = json.loads(tools[call.name].parameters).get("required") or []
+        except (ValueError, AttributeError):
+            return f"the arguments of its call of {call.name} are not JSON"
+        if not isinstance(arguments, dict):
+            return f"the arguments of its call of {call.name} are not a JSON object"
+        if missing := [name for name in required if isinstance(name, str) and name not in arguments]:
+            return f"its call of {call.name} lacks the required argument {missing[0]}"
+    return None
 
 
 def verifier_for(policy: Policy, value: float | None) -> str | None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
+from ..backends.base import ToolCall
 from .escalation import Reason
 
 
@@ -22,7 +24,8 @@ class Escalation(BaseModel):
     reason: Reason = Field(description="context: did not fit; low_confidence / empty / repetitive / truncated: "
                            "the answer was not good enough; rejected: the verifying tier read the answer and found "
                            "it unlikely; error: the tier failed; busy: no instance was free in time; "
-                           "requested: escalate=always.")
+                           "requested: escalate=always; tools: the tier's engine cannot use the request's tools; tool_call: the "
+                           "answer's tool call names no tool of the request or lacks required arguments.")
     confidence: float | None = Field(description="The handing tier's confidence in its answer, if it answered.")
 
 
@@ -45,9 +48,9 @@ class GenerateResult(BaseModel):
     tier: str = Field(description="The tier that was called (for `generate`, the tier it chose).")
     served_by: str = Field(description="The tier whose answer this is (a later tier after escalation, or cloud).")
     model: str = Field(description="The model that produced the answer.")
-    finish_reason: Literal["stop", "length", "deadline"] = Field(
+    finish_reason: Literal["stop", "length", "deadline", "tool_calls"] = Field(
         description="stop: the model finished; length: cut off at max_tokens; deadline: cut off at deadline_s "
-        "(the text is what was generated until then)."
+        "(the text is what was generated until then); tool_calls: the answer calls tools (OpenAI face only)."
     )
     usage: Usage
     latency_ms: float = Field(description="Server-side time for the call, model load, waiting and escalation included.")
@@ -61,3 +64,5 @@ class GenerateResult(BaseModel):
     )
     routing: str | None = Field(None, description="`generate` only: why it started at `tier`.")
     cache_hit: bool = Field(False, description="true: answered from the response cache, no model was run.")
+    tool_calls: SkipJsonSchema[list[ToolCall]] = Field(default_factory=list, exclude=True)
+    """The answer's calls of the request's tools: the OpenAI face's `tool_calls` (MCP tools take no tools)."""

@@ -8,7 +8,7 @@ from ..backends.base import Capabilities
 from ..config.schema import AnthropicTierConfig
 from . import Checked, Engine
 
-CAPABILITIES = Capabilities(prompt_leaves_machine=True, billing="tokens", token_logprobs=False)
+CAPABILITIES = Capabilities(prompt_leaves_machine=True, billing="tokens", token_logprobs=False, tools=True)
 
 
 def _backend(name: str, tier: AnthropicTierConfig, environ: Mapping[str, str]):  # noqa: ANN202

@@ -9,7 +9,7 @@ from ..config.schema import LlamaServerTierConfig
 from . import Checked, Engine, model_file
 from .llama_build import build_of
 
-CAPABILITIES = Capabilities()
+CAPABILITIES = Capabilities(tools=True)  # through its OpenAI API with --jinja (backends.llama_server)
 
 
 def _backend(name: str, tier: LlamaServerTierConfig, environ: Mapping[str, str]):  # noqa: ANN202

@@ -13,7 +13,7 @@ from . import Checked, Engine, scoring
 def capabilities(tier: OpenAITierConfig | None) -> Capabilities:
     if tier is None:
         return Capabilities()
-    return Capabilities(prompt_leaves_machine=not tier.private, token_logprobs=tier.logprobs)
+    return Capabilities(prompt_leaves_machine=not tier.private, token_logprobs=tier.logprobs, tools=True)
 
 
 def _backend(name: str, tier: OpenAITierConfig, environ: Mapping[str, str]):  # noqa: ANN202

@@ -5,6 +5,7 @@ no I/O. What is not supported yet is refused in one sentence, never ignored."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -12,15 +13,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..backends.base import Dialogue, Tool, ToolCall, Turn
 from ..calls.results import GenerateResult
 from ..config.explain import explain
 
 AUTO = "auto"
 PINNED = ":never"
-"""`<tier>:never`: that tier answers, without escalation."""
-NEUTRAL = {"top_p": 1, "frequency_penalty": 0, "presence_penalty": 0, "n": 1, "logprobs": False,
-           "parallel_tool_calls": None, "seed": None, "response_format": {"type": "text"}}
-"""Parameters clients send with their neutral value: accepted at that value only."""
+"""`<tier>:never`: that tier answers, without escalation (and with `stream`, its tokens go out as they come)."""
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "top_p": (1,), "frequency_penalty": (0,), "presence_penalty": (0,), "n": (1,), "logprobs": (False,),
+    "parallel_tool_calls": (None, True), "seed": (None,), "response_format": ({"type": "text"},)}
+"""Parameters clients send with their neutral value: accepted at those values only."""
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class OpenAIError(Exception):
@@ -35,22 +39,55 @@ class OpenAIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["text"]
-    text: str
+class _Function(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    arguments: str
+
+
+class _ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    type: Literal["function"] = "function"
+    function: _Function
 
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[_Part] | None = None
+    content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[_ToolCall] | None = None
+    tool_call_id: str | None = None
 
     @property
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
+            return "".join(part["text"] for part in self.content)
         return self.content or ""
+
+
+class _FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class _ToolSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: _FunctionSpec
+
+
+class _NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class _NamedTool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: _NamedFunction
 
 
 class _StreamOptions(BaseModel):
@@ -70,19 +107,28 @@ class ChatRequest(BaseModel):
     user: str | None = None
     stream: bool = False
     stream_options: _StreamOptions | None = None
+    tools: list[_ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | _NamedTool | None = None
 
 
 @dataclass(frozen=True)
 class Call:
-    """What the dispatcher is asked: the tier (None: `auto`), the prompt and the options."""
+    """What the dispatcher is asked: the tier (None: `auto`), the prompt (the last user message), the whole
+    conversation when it is more than that, and the options."""
 
     model: str
     tier: str | None
     prompt: str
     system: str
     options: dict[str, Any]
+    dialogue: Dialogue | None = None
     stream: bool = False
     include_usage: bool = False
+
+    @property
+    def pinned(self) -> bool:
+        """Nothing judges the first tier's answer: with `stream`, it goes out as it is generated."""
+        return self.options.get("escalate") == "never"
 
 
 def parse(body: object, tiers: list[str]) -> Call:
@@ -90,23 +136,28 @@ def parse(body: object, tiers: list[str]) -> Call:
     if not isinstance(body, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
     for name, neutral in NEUTRAL.items():
-        if name in body and body[name] != neutral:
-            raise OpenAIError(400, f"{name}: only {json.dumps(neutral)} is supported (for now), got "
-                              f"{json.dumps(body[name])[:100]}", param=name)
+        if name in body and not any(_same(body[name], value) for value in neutral):
+            allowed = " or ".join(json.dumps(value) for value in neutral)
+            raise OpenAIError(400, f"{name}: only {allowed} is supported, got {json.dumps(body[name])[:100]}",
+                              param=name)
     try:
         request = ChatRequest.model_validate(body)
     except ValidationError as exc:
-        raise OpenAIError(400, explain(exc, ChatRequest)[0]) from None
+        raise OpenAIError(400, explain(exc, ChatRequest)[0].replace("a table", "a JSON object")) from None
+    for i, message in enumerate(request.messages):
+        for j, part in enumerate(message.content if isinstance(message.content, list) else ()):
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise OpenAIError(400, f"messages[{i}].content[{j}]: only text parts ({{\"type\": \"text\", \"text\": "
+                                  f"...}}) are supported, got type {json.dumps(part.get('type'))[:40]}",
+                                  param="messages")
     unsupported = sorted(set(request.model_extra or {}) - set(NEUTRAL))
     if request.stream_options is not None and not request.stream:
         raise OpenAIError(400, "stream_options: is only allowed with stream = true", param="stream_options")
     if unsupported:
         raise OpenAIError(400, f"{unsupported[0]}: is not supported", param=unsupported[0])
     system = "\n\n".join(m.text for m in request.messages if m.role in ("system", "developer"))
-    turns = [m for m in request.messages if m.role not in ("system", "developer")]
-    if len(turns) != 1 or turns[0].role != "user":
-        raise OpenAIError(400, "messages: conversations with assistant or tool turns are not supported yet; send "
-                          "system messages and one user message", param="messages")
+    turns = conversation(request.messages)
+    tools = tools_of(request)
     if request.max_tokens is not None and request.max_completion_tokens is not None \
             and request.max_tokens != request.max_completion_tokens:
         raise OpenAIError(400, "max_tokens and max_completion_tokens differ; send one of them", param="max_tokens")
@@ -118,8 +169,69 @@ def parse(body: object, tiers: list[str]) -> Call:
     if request.stop is not None:
         options["stop"] = [request.stop] if isinstance(request.stop, str) else request.stop
     tier = model_tier(request.model, tiers, options)
-    return Call(request.model, tier, turns[0].text, system, options, request.stream,
+    prompt = next(t.content for t in reversed(turns) if t.role == "user")
+    dialogue = None if len(turns) == 1 and tools is None else Dialogue(turns, *(tools or ((), "auto")))
+    return Call(request.model, tier, prompt, system, options, dialogue, request.stream,
                 bool(request.stream_options and request.stream_options.include_usage))
+
+
+def _same(sent: object, value: object) -> bool:
+    """Equal as JSON values: 1 and 1.0 are, false and 0 are not."""
+    return sent == value and isinstance(sent, bool) == isinstance(value, bool)
+
+
+def conversation(messages: list[_Message]) -> tuple[Turn, ...]:
+    """The messages after the system ones as turns: they include a user message and end with a user or tool
+    message; a tool message answers a call of an assistant message before it."""
+    turns: list[Turn] = []
+    called: set[str] = set()
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if message.role in ("system", "developer"):
+            continue
+        if message.role != "assistant" and message.tool_calls:
+            raise OpenAIError(400, f"{where}.tool_calls: only assistant messages carry tool calls", param="messages")
+        if message.role == "tool":
+            if not message.tool_call_id or message.tool_call_id not in called:
+                raise OpenAIError(400, f"{where}.tool_call_id: must name a tool call of an earlier assistant message, "
+                                  f"got {json.dumps(message.tool_call_id)}", param="messages")
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or ())
+        called |= {c.id for c in calls}
+        turns.append(Turn(message.role, message.text, calls, message.tool_call_id or ""))  # type: ignore[arg-type]
+    if not any(t.role == "user" for t in turns):
+        raise OpenAIError(400, "messages: must include a user message", param="messages")
+    if turns[-1].role not in ("user", "tool"):
+        raise OpenAIError(400, f"messages: must end with a user or tool message, not {turns[-1].role}",
+                          param="messages")
+    return tuple(turns)
+
+
+def tools_of(request: ChatRequest) -> tuple[tuple[Tool, ...], Literal["auto", "none", "required"]] | None:
+    """The request's tools and tool_choice (a named function: that tool alone, and it must be called)."""
+    if request.tool_choice is not None and not request.tools:
+        raise OpenAIError(400, "tool_choice: is only allowed with tools", param="tool_choice")
+    if not request.tools:
+        return None
+    tools: list[Tool] = []
+    for i, spec in enumerate(request.tools):
+        function = spec.function
+        if not TOOL_NAME.fullmatch(function.name):
+            raise OpenAIError(400, f"tools[{i}].function.name: must be 1 to 64 letters, digits, _ or -, got "
+                              f"{json.dumps(function.name)[:80]}", param="tools")
+        if function.parameters.get("type", "object") != "object":
+            raise OpenAIError(400, f"tools[{i}].function.parameters: must be a JSON Schema of type object",
+                              param="tools")
+        tools.append(Tool(function.name, function.description, json.dumps(function.parameters)))
+    if len({t.name for t in tools}) != len(tools):
+        raise OpenAIError(400, "tools: two tools have the same name", param="tools")
+    choice = request.tool_choice or "auto"
+    if isinstance(choice, _NamedTool):
+        named = [t for t in tools if t.name == choice.function.name]
+        if not named:
+            raise OpenAIError(400, f"tool_choice: {choice.function.name!r} is not one of the tools "
+                              f"({', '.join(t.name for t in tools)})", param="tool_choice")
+        return tuple(named), "required"
+    return tuple(tools), choice
 
 
 def model_tier(model: str, tiers: list[str], options: dict[str, Any]) -> str | None:
@@ -146,7 +258,14 @@ def _usage(result: GenerateResult) -> dict[str, int]:
 
 
 def _finish(result: GenerateResult) -> str:
+    if result.tool_calls:
+        return "tool_calls"
     return "stop" if result.finish_reason == "stop" else "length"
+
+
+def _tool_calls(result: GenerateResult) -> list[dict[str, Any]]:
+    return [{"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in result.tool_calls]
 
 
 def _extension(result: GenerateResult) -> dict[str, Any]:
@@ -157,22 +276,43 @@ def completion(result: GenerateResult) -> dict[str, Any]:
     """The result as a `chat.completion`; `mcp_tiered` carries what the MCP tool's result carries."""
     return {
         "id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion", "created": int(time.time()),
-        "model": f"{result.served_by}/{result.model}",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                     "finish_reason": _finish(result), "logprobs": None}],
+        "model": model_of(result.served_by, result.model),
+        "choices": [{"index": 0, "message": {
+            "role": "assistant", "content": result.text or (None if result.tool_calls else ""),
+            **({"tool_calls": _tool_calls(result)} if result.tool_calls else {})},
+            "finish_reason": _finish(result), "logprobs": None}],
         "usage": _usage(result), "mcp_tiered": _extension(result),
     }
 
 
-def chunks(result: GenerateResult, include_usage: bool) -> list[dict[str, Any]]:
-    """The answer that stands as `chat.completion.chunk` events: the role, the text, the finish reason (with the
-    extension), and with include_usage a last chunk with no choices and the usage."""
-    head = {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion.chunk",
-            "created": int(time.time()), "model": f"{result.served_by}/{result.model}"}
-    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
-              {**head, "choices": [{"index": 0, "delta": {"content": result.text}, "finish_reason": None}]},
-              {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(result)}],
-               "mcp_tiered": _extension(result)}]
+def chunk_head(model: str) -> dict[str, Any]:
+    """What every chunk of one streamed answer carries; `model` as in `model_of`."""
+    return {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model}
+
+
+def model_of(tier: str, model: str) -> str:
+    return f"{tier}/{model}"
+
+
+def delta(head: dict[str, Any], **content: Any) -> dict[str, Any]:
+    return {**head, "choices": [{"index": 0, "delta": content, "finish_reason": None}]}
+
+
+def closing(head: dict[str, Any], result: GenerateResult, include_usage: bool) -> list[dict[str, Any]]:
+    """The chunks after the text: the tool calls, the finish reason (with the extension), and with
+    include_usage a last chunk with no choices and the usage."""
+    events = [delta(head, tool_calls=[{"index": i, **call} for i, call in enumerate(_tool_calls(result))])] \
+        if result.tool_calls else []
+    events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(result)}],
+                   "mcp_tiered": _extension(result)})
     if include_usage:
         events.append({**head, "choices": [], "usage": _usage(result)})
     return events
+
+
+def chunks(result: GenerateResult, include_usage: bool) -> list[dict[str, Any]]:
+    """The answer that stands, whole, as `chat.completion.chunk` events."""
+    head = chunk_head(model_of(result.served_by, result.model))
+    return [delta(head, role="assistant", content=""), *([delta(head, content=result.text)] if result.text else []),
+            *closing(head, result, include_usage)]

@@ -4,22 +4,27 @@ request's principal (auth.http.Gate stands in front, as for /mcp). Every failure
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import anyio
+import structlog
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..auth.http import principal_now
+from ..backends.pool import CallControl
 from ..calls.dispatch import Dispatcher
+from ..calls.results import GenerateResult
 from ..errors import BackendError, BusyError, QuotaError, RequestError, ScopeError, TieredError
 from . import chat
 
 MODELS_PATH = "/v1/models"
 CHAT_PATH = "/v1/chat/completions"
 CLIENT_CHARS = 64
+log = structlog.get_logger(__name__)
 KEEPALIVE_S = 5.0
 """While a streamed call's tiers work and judge, an SSE comment goes out this often."""
 _STATUS = ((ScopeError, 403, "permission_error"), (QuotaError, 429, "rate_limit_error"),
@@ -54,11 +59,61 @@ def add_routes(mcp, dispatcher: Dispatcher) -> None:  # noqa: ANN001 (an MCPServ
         return JSONResponse(chat.completion(result))
 
 
+class _Pieces:
+    """The answer's text as the engine generates it (`CallControl.on_text`, called from the engine's thread or
+    the event loop), waiting for the response to send it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.ready = asyncio.Event()
+        self.parts: list[str] = []
+
+    def put(self, text: str) -> None:
+        self.parts.append(text)
+        if not self.ready.is_set():
+            self.loop.call_soon_threadsafe(self.ready.set)
+
+    def take(self) -> str:
+        self.ready.clear()
+        count = len(self.parts)  # what an engine thread appends meanwhile stays for the next take
+        text = "".join(self.parts[:count])
+        del self.parts[:count]
+        return text
+
+
+class _Sent:
+    """What of a streamed answer has gone out: the completion's text is stripped and cut before its stop
+    strings, so leading and trailing whitespace, and what could begin a stop string, wait for what follows."""
+
+    def __init__(self, stop: list[str]):
+        self.text = self.pending = ""
+        self.hold = max((len(s) for s in stop), default=1) - 1
+
+    def add(self, piece: str) -> str:
+        """The part of the text so far that can go out now."""
+        self.pending += piece
+        if not self.text:
+            self.pending = self.pending.lstrip()
+        ready = self.pending[:len(self.pending) - self.hold] if self.hold else self.pending
+        ready = ready[:len(ready.rstrip())]
+        self.pending = self.pending[len(ready):]
+        self.text += ready
+        return ready
+
+    def rest(self, answer: str) -> str:
+        """What of the final answer has not gone out (nothing, if the engine's pieces were not its text)."""
+        if answer.startswith(self.text):
+            return answer[len(self.text):]
+        log.warning("streamed_text_differs", sent_chars=len(self.text), answer_chars=len(answer))
+        return ""
+
+
 class _EventStream(Response):
-    """`stream: true`: the call runs to its end first — a hop whose answer may still be judged and escalated is
-    never sent as final text — then the answer that stands goes out as chunks. A call that fails within
-    KEEPALIVE_S gets its own status; after that the 200 is sent, with an SSE comment every KEEPALIVE_S while
-    the tiers work, and a failure then is an error event."""
+    """`stream: true`. A pinned tier (`<tier>:never`), whose answer nothing judges, streams its text as the
+    engine generates it. Otherwise the call runs to its end first — a hop whose answer may still be judged and
+    escalated is never sent as final text — then the answer that stands goes out. A call that fails before
+    any text and within KEEPALIVE_S gets its own status; after that the 200 is sent, with an SSE comment every
+    KEEPALIVE_S while nothing else goes out, and a failure then is an error event."""
 
     media_type = "text/event-stream"
 
@@ -68,50 +123,84 @@ class _EventStream(Response):
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 (ASGI)
         outcome: dict[str, object] = {}
-        done = anyio.Event()
+        pieces = _Pieces()
+        control = CallControl()
+        if self.call.pinned:
+            control.on_text = pieces.put
 
         async def run() -> None:
             try:
-                outcome["result"] = await _answer(self.dispatcher, self.call, self.request)
+                outcome["result"] = await _answer(self.dispatcher, self.call, self.request, control)
             except chat.OpenAIError as exc:
                 outcome["error"] = exc
             finally:
-                done.set()
+                pieces.ready.set()
 
+        async def event(body: dict[str, object]) -> None:
+            await send({"type": "http.response.body", "body": b"data: " + json.dumps(body).encode() + b"\n\n",
+                        "more_body": True})
+
+        head: dict[str, object] = chat.chunk_head(self._model(None))
         started = False
+        sent = _Sent(self.call.options.get("stop") or [])
+        last_sent = time.monotonic()
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
-            with anyio.move_on_after(KEEPALIVE_S):
-                await done.wait()
-            if not done.is_set() or "result" in outcome:
-                started = True
-                await send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                    (b"x-accel-buffering", b"no")]})
-            while not done.is_set():
-                await send({"type": "http.response.body", "body": b": working\n\n", "more_body": True})
-                with anyio.move_on_after(KEEPALIVE_S):
-                    await done.wait()
-        if "error" in outcome and not started:  # it failed fast: its own status, as without streaming
-            error: chat.OpenAIError = outcome["error"]  # type: ignore[assignment]
-            await JSONResponse(error.body(), error.status)(scope, receive, send)
-            return
-        events = [error.body()] if (error := outcome.get("error")) is not None else chat.chunks(
-            outcome["result"], self.call.include_usage)  # type: ignore[arg-type]
-        body = b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in events) + b"data: [DONE]\n\n"
+            while True:
+                with anyio.move_on_after(max(KEEPALIVE_S - (time.monotonic() - last_sent), 0)):
+                    await pieces.ready.wait()
+                finished = bool(outcome)
+                if not started:
+                    if finished and "error" in outcome:  # it failed fast: its own status, as without streaming
+                        error: chat.OpenAIError = outcome["error"]  # type: ignore[assignment]
+                        await JSONResponse(error.body(), error.status)(scope, receive, send)
+                        return
+                    started = True
+                    await send({"type": "http.response.start", "status": 200, "headers": [
+                        (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no")]})
+                    if self.call.pinned:
+                        await event(chat.delta(head, role="assistant", content=""))
+                if finished:  # what is left goes out with the answer that stands
+                    break
+                if text := sent.add(pieces.take()):
+                    await event(chat.delta(head, content=text))
+                elif time.monotonic() - last_sent >= KEEPALIVE_S:
+                    await send({"type": "http.response.body", "body": b": working\n\n", "more_body": True})
+                else:
+                    continue
+                last_sent = time.monotonic()
+        if (error := outcome.get("error")) is not None:
+            events = [error.body()]  # type: ignore[attr-defined]
+        elif self.call.pinned:  # the text so far went out as it came
+            result: GenerateResult = outcome["result"]  # type: ignore[assignment]
+            rest = sent.rest(result.text)
+            events = [*([chat.delta(head, content=rest)] if rest else []),
+                      *chat.closing(head, result, self.call.include_usage)]
+        else:
+            events = chat.chunks(outcome["result"], self.call.include_usage)  # type: ignore[arg-type]
+        body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
+    def _model(self, result: object) -> str:
+        """The chunks' `model`: the tier and model that answered, known up front for a pinned tier."""
+        if isinstance(result, GenerateResult):
+            return chat.model_of(result.served_by, result.model)
+        if self.call.tier is not None:
+            return chat.model_of(self.call.tier, self.dispatcher.tiers.get(self.call.tier).backend.model_name)
+        return chat.AUTO
 
-async def _answer(dispatcher: Dispatcher, call: chat.Call, request: Request):  # noqa: ANN202
+
+async def _answer(dispatcher: Dispatcher, call: chat.Call, request: Request,
+                  control: CallControl | None = None) -> GenerateResult:
     client = request.headers.get("user-agent", "")[:CLIENT_CHARS] or None  # what the client says it is
-    options = {"client": client, "principal": principal_now(), **call.options}
+    options = {"client": client, "principal": principal_now(), "dialogue": call.dialogue, **call.options}
     try:
         if call.tier is None:
-            return await dispatcher.generate_routed(call.prompt, call.system, tool=f"{CHAT_PATH} {call.model}",
-                                                    **options)
-        return await dispatcher.generate(call.tier, call.prompt, call.system, via=f"{CHAT_PATH} {call.model}",
-                                         **options)
+            return await dispatcher.generate_routed(call.prompt, call.system, control,
+                                                    tool=f"{CHAT_PATH} {call.model}", **options)
+        return await dispatcher.generate(call.tier, call.prompt, call.system, control,
+                                         via=f"{CHAT_PATH} {call.model}", **options)
     except TieredError as exc:
-        status, kind = next((s, k) for t, s, k in _STATUS if isinstance(exc, t)) if any(
-            isinstance(exc, t) for t, _, _ in _STATUS) else (500, "api_error")
+        status, kind = next(((s, k) for t, s, k in _STATUS if isinstance(exc, t)), (500, "api_error"))
         raise chat.OpenAIError(status, str(exc), kind) from None

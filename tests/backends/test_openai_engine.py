@@ -406,3 +406,24 @@ async def test_check_calls_each_endpoint_and_names_the_one_that_fails(endpoint: 
     assert lines[1] == f"ok       {endpoint}"
     assert lines[2].startswith(f"error    tiers.remote.endpoints[1].url: {wrong.url} answered HTTP 404 at "
                                "/chat/completions (The model `smollm2` does not exist.); it serves")
+
+
+async def test_an_endpoint_that_refuses_tools_hands_the_call_on_and_keeps_serving(smollm2: Path) -> None:
+    from mcp_tiered.backends.base import Dialogue, Tool, Turn
+    from mcp_tiered.errors import ToolsUnsupportedError
+
+    port = free_port()
+    process = start_llama_server(smollm2, port, jinja=False)  # without --jinja llama-server takes no tools
+    engine = backend(f"http://127.0.0.1:{port}/v1")
+    tools = Dialogue((Turn("user", "Weather in Oslo?"),), (Tool("get_weather", "", '{"type": "object"}'),))
+    try:
+        with anyio.fail_after(60):
+            with pytest.raises(ToolsUnsupportedError) as refused:
+                await engine.generate(GenerationRequest("Weather in Oslo?", "", 8, 0.0, dialogue=tools))
+            after = await engine.generate(request("Say hi.", 4))
+    finally:
+        await engine.aclose()
+        process.kill()
+        process.wait()
+    assert str(refused.value).startswith(f"tier remote: http://127.0.0.1:{port}/v1 answered HTTP 400")
+    assert after.completion_tokens > 0  # the endpoint was not cooled down for the request's tools

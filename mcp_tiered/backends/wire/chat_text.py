@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
+
+from ..base import GenerationRequest
 
 
 @dataclass(frozen=True, slots=True)
 class MarkedMessages:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     """The messages with a marker in place of each content: what the template renders."""
     contents: dict[str, str]
     """Marker → the caller's text it stands for."""
@@ -31,16 +34,25 @@ class MarkedMessages:
         return out
 
 
-def mark(messages: list[dict[str, str]]) -> MarkedMessages:
+def mark(messages: list[dict[str, Any]]) -> MarkedMessages:
     nonce = secrets.token_hex(8)
     contents = {f"\ue000{nonce}.{i}\ue001": message["content"] for i, message in enumerate(messages)}
     marked = [{**message, "content": marker} for message, marker in zip(messages, contents)]
     return MarkedMessages(marked, contents, re.compile(f"\ue000{nonce}\\.\\d+\ue001"))
 
 
-def chat_messages(system: str, prompt: str) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": prompt})
+def chat_messages(request: GenerationRequest, caller: Callable[[str], str] = str) -> list[dict[str, Any]]:
+    """The request's messages in the OpenAI chat form that chat templates render, each piece of the caller's
+    text passed through `caller` (`neutralize`, for engines that tokenize the rendered text themselves)."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": caller(request.system)}] if request.system else []
+    for turn in request.turns():
+        message: dict[str, Any] = {"role": turn.role, "content": caller(turn.content)}
+        if turn.tool_calls:
+            message["tool_calls"] = [{"id": call.id, "type": "function", "function": {
+                "name": caller(call.name), "arguments": caller(call.arguments)}} for call in turn.tool_calls]
+        if turn.role == "tool":
+            message["tool_call_id"] = turn.tool_call_id
+        messages.append(message)
     return messages
 
 

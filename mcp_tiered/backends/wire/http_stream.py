@@ -16,7 +16,7 @@ import anyio
 import httpx2
 
 from ...calls.confidence import is_repetitive
-from ..base import LOOP_CHECK_EVERY, Completion, FinishReason, GenerationRequest
+from ..base import LOOP_CHECK_EVERY, Completion, FinishReason, GenerationRequest, ToolCall
 from ..pool import CallControl
 
 
@@ -26,6 +26,8 @@ MAX_JSON_BYTES = 64 << 20
 """The largest JSON answer read (`/tokenize` of a 1 MB prompt is about 2 MB)."""
 MAX_ERROR_BYTES = 64 << 10
 """Of an error answer, what is read for its message."""
+MAX_TOOL_CALLS = 64
+"""The most tool calls one answer may carry."""
 MAX_CHARS_PER_TOKEN = 128
 """More text per asked-for token than any vocabulary's longest token: an endpoint that sends more is cut."""
 PLAIN = {"Accept-Encoding": "identity"}
@@ -53,6 +55,8 @@ class StreamReader(ABC):
         self.tokens = 0
         self.done = False
         self.finish: FinishReason = "stop"
+        self.calls: dict[int, dict[str, str]] = {}
+        """Tool calls by their index, as their pieces arrive (id, name, arguments)."""
         self.prompt_tokens: float | None = None
         self.usage_tokens: float | None = None
         """The prompt and completion tokens as the engine reported them (`reported.checked` judges them);
@@ -61,6 +65,25 @@ class StreamReader(ABC):
     @abstractmethod
     def feed(self, event: Any) -> None:
         """Take one `data:` event (parsed JSON); raise ValueError/KeyError/TypeError if it is malformed."""
+
+    def add_call_piece(self, piece: dict[str, Any]) -> None:
+        """A piece of a streamed tool call: its index, and the first time its id and name; the arguments' text
+        comes in pieces."""
+        index = piece.get("index", len(self.calls))
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_TOOL_CALLS:
+            raise ValueError(f"tool call index {index!r}")
+        call = self.calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+        function = piece.get("function") or {}
+        for key, value in (("id", piece.get("id")), ("name", function.get("name")),
+                           ("arguments", function.get("arguments"))):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"tool call {key} is {type(value).__name__}, not text")
+            if value:
+                call[key] = call[key] + value if key == "arguments" else value
+
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return tuple(ToolCall(c["id"] or f"call_{i}", c["name"], c["arguments"] or "{}")
+                     for i, c in sorted(self.calls.items()))
 
     def feed_done(self) -> None:
         """`data: [DONE]`, the OpenAI stream's last line."""
@@ -172,6 +195,9 @@ async def stream_answer(http: httpx2.AsyncClient, url: str, path: str, body: dic
                                 control.generating_since, control.phase = time.monotonic(), "generating"
                             control.tokens = reader.tokens
                             chars += sum(len(part) for part in reader.parts[read_parts:])
+                            if control.on_text is not None:
+                                for part in reader.parts[read_parts:]:
+                                    control.on_text(part)
                             read_parts = len(reader.parts)
                         if reader.done:
                             break
@@ -197,4 +223,5 @@ async def stream_answer(http: httpx2.AsyncClient, url: str, path: str, body: dic
         return Completion(text.strip(), "length" if looped else "deadline", prompt_tokens, reader.tokens,
                           tuple(reader.logprobs))
     return Completion(text.strip(), reader.finish, reader.prompt_tokens or prompt_tokens,
-                      reader.tokens if reader.usage_tokens is None else reader.usage_tokens, tuple(reader.logprobs))
+                      reader.tokens if reader.usage_tokens is None else reader.usage_tokens, tuple(reader.logprobs),
+                      tool_calls=reader.tool_calls())

@@ -19,7 +19,7 @@ from ..pool import CallControl
 async def prompt_tokens(http: httpx2.AsyncClient, url: str, headers: dict[str, str],
                         request: GenerationRequest, control: CallControl) -> list[int]:
     """The request's prompt as tokens; `http_stream.DeadlinePassed` when the call's deadline passes first."""
-    marked = mark(chat_messages(request.system, request.prompt))
+    marked = mark(chat_messages(request))
     answer = await post_json(http, url, "/apply-template", {"messages": marked.messages}, headers,
                              control.seconds_left())
     rendered = answer.get("prompt") if isinstance(answer, dict) else None

@@ -8,6 +8,7 @@ those of the known families everywhere."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from typing import Any
 
@@ -20,12 +21,21 @@ PATH = "/chat/completions"
 
 def chat_body(model: str, request: GenerationRequest, logprobs: bool, spellings: Collection[str] = ()) -> dict[str, Any]:
     """`spellings`: what else in the caller's text the endpoint would read as control tokens."""
-    messages = chat_messages(neutralize(request.system, spellings), neutralize(request.prompt, spellings))
-    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": request.max_tokens,
-                            "temperature": request.temperature, "top_p": 0.95, "stream": True,
-                            "stream_options": {"include_usage": True}}
+    def caller(text: str) -> str:
+        return neutralize(text, spellings)
+
+    body: dict[str, Any] = {"model": model, "messages": chat_messages(request, caller),
+                            "max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": 0.95,
+                            "stream": True, "stream_options": {"include_usage": True}}
     if request.stop:
         body["stop"] = list(request.stop)
+    if request.dialogue is not None and request.dialogue.tools:
+        # The schema is JSON text: a control-token spelling can only sit inside one of its strings, where the
+        # word joiner keeps it valid JSON.
+        body["tools"] = [{"type": "function", "function": {
+            "name": tool.name, "description": caller(tool.description),
+            "parameters": json.loads(caller(tool.parameters))}} for tool in request.dialogue.tools]
+        body["tool_choice"] = request.dialogue.tool_choice
     if logprobs and request.logprobs:
         body["logprobs"] = True
         body["top_logprobs"] = 1  # the least llama-server takes (logprobs alone sends 20 alternatives per token)
@@ -33,8 +43,9 @@ def chat_body(model: str, request: GenerationRequest, logprobs: bool, spellings:
 
 
 class ChatReader(StreamReader):
-    """Chunks with `choices[0].delta.content` and `choices[0].logprobs.content[].logprob`; one with a
-    `finish_reason`; then (include_usage) one with `usage` and no choices; then `[DONE]`."""
+    """Chunks with `choices[0].delta.content` (or pieces of `delta.tool_calls`) and
+    `choices[0].logprobs.content[].logprob`; one with a `finish_reason`; then (include_usage) one with `usage`
+    and no choices; then `[DONE]`."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -49,13 +60,16 @@ class ChatReader(StreamReader):
                 raise ValueError(f"content is {type(content).__name__}, not text")
             if content:
                 self.parts.append(content)
+            calls = (choice.get("delta") or {}).get("tool_calls") or ()
+            for piece in calls:
+                self.add_call_piece(piece)
             entries = (choice.get("logprobs") or {}).get("content") or ()
             for entry in entries:
                 self.logprobs.append(reported(entry["logprob"]))
-            self.tokens += len(entries) if entries else 1 if content else 0
+            self.tokens += len(entries) if entries else 1 if content or calls else 0
             if reason := choice.get("finish_reason"):
                 self._finished = True
-                self.finish = "length" if reason == "length" else "stop"
+                self.finish = "length" if reason == "length" else "tool_calls" if reason == "tool_calls" else "stop"
         if usage := event.get("usage"):
             self.prompt_tokens = reported(usage["prompt_tokens"])
             if (completion := usage.get("completion_tokens")) is not None:
