@@ -110,6 +110,9 @@ class AnthropicBackend(Backend):
                                f"({self.config.key(self.tier, 'timeout_s')}), {self.config.max_retries} retries "
                                "included") from exc
         except anthropic.APIConnectionError as exc:
+            if started_message:  # the SDK (2.17) wraps a connection broken mid-stream as this too
+                raise BackendError(f"{self.tier}: the connection to the Anthropic API broke during the answer "
+                                   f"(APIConnectionError: {exc})") from exc
             raise BackendError(f"{self.tier}: cannot reach the Anthropic API ({exc})") from exc
         except anthropic.APIStatusError as exc:
             raise BackendError(f"{self.tier}: the Anthropic API answered HTTP {exc.status_code} "
@@ -141,6 +144,9 @@ def messages_of(request: GenerationRequest) -> list[dict[str, Any]]:
             messages[-1]["content"] += blocks
         else:
             messages.append({"role": role, "content": blocks})
+    for message in messages:  # text alone as a plain string, the API's simplest form
+        if [block["type"] for block in message["content"]] == ["text"]:
+            message["content"] = message["content"][0]["text"]
     return messages
 
 

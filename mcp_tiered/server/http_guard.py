@@ -175,7 +175,10 @@ class _WithoutQuery(logging.Filter):
 
 class _AcceptErrorsNowAndThen(logging.Filter):
     """asyncio logs "socket.accept() out of system resource" up to `backlog` times per attempt when the
-    process runs out of file descriptors; let one through every `ACCEPT_ERROR_LOG_EVERY_S`, with a count."""
+    process runs out of file descriptors, and each accept it then retried fails again once the listening socket
+    is closed at shutdown; let one through every `ACCEPT_ERROR_LOG_EVERY_S`, with a count."""
+
+    PREFIXES = ("socket.accept() out of system resource", "Exception in callback BaseSelectorEventLoop._start_serving")
 
     def __init__(self) -> None:
         super().__init__()
@@ -183,7 +186,7 @@ class _AcceptErrorsNowAndThen(logging.Filter):
         self._held = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("socket.accept() out of system resource"):
+        if not str(record.msg).startswith(self.PREFIXES):
             return True
         now = time.monotonic()
         if now - self._last < ACCEPT_ERROR_LOG_EVERY_S:

@@ -23,7 +23,7 @@ from mcp_tiered.calls.tiers import TierRegistry
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 
-LONG = "Count from 1 to 1000, separated by commas."
+LONG = "Write the numbers from 1 to 1000, one after another, separated by commas, without stopping."
 
 
 def backend(model: Path, **overrides) -> LlamaBackend:
@@ -283,4 +283,6 @@ async def test_prompt_cache_restores_an_agents_prompt_after_another_agent_used_t
     finally:
         await tier.aclose()
     assert (states.saves, states.restores) == (2, 1)
-    assert again.text == first.text and again.token_logprobs == pytest.approx(first.token_logprobs, abs=1e-3)
+    # The restored prompt's last token is evaluated alone, the first time in a batch with the rest: llama.cpp's
+    # kernels round the two apart (up to 0.016 seen on an AVX2 build, under 0.001 with AVX-512).
+    assert again.text == first.text and again.token_logprobs == pytest.approx(first.token_logprobs, abs=0.05)

@@ -5,6 +5,7 @@ the extension field, and each failure as the OpenAI error the SDK raises."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -78,7 +79,8 @@ async def test_each_mistake_is_one_openai_error_with_its_sentence(tmp_path: Path
                 await client.chat.completions.create(model="small", messages=user, logit_bias={"1": 5})
     assert unknown.value.body["message"] == ("model: 'gpt-4o' is not a model here; valid models are auto, small, "
                                              "small:never")
-    assert "does not fit" in too_long.value.body["message"] or "context" in too_long.value.body["message"]
+    assert re.fullmatch(r"prompt is too long for tier small: \d+ prompt tokens \+ max_tokens 16 exceed its context "
+                        r"window of 512 tokens; shorten the prompt or lower max_tokens", too_long.value.body["message"])
     assert several.value.body["message"] == "n: only 1 is supported, got 2"
     assert conversation.value.body["message"] == "messages: must end with a user or tool message, not assistant"
     assert bias.value.body["message"] == "logit_bias: is not supported"

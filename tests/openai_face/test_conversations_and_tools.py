@@ -147,3 +147,18 @@ async def test_tools_reach_a_real_llama_server_through_its_chat_template(tmp_pat
     assert "get_weather" in tooled.choices[0].message.content or tooled.choices[0].message.tool_calls
     assert tooled.model_extra["mcp_tiered"]["confidence"] is None  # no log-probabilities streamed with tools
     assert [h[1:] for h in hops(tmp_path)] == [("coder", "answered", None)] * 2
+
+
+async def test_a_prompt_over_every_tiers_context_is_one_400_after_each_tier_said_so(tmp_path: Path,
+                                                                                    smollm2: Path) -> None:
+    tiers = (f'[tiers.small]\nmodel = "{smollm2}"\ndescription = "small"\nn_ctx = 512\nmax_tokens = 16\n'
+             f'escalate_to = "large"\n[tiers.large]\nmodel = "{smollm2}"\ndescription = "large"\nn_ctx = 1024\n'
+             'max_tokens = 16\n')
+    with anyio.fail_after(60):
+        async with http_server(write(tmp_path, tiers)) as base, sdk(base) as client:
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.chat.completions.create(model="small", messages=[
+                    {"role": "user", "content": "word " * 3000}])
+    assert refused.value.body["message"].startswith("prompt is too long for tier large: ")
+    assert hops(tmp_path) == [("/v1/chat/completions small", "small", "failed", "context"),
+                              ("/v1/chat/completions small", "large", "failed", "context")]

@@ -103,7 +103,7 @@ def test_the_messages_api_gets_tool_use_and_tool_result_blocks() -> None:
                   "tools": [WEATHER]}, TIERS)
     request = GenerationRequest(call.prompt, call.system, 16, 0.0, dialogue=call.dialogue)
     assert messages_of(request) == [
-        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+        {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "c1", "name": "get_weather",
                                            "input": {"city": "Paris"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "18 C, sunny"},

@@ -34,7 +34,7 @@ async def test_streamable_http_lists_calls_and_reports_progress(small_tier_confi
         async with http_server(small_tier_config) as base, Client(f"{base}/mcp") as client:
             tools = [t.name for t in (await client.list_tools()).tools]
             result = await client.call_tool(
-                "generate_small", {"prompt": "Count from 1 to 1000, separated by commas.", "max_tokens": 250,
+                "generate_small", {"prompt": "Write the numbers from 1 to 1000, one after another, separated by commas, without stopping.", "max_tokens": 250,
                                    "temperature": 0}, progress_callback=on_progress)
     assert tools == ["generate_small"]
     assert not result.is_error and result.structured_content["usage"]["completion_tokens"] == 250
@@ -51,7 +51,7 @@ async def test_sse_lists_calls_and_reports_progress(small_tier_config: Path) -> 
         async with http_server(small_tier_config, "sse") as base, Client(sse_client(f"{base}/sse")) as client:
             tools = [t.name for t in (await client.list_tools()).tools]
             result = await client.call_tool(
-                "generate_small", {"prompt": "Count from 1 to 1000, separated by commas.", "max_tokens": 250,
+                "generate_small", {"prompt": "Write the numbers from 1 to 1000, one after another, separated by commas, without stopping.", "max_tokens": 250,
                                    "temperature": 0}, progress_callback=on_progress)
     assert tools == ["generate_small"]
     assert not result.is_error
@@ -120,7 +120,8 @@ async def test_sigint_lets_the_call_in_flight_finish_then_exits_cleanly(small_ti
 
     async def call(client: Client) -> None:
         results.append(await client.call_tool("generate_small", {
-            "prompt": "Count from 1 to 1000, separated by commas.", "max_tokens": 200, "temperature": 0}))
+            "prompt": "Write the numbers from 1 to 1000, one after another, separated by commas, without stopping.",
+            "max_tokens": 200, "temperature": 0}))
 
     with anyio.fail_after(60):
         async with http_server(small_tier_config, started=processes) as base:

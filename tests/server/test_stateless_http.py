@@ -78,7 +78,7 @@ async def test_both_protocol_generations_list_and_call_across_replicas(mode: str
                 tools = [t.name for t in (await client.list_tools()).tools]
                 first = await client.call_tool("generate_small", {"prompt": PROMPT, "temperature": 0})
                 long = await client.call_tool(
-                    "generate_small", {"prompt": "Count from 1 to 1000, separated by commas.", "max_tokens": 150,
+                    "generate_small", {"prompt": "Write the numbers from 1 to 1000, one after another, separated by commas, without stopping.", "max_tokens": 150,
                                        "temperature": 0}, progress_callback=on_progress)
     assert version == (LEGACY if mode == "legacy" else mode)
     assert tools == ["generate_small"]
@@ -138,7 +138,7 @@ async def cancel_a_call(client: Client, max_tokens: int) -> bool:
     async with anyio.create_task_group() as tg:
         async def call() -> None:
             nonlocal answered
-            await client.call_tool("generate_small", {"prompt": "Count from 1 to 1000, separated by commas.",
+            await client.call_tool("generate_small", {"prompt": "Write the numbers from 1 to 1000, one after another, separated by commas, without stopping.",
                                                       "max_tokens": max_tokens, "temperature": 0},
                                    progress_callback=on_progress)
             answered = True
