@@ -140,6 +140,8 @@ def messages_of(request: GenerationRequest) -> list[dict[str, Any]]:
             blocks = [{"type": "text", "text": turn.content}] if turn.content else []
             blocks += [{"type": "tool_use", "id": call.id, "name": call.name, "input": _arguments(call)}
                        for call in turn.tool_calls]
+        if not blocks:  # the API takes no empty turn
+            continue
         if messages and messages[-1]["role"] == role:
             messages[-1]["content"] += blocks
         else:
@@ -153,7 +155,7 @@ def messages_of(request: GenerationRequest) -> list[dict[str, Any]]:
 def _arguments(call: ToolCall) -> Any:
     try:
         value = json.loads(call.arguments)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RequestError(f"messages: the arguments of tool call {call.id} are not JSON") from None
     if not isinstance(value, dict):
         raise RequestError(f"messages: the arguments of tool call {call.id} are not a JSON object")

@@ -313,6 +313,9 @@ class LlamaBackend(Backend):
         finish: str = "length"
         on_text = control.on_text
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore") if on_text is not None else None
+        # What could be the start of a stop string waits: the answer is cut before it.
+        hold = max((len(s.decode(errors="ignore")) for s in stops), default=1) - 1
+        unsent = ""
         states = self._states.get(id(llama))
         if states is not None:
             states.restore_best(llama, prompt.tokens)
@@ -342,8 +345,9 @@ class LlamaBackend(Backend):
                 if any(stop in tail for stop in stops):
                     finish = "stop"
                     break
-            if decoder is not None and (piece := decoder.decode(llama.detokenize([token]))):
-                on_text(piece)
+            if decoder is not None and len(unsent := unsent + decoder.decode(llama.detokenize([token]))) > hold:
+                on_text(unsent[:len(unsent) - hold])
+                unsent = unsent[len(unsent) - hold:]
             if len(tokens) >= request.max_tokens:
                 break
             if request.stop_on_loop and len(tokens) % LOOP_CHECK_EVERY == 0 and len(tokens) >= 2 * LOOP_CHECK_EVERY:

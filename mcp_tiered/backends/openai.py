@@ -144,6 +144,8 @@ class OpenAIBackend(Backend):
                             "server takes tools when started with its tool-call parser") from None
                     failures[endpoint.url] = f"{endpoint.url} {exc}"
                     self._cool_down(endpoint, exc)
+                    if control.on_text is not None and control.tokens:  # its text went out: no second answer
+                        break
                     if control.seconds_left() == 0:
                         break
                 finally:

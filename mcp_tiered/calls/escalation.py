@@ -56,20 +56,23 @@ def judge(tier: Tier, completion: Completion, request: GenerationRequest) -> tup
 def tool_call_problem(completion: Completion, request: GenerationRequest) -> str | None:
     """Why the answer's tool calls cannot be carried out as they stand, or None: each names one of the request's
     tools and its arguments are a JSON object with every property that tool's schema requires."""
-    tools = {tool.name: tool for tool in request.dialogue.tools} if request.dialogue is not None else {}
+    dialogue = request.dialogue
+    tools = {tool.name: tool for tool in dialogue.tools} if dialogue is not None else {}
     if not completion.tool_calls:
         return "it ends in a tool call but names none"
+    if dialogue is not None and dialogue.tool_choice == "none":
+        return "it calls a tool although tool_choice is none"
     for call in completion.tool_calls:
         if call.name not in tools:
             return f"it calls {call.name!r}, which is not one of the request's tools"
         try:
             arguments = json.loads(call.arguments)
-            required = json.loads(tools[call.name].parameters).get("required") or []
-        except (ValueError, AttributeError):
+        except (ValueError, RecursionError):
             return f"the arguments of its call of {call.name} are not JSON"
         if not isinstance(arguments, dict):
             return f"the arguments of its call of {call.name} are not a JSON object"
-        if missing := [name for name in required if isinstance(name, str) and name not in arguments]:
+        required = json.loads(tools[call.name].parameters).get("required")  # a list of names (chat.tools_of)
+        if missing := [name for name in required or () if isinstance(name, str) and name not in arguments]:
             return f"its call of {call.name} lacks the required argument {missing[0]}"
     return None
 

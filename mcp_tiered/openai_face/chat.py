@@ -25,6 +25,9 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "parallel_tool_calls": (None, True), "seed": (None,), "response_format": ({"type": "text"},)}
 """Parameters clients send with their neutral value: accepted at those values only."""
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What a tool call's id may be (the Messages API's own rule): never a control-token spelling."""
+MAX_STOP = 4
 
 
 class OpenAIError(Exception):
@@ -40,24 +43,27 @@ class OpenAIError(Exception):
 
 
 class _Function(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     name: str
     arguments: str
 
 
 class _ToolCall(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     id: str
     type: Literal["function"] = "function"
     function: _Function
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     tool_calls: list[_ToolCall] | None = None
     tool_call_id: str | None = None
+    name: str | None = None
+    """A participant's name: accepted, not passed to the model (chat templates have no place for it)."""
+    refusal: None = None
 
     @property
     def text(self) -> str:
@@ -67,10 +73,12 @@ class _Message(BaseModel):
 
 
 class _FunctionSpec(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: Literal[False] | None = Field(None, json_schema_extra={
+        "expect": "false (strict schemas are not enforced; a call's required arguments are checked)"})
 
 
 class _ToolSpec(BaseModel):
@@ -140,16 +148,28 @@ def parse(body: object, tiers: list[str]) -> Call:
             allowed = " or ".join(json.dumps(value) for value in neutral)
             raise OpenAIError(400, f"{name}: only {allowed} is supported, got {json.dumps(body[name])[:100]}",
                               param=name)
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+            isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop)):
+        raise OpenAIError(400, f"stop: must be a string or a list of at most {MAX_STOP} strings, got "
+                          f"{json.dumps(stop)[:80]}", param="stop")
+    choice = body.get("tool_choice")
+    if choice is not None and choice not in ("none", "auto", "required") and not (
+            isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict)
+            and isinstance(choice["function"].get("name"), str)):
+        raise OpenAIError(400, 'tool_choice: must be "none", "auto", "required" or {"type": "function", "function": '
+                          f'{{"name": ...}}}}, got {json.dumps(choice)[:80]}', param="tool_choice")
+    for i, message in enumerate(body.get("messages") if isinstance(body.get("messages"), list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else part
+                raise OpenAIError(400, f"messages[{i}].content[{j}]: only text parts ({{\"type\": \"text\", \"text\": "
+                                  f"...}}) are supported, got {json.dumps(kind)[:40]}", param="messages")
     try:
         request = ChatRequest.model_validate(body)
     except ValidationError as exc:
         raise OpenAIError(400, explain(exc, ChatRequest)[0].replace("a table", "a JSON object")) from None
-    for i, message in enumerate(request.messages):
-        for j, part in enumerate(message.content if isinstance(message.content, list) else ()):
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise OpenAIError(400, f"messages[{i}].content[{j}]: only text parts ({{\"type\": \"text\", \"text\": "
-                                  f"...}}) are supported, got type {json.dumps(part.get('type'))[:40]}",
-                                  param="messages")
     unsupported = sorted(set(request.model_extra or {}) - set(NEUTRAL))
     if request.stream_options is not None and not request.stream:
         raise OpenAIError(400, "stream_options: is only allowed with stream = true", param="stream_options")
@@ -182,28 +202,53 @@ def _same(sent: object, value: object) -> bool:
 
 def conversation(messages: list[_Message]) -> tuple[Turn, ...]:
     """The messages after the system ones as turns: they include a user message and end with a user or tool
-    message; a tool message answers a call of an assistant message before it."""
+    message; an assistant message's tool calls are answered, each once, by the tool messages that follow it."""
     turns: list[Turn] = []
-    called: set[str] = set()
+    unanswered: dict[str, int] = {}
+    """The calls of the last assistant message with calls that no tool message has answered yet."""
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if message.role in ("system", "developer"):
             continue
         if message.role != "assistant" and message.tool_calls:
             raise OpenAIError(400, f"{where}.tool_calls: only assistant messages carry tool calls", param="messages")
+        if message.role != "tool" and message.tool_call_id is not None:
+            raise OpenAIError(400, f"{where}.tool_call_id: only tool messages answer tool calls", param="messages")
         if message.role == "tool":
-            if not message.tool_call_id or message.tool_call_id not in called:
-                raise OpenAIError(400, f"{where}.tool_call_id: must name a tool call of an earlier assistant message, "
-                                  f"got {json.dumps(message.tool_call_id)}", param="messages")
-        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or ())
-        called |= {c.id for c in calls}
+            if message.tool_call_id not in unanswered:
+                raise OpenAIError(400, f"{where}.tool_call_id: must name an unanswered tool call of the assistant "
+                                  f"message before it, got {json.dumps(message.tool_call_id)}", param="messages")
+            del unanswered[message.tool_call_id]
+        elif unanswered:
+            call, at = next(iter(unanswered.items()))
+            raise OpenAIError(400, f"{where}: the tool call {call} of messages[{at}] has no tool message answering it "
+                              "before this one", param="messages")
+        calls = tuple(_tool_call(call, f"{where}.tool_calls[{j}]") for j, call in enumerate(message.tool_calls or ()))
+        unanswered = {c.id: i for c in calls} or unanswered
         turns.append(Turn(message.role, message.text, calls, message.tool_call_id or ""))  # type: ignore[arg-type]
+    if unanswered:
+        call, at = next(iter(unanswered.items()))
+        raise OpenAIError(400, f"messages: the tool call {call} of messages[{at}] has no tool message answering it",
+                          param="messages")
     if not any(t.role == "user" for t in turns):
         raise OpenAIError(400, "messages: must include a user message", param="messages")
     if turns[-1].role not in ("user", "tool"):
         raise OpenAIError(400, f"messages: must end with a user or tool message, not {turns[-1].role}",
                           param="messages")
     return tuple(turns)
+
+
+def _tool_call(call: _ToolCall, where: str) -> ToolCall:
+    if not CALL_ID.fullmatch(call.id):
+        raise OpenAIError(400, f"{where}.id: must be 1 to 128 letters, digits, _ or -, got {json.dumps(call.id)[:80]}",
+                          param="messages")
+    try:
+        arguments = json.loads(call.function.arguments)
+    except (ValueError, RecursionError):
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise OpenAIError(400, f"{where}.function.arguments: must be a JSON object as text", param="messages")
+    return ToolCall(call.id, call.function.name, call.function.arguments)
 
 
 def tools_of(request: ChatRequest) -> tuple[tuple[Tool, ...], Literal["auto", "none", "required"]] | None:
@@ -218,10 +263,17 @@ def tools_of(request: ChatRequest) -> tuple[tuple[Tool, ...], Literal["auto", "n
         if not TOOL_NAME.fullmatch(function.name):
             raise OpenAIError(400, f"tools[{i}].function.name: must be 1 to 64 letters, digits, _ or -, got "
                               f"{json.dumps(function.name)[:80]}", param="tools")
-        if function.parameters.get("type", "object") != "object":
-            raise OpenAIError(400, f"tools[{i}].function.parameters: must be a JSON Schema of type object",
-                              param="tools")
-        tools.append(Tool(function.name, function.description, json.dumps(function.parameters)))
+        schema = function.parameters
+        required = schema.get("required", [])
+        if schema.get("type", "object") != "object" or not isinstance(schema.get("properties", {}), dict) \
+                or not isinstance(required, list) or not all(isinstance(name, str) for name in required):
+            raise OpenAIError(400, f"tools[{i}].function.parameters: must be a JSON Schema of type object, with "
+                              "properties an object and required a list of names", param="tools")
+        try:
+            parameters = json.dumps(schema, ensure_ascii=False)  # as written: neutralize reads the text
+        except (ValueError, RecursionError):
+            raise OpenAIError(400, f"tools[{i}].function.parameters: is nested too deeply", param="tools") from None
+        tools.append(Tool(function.name, function.description, parameters))
     if len({t.name for t in tools}) != len(tools):
         raise OpenAIError(400, "tools: two tools have the same name", param="tools")
     choice = request.tool_choice or "auto"

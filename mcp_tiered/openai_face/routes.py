@@ -48,7 +48,7 @@ def add_routes(mcp, dispatcher: Dispatcher) -> None:  # noqa: ANN001 (an MCPServ
         try:
             try:
                 body = json.loads(await request.body())
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 raise chat.OpenAIError(400, "the request body is not JSON") from None
             call = chat.parse(body, names)
             if call.stream:
@@ -82,20 +82,19 @@ class _Pieces:
 
 
 class _Sent:
-    """What of a streamed answer has gone out: the completion's text is stripped and cut before its stop
-    strings, so leading and trailing whitespace, and what could begin a stop string, wait for what follows."""
+    """What of a streamed answer has gone out: the completion's text is stripped, so leading and trailing
+    whitespace wait for what follows. (Engines hand on no text that a stop string later cuts:
+    `CallControl.on_text`.)"""
 
-    def __init__(self, stop: list[str]):
+    def __init__(self) -> None:
         self.text = self.pending = ""
-        self.hold = max((len(s) for s in stop), default=1) - 1
 
     def add(self, piece: str) -> str:
         """The part of the text so far that can go out now."""
         self.pending += piece
         if not self.text:
             self.pending = self.pending.lstrip()
-        ready = self.pending[:len(self.pending) - self.hold] if self.hold else self.pending
-        ready = ready[:len(ready.rstrip())]
+        ready = self.pending[:len(self.pending.rstrip())]
         self.pending = self.pending[len(ready):]
         self.text += ready
         return ready
@@ -142,19 +141,28 @@ class _EventStream(Response):
 
         head: dict[str, object] = chat.chunk_head(self._model(None))
         started = False
-        sent = _Sent(self.call.options.get("stop") or [])
+        sent = _Sent()
         last_sent = time.monotonic()
+        gone = False
+
+        async def watch() -> None:  # a client that goes away cancels the call, as a cancelled MCP request does
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            tg.cancel_scope.cancel()
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
+            tg.start_soon(watch)
             while True:
                 with anyio.move_on_after(max(KEEPALIVE_S - (time.monotonic() - last_sent), 0)):
                     await pieces.ready.wait()
                 finished = bool(outcome)
                 if not started:
                     if finished and "error" in outcome:  # it failed fast: its own status, as without streaming
-                        error: chat.OpenAIError = outcome["error"]  # type: ignore[assignment]
-                        await JSONResponse(error.body(), error.status)(scope, receive, send)
-                        return
+                        tg.cancel_scope.cancel()  # the watch
+                        break
                     started = True
                     await send({"type": "http.response.start", "status": 200, "headers": [
                         (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -162,6 +170,7 @@ class _EventStream(Response):
                     if self.call.pinned:
                         await event(chat.delta(head, role="assistant", content=""))
                 if finished:  # what is left goes out with the answer that stands
+                    tg.cancel_scope.cancel()  # the watch
                     break
                 if text := sent.add(pieces.take()):
                     await event(chat.delta(head, content=text))
@@ -170,6 +179,12 @@ class _EventStream(Response):
                 else:
                     continue
                 last_sent = time.monotonic()
+        if gone:
+            return
+        if not started:
+            error: chat.OpenAIError = outcome["error"]  # type: ignore[assignment]
+            await JSONResponse(error.body(), error.status)(scope, receive, send)
+            return
         if (error := outcome.get("error")) is not None:
             events = [error.body()]  # type: ignore[attr-defined]
         elif self.call.pinned:  # the text so far went out as it came

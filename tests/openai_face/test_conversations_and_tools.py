@@ -83,8 +83,9 @@ async def test_a_pinned_tier_streams_its_text_as_it_is_generated(tmp_path: Path,
 
 
 async def test_a_pinned_local_tiers_stream_is_the_answer_it_would_give_whole(tmp_path: Path, smollm2: Path) -> None:
-    ask = {"model": "small:never", "messages": [{"role": "user", "content": "List three colours."}],
-           "temperature": 0, "max_tokens": 24}
+    # the engine cuts the answer before its stop string: what could begin one waits until it cannot
+    ask = {"model": "small:never", "temperature": 0, "max_tokens": 32, "stop": ["7, 8"], "messages": [
+        {"role": "user", "content": "Write the numbers from 1 to 1000, one after another, separated by commas."}]}
     with anyio.fail_after(90):
         # without the response cache, which would answer the second call whole
         async with http_server(write(tmp_path, small(smollm2) + "[cache]\nenabled = false\n")) as base, \
@@ -92,6 +93,7 @@ async def test_a_pinned_local_tiers_stream_is_the_answer_it_would_give_whole(tmp
             whole = await client.chat.completions.create(**ask)
             stream = await client.chat.completions.create(**ask, stream=True)
             pieces = [c.choices[0].delta.content async for c in stream if c.choices and c.choices[0].delta.content]
+    assert whole.choices[0].message.content == "1, 2, 3, 4, 5, 6,"
     assert len(pieces) > 3 and "".join(pieces) == whole.choices[0].message.content
 
 
@@ -162,3 +164,21 @@ async def test_a_prompt_over_every_tiers_context_is_one_400_after_each_tier_said
     assert refused.value.body["message"].startswith("prompt is too long for tier large: ")
     assert hops(tmp_path) == [("/v1/chat/completions small", "small", "failed", "context"),
                               ("/v1/chat/completions small", "large", "failed", "context")]
+
+
+async def test_a_client_that_leaves_a_stream_cancels_its_call(tmp_path: Path, smollm2: Path) -> None:
+    with FakeAnthropic(reply="one two three four five six seven eight", default="drip", drip_s=0.5) as fake:
+        config = write(tmp_path, small(smollm2) + claude(fake))
+        with anyio.fail_after(90):
+            async with http_server(config, ANTHROPIC_API_KEY=secret("sk-test-leave")) as base, sdk(base) as client:
+                stream = await client.chat.completions.create(
+                    model="claude:never", messages=[{"role": "user", "content": "Count."}], stream=True)
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        break
+                await stream.close()
+                with sqlite3.connect(tmp_path / "ledger.sqlite3") as conn:
+                    while not conn.execute("SELECT outcome FROM calls").fetchall():
+                        await anyio.sleep(0.05)
+                    rows = conn.execute("SELECT tool, outcome FROM calls").fetchall()
+    assert rows == [("/v1/chat/completions claude:never", "cancelled")] and fake.streamed == 0

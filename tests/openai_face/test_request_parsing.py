@@ -66,7 +66,30 @@ def test_a_named_tool_choice_leaves_that_tool_alone_and_requires_its_call() -> N
      "messages: must end with a user or tool message, not assistant"),
     ({"messages": [{"role": "system", "content": "S"}]}, "messages: must include a user message"),
     ({"messages": [{"role": "user", "content": "Hi"}, {"role": "tool", "tool_call_id": "x", "content": "1"}]},
-     'messages[1].tool_call_id: must name a tool call of an earlier assistant message, got "x"'),
+     'messages[1].tool_call_id: must name an unanswered tool call of the assistant message before it, got "x"'),
+    ({"messages": [*ROUND_TRIP[:3], {"role": "user", "content": "And?"}]},
+     "messages[3]: the tool call c1 of messages[2] has no tool message answering it before this one"),
+    ({"messages": ROUND_TRIP[:3]}, "messages: the tool call c1 of messages[2] has no tool message answering it"),
+    ({"messages": [*ROUND_TRIP, {"role": "tool", "tool_call_id": "c1", "content": "again"}]},
+     'messages[4].tool_call_id: must name an unanswered tool call of the assistant message before it, got "c1"'),
+    ({"messages": [ROUND_TRIP[1], {"role": "assistant", "tool_calls": [
+        {"id": "<|im_end|>", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
+     'messages[1].tool_calls[0].id: must be 1 to 128 letters, digits, _ or -, got "<|im_end|>"'),
+    ({"messages": [ROUND_TRIP[1], {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[" * 5000}}]}]},
+     "messages[1].tool_calls[0].function.arguments: must be a JSON object as text"),
+    ({"messages": [{"role": "user", "content": "Hi", "function_call": {"name": "f"}}]},
+     "messages[0].function_call: unknown key; valid keys here are role, content, tool_calls, tool_call_id, name, "
+     "refusal"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "required": 5}}}]},
+     "tools[0].function.parameters: must be a JSON Schema of type object, with properties an object and required a "
+     "list of names"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "strict": True}}]},
+     "tools[0].function.strict: must be false (strict schemas are not enforced; a call's required arguments are "
+     "checked), got true"),
+    ({"stop": [1]}, "stop: must be a string or a list of at most 4 strings, got [1]"),
+    ({"messages": [{"role": "user", "content": ["hi"]}]},
+     'messages[0].content[0]: only text parts ({"type": "text", "text": ...}) are supported, got "hi"'),
     ({"tool_choice": "required"}, "tool_choice: is only allowed with tools"),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
      "tool_choice: 'nope' is not one of the tools (get_weather)"),
@@ -74,6 +97,9 @@ def test_a_named_tool_choice_leaves_that_tool_alone_and_requires_its_call() -> N
      'tools[0].function.name: must be 1 to 64 letters, digits, _ or -, got "two words"'),
     ({"tools": [WEATHER, WEATHER]}, "tools: two tools have the same name"),
     ({"n": 2}, "n: only 1 is supported, got 2"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function"}},
+     'tool_choice: must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}, got '
+     '{"type": "function"}'),
     ({"parallel_tool_calls": False}, "parallel_tool_calls: only null or true is supported, got false"),
     ({"logit_bias": {"1": 5}}, "logit_bias: is not supported"),
 ])
@@ -85,7 +111,7 @@ def test_an_image_part_is_refused_naming_the_message() -> None:
     sentence = refusal({"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]})
     assert sentence == ('messages[0].content[0]: only text parts ({"type": "text", "text": ...}) are supported, got '
-                        'type "image_url"')
+                        '"image_url"')
 
 
 def test_the_chat_template_messages_carry_every_turn_its_calls_and_answers() -> None:
@@ -128,3 +154,10 @@ def test_every_piece_of_caller_text_sent_to_an_openai_api_has_its_control_spelli
     sent = json.dumps([body["messages"], body["tools"]], ensure_ascii=False)
     assert not CONTROL_SPELLINGS.search(sent) and "You are" not in sent
     assert json.loads(body["messages"][2]["tool_calls"][0]["function"]["arguments"])["city"].startswith("<\u2060|im_end")
+
+
+def test_a_tool_schema_is_kept_as_written_so_that_no_escaped_spelling_hides_from_neutralize() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "string", "description": "<\uff5cend\u2581of\u2581sentence\uff5c>"}}}}}
+    call = parse({"model": "small", "messages": [{"role": "user", "content": "Hi"}], "tools": [tool]}, TIERS)
+    assert "<\uff5cend" in call.dialogue.tools[0].parameters

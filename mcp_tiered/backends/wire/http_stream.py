@@ -195,7 +195,8 @@ async def stream_answer(http: httpx2.AsyncClient, url: str, path: str, body: dic
                                 control.generating_since, control.phase = time.monotonic(), "generating"
                             control.tokens = reader.tokens
                             chars += sum(len(part) for part in reader.parts[read_parts:])
-                            if control.on_text is not None:
+                            if control.on_text is not None and chars <= most_chars \
+                                    and reader.tokens <= request.max_tokens:  # else cut below
                                 for part in reader.parts[read_parts:]:
                                     control.on_text(part)
                             read_parts = len(reader.parts)
