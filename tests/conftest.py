@@ -25,6 +25,9 @@ from mcp_tiered.config.schema import default_models_dir
 from mcp_tiered.weights.default_models import QWEN_CODER_1_5B, SMOLLM2, ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
+MCP_HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
+"""What the MCP SDK gives its own HTTP clients: a tool call that loads a model and generates on a busy 2-core
+machine can take longer than httpx's 5 s default before its first byte."""
 # Servers started by the tests keep their default ledger (in the user data dir) out of the real one.
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="mcp-tiered-test-data-")
 MCP_TIERED = str(Path(sys.executable).with_name("mcp-tiered"))

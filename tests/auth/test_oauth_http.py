@@ -18,7 +18,7 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import free_port, http_server, secret
+from conftest import MCP_HTTP_TIMEOUT, free_port, http_server, secret
 from oidc_provider import MemoryStorage, new_private_jwks, public_jwks, running_oidc_provider, sign_token
 
 pytestmark = pytest.mark.anyio
@@ -105,7 +105,8 @@ async def test_the_sdk_oauth_client_discovers_the_provider_from_a_401_and_calls_
                                               issuer=op.issuer)
         with anyio.fail_after(90):
             async with http_server(config, port=port) as base, \
-                    httpx2.AsyncClient(auth=auth, event_hooks={"request": [remember_bearer]}) as http, \
+                    httpx2.AsyncClient(auth=auth, event_hooks={"request": [remember_bearer]},
+                                       timeout=MCP_HTTP_TIMEOUT) as http, \
                     Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client:
                 result = await client.call_tool("generate_small", {"prompt": "Say hi.", "temperature": 0})
                 report = await http.get(f"{base}/report")

@@ -13,7 +13,7 @@ import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import http_server, secret, stdio_server
+from conftest import MCP_HTTP_TIMEOUT, http_server, secret, stdio_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 TOKEN = secret("legacy-shared-token-5d1e")
@@ -43,7 +43,7 @@ async def test_the_legacy_token_is_the_key_default_with_every_scope(tmp_path: Pa
     path = config(tmp_path, smollm2, '[server]\nauth_token_env = "MCP_TEST_TOKEN"\n')
     with anyio.fail_after(60):
         async with http_server(path, MCP_TEST_TOKEN=TOKEN) as base, \
-                httpx2.AsyncClient(headers={"authorization": f"Bearer {TOKEN}"}) as http:
+                httpx2.AsyncClient(headers={"authorization": f"Bearer {TOKEN}"}, timeout=MCP_HTTP_TIMEOUT) as http:
             async with Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client:
                 result = await client.call_tool("generate_small", {"prompt": "Hi", "temperature": 0})
             report = await http.get(f"{base}/report")

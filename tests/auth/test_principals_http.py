@@ -19,7 +19,7 @@ from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import Implementation
 
-from conftest import MCP_TIERED, http_server, secret, server_env
+from conftest import MCP_HTTP_TIMEOUT, MCP_TIERED, http_server, secret, server_env
 from fake_anthropic import FakeAnthropic
 from mcp_tiered.accounting.budget import PROMPT_TOKEN_MARGIN
 from mcp_tiered.auth.keys import add_key
@@ -54,7 +54,7 @@ def key(folder: Path, name: str, scopes: list[str], **limits: Any) -> str:
 
 @asynccontextmanager
 async def client_for(base: str, token: str, name: str = "test-client") -> AsyncIterator[Client]:
-    async with httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}) as http, \
+    async with httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}, timeout=MCP_HTTP_TIMEOUT) as http, \
             Client(streamable_http_client(f"{base}/mcp", http_client=http),
                    client_info=Implementation(name=name, version="1")) as client:
         yield client
