@@ -43,7 +43,7 @@ from ..config.explain import key_path
 from ..errors import BackendError, BusyError, PromptTooLongError
 from .wire import llama_api, openai_api
 from .base import SAMPLING, Backend, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
-from .wire.http_stream import DeadlinePassed, EndpointError, stream_answer
+from .wire.http_stream import DeadlinePassed, EndpointError, context_refusal, stream_answer
 from .llama import available_cpus
 from .pool import CallControl, InstancePool
 
@@ -389,7 +389,7 @@ class LlamaServerBackend(Backend):
             return await stream_answer(self._http, server.url, "/v1" + openai_api.PATH, body, server.headers, request,
                                        control, openai_api.ChatReader())
         except EndpointError as exc:
-            if exc.status == 400 and "context" in str(exc).lower():
+            if context_refusal(exc):
                 raise PromptTooLongError(f"prompt is too long for tier {self.tier}: llama-server {exc}; shorten the "
                                          "prompt or lower max_tokens", prompt_tokens=0, max_tokens=request.max_tokens,
                                          n_ctx=self.config.n_ctx) from None

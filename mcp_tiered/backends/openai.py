@@ -29,7 +29,8 @@ from ..config.explain import key_path
 from .wire import llama_api, openai_api
 from ..engines.openai import capabilities
 from .base import Backend, Completion, GenerationRequest, prefix_affinity, refuse_if_too_long
-from .wire.http_stream import MAX_ERROR_BYTES, PLAIN, DeadlinePassed, EndpointError, read_bounded, stream_answer
+from .wire.http_stream import (MAX_ERROR_BYTES, PLAIN, DeadlinePassed, EndpointError, context_refusal, read_bounded,
+                               stream_answer)
 from .pool import CallControl, InstancePool
 
 if TYPE_CHECKING:
@@ -70,11 +71,6 @@ class _Endpoint:
 @dataclass(eq=False)
 class _Slot:
     endpoint: _Endpoint
-
-
-def _context_refusal(exc: EndpointError) -> bool:
-    text = str(exc).lower()
-    return exc.status in (400, 413) and ("context" in text or "too long" in text or "too many tokens" in text)
 
 
 class OpenAIBackend(Backend):
@@ -133,7 +129,7 @@ class OpenAIBackend(Backend):
                     self._check_logprobs(endpoint, request, completion)
                     return completion
                 except EndpointError as exc:
-                    if _context_refusal(exc):
+                    if context_refusal(exc):
                         raise PromptTooLongError(
                             f"prompt is too long for tier {self.tier}: {endpoint.url} {exc}; shorten the prompt "
                             "or lower max_tokens", prompt_tokens=0, max_tokens=request.max_tokens,

@@ -42,6 +42,12 @@ class EndpointError(Exception):
         self.status = status
 
 
+def context_refusal(exc: EndpointError) -> bool:
+    """Whether the endpoint refused the request because the prompt does not fit its context."""
+    text = str(exc).lower()
+    return exc.status in (400, 413) and ("context" in text or "too long" in text or "too many tokens" in text)
+
+
 class DeadlinePassed(Exception):
     """The call's deadline passed before the engine began its answer."""
 
